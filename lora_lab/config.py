@@ -1,0 +1,331 @@
+"""Typed config schemas: the single definition of every field, its default and its meaning.
+
+Each Hydra config group under ``conf/`` extends one of these dataclasses (registered with Hydra's
+ConfigStore as ``schema_<group>``), so an unknown field or a wrongly typed value is rejected at
+composition time. Range and choice checks live in ``__post_init__`` and run when a composed config
+is turned into objects with :func:`to_trial_config`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from lora_lab.errors import ConfigError
+
+# Named target-module sets, resolved per model by ModelConfig.target_sets.
+LLAMA_TARGET_SETS: dict[str, list[str]] = {
+    "qv": ["q_proj", "v_proj"],
+    "attn": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mlp": ["gate_proj", "up_proj", "down_proj"],
+    "all_linear": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+
+
+def _check_choice(name: str, value: Any, choices: list[Any] | tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(name, value, "one of " + ", ".join(repr(c) for c in choices))
+
+
+def _check_range(name: str, value: float, low: float | None = None, high: float | None = None,
+                 low_inclusive: bool = True, high_inclusive: bool = True) -> None:
+    ok = not (isinstance(value, float) and math.isnan(value))
+    if ok and low is not None:
+        ok = value >= low if low_inclusive else value > low
+    if ok and high is not None:
+        ok = value <= high if high_inclusive else value < high
+    if not ok:
+        lo = "" if low is None else f"{low} {'<=' if low_inclusive else '<'} "
+        hi = "" if high is None else f" {'<=' if high_inclusive else '<'} {high}"
+        raise ConfigError(name, value, f"a number with {lo}{name.rsplit('.', 1)[-1]}{hi}")
+
+
+@dataclass
+class ModelConfig:
+    """Which base model to adapt: the built-in tiny Llama or a Hugging Face Hub model."""
+
+    name: str = "tiny_llama"
+    """Short label used in run names and reports."""
+    source: str = "builtin"
+    """'builtin': a Llama-architecture model built from the fields below with seeded random weights;
+    'hub': ``pretrained`` is a Hub id or a local directory loaded with ``from_pretrained``."""
+    pretrained: Optional[str] = None
+    """Hub id (e.g. 'Qwen/Qwen2.5-0.5B') or local path; required when source='hub'."""
+    revision: Optional[str] = None
+    """Hub revision (branch, tag or commit) to pin."""
+    trust_remote_code: bool = False
+    """Allow model code from the Hub to run; off unless set on purpose."""
+    dtype: str = "auto"
+    """Weights dtype when not quantized: 'auto' (bf16 on a CUDA device that supports it, else
+    fp32), 'float32', 'bfloat16' or 'float16'."""
+    hidden_size: int = 64
+    """Built-in model: width of the residual stream."""
+    intermediate_size: int = 128
+    """Built-in model: width of the MLP."""
+    num_hidden_layers: int = 2
+    """Built-in model: number of decoder layers."""
+    num_attention_heads: int = 4
+    """Built-in model: attention heads."""
+    num_key_value_heads: int = 2
+    """Built-in model: key/value heads (grouped-query attention when fewer than the heads)."""
+    max_position_embeddings: int = 128
+    """Built-in model: longest sequence the rotary embedding is set up for."""
+    initializer_range: float = 0.1
+    """Built-in model: std of the random weights. Wider than transformers' 0.02 so the frozen output
+    head can express confident predictions (with 0.02 the logits of a 64-wide model stay within
+    about +-1.3, which caps how low the loss can go whatever the adapter learns)."""
+    init_seed: int = 0
+    """Built-in model: seed of the random weights, so every run adapts the same base model."""
+    target_sets: dict[str, list[str]] = field(default_factory=lambda: dict(LLAMA_TARGET_SETS))
+    """Named target-module sets for this architecture, e.g. 'qv' -> [q_proj, v_proj]."""
+
+    def __post_init__(self) -> None:
+        _check_choice("model.source", self.source, ("builtin", "hub"))
+        _check_choice("model.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        if self.source == "hub" and not self.pretrained:
+            raise ConfigError("model.pretrained", self.pretrained,
+                              "a Hub model id or a local directory when model.source='hub'")
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
+            _check_range(f"model.{name}", getattr(self, name), low=1)
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError("model.num_attention_heads", self.num_attention_heads,
+                              f"a divisor of model.hidden_size={self.hidden_size}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError("model.num_key_value_heads", self.num_key_value_heads,
+                              f"a divisor of model.num_attention_heads={self.num_attention_heads}")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter settings; each maps onto one field of PEFT's ``LoraConfig``."""
+
+    r: int = 8
+    """Rank of the update B @ A."""
+    lora_alpha: float = 16.0
+    """Scale numerator: the update is multiplied by lora_alpha / r (or / sqrt(r) with rsLoRA)."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapter's input, in [0, 1)."""
+    bias: str = "none"
+    """Which biases to train: 'none', 'all' or 'lora_only'."""
+    targets: str = "all_linear"
+    """Target modules: a set name from model.target_sets (qv, attn, mlp, all_linear, ...)."""
+    target_modules: Optional[list[str]] = None
+    """Explicit module names; when set, replaces ``targets``."""
+    use_rslora: bool = False
+    """Rank-stabilised scaling lora_alpha / sqrt(r)."""
+    use_dora: bool = False
+    """Weight-decomposed LoRA (DoRA)."""
+    init_lora_weights: str = "true"
+    """A's initialisation: 'true' (Kaiming, B=0), 'gaussian', 'pissa', 'olora', 'loftq' or
+    'false' (random B: the adapter is not a no-op at step 0; for tests of the adapter itself)."""
+
+    def __post_init__(self) -> None:
+        _check_range("lora.r", self.r, low=1)
+        _check_range("lora.lora_alpha", self.lora_alpha, low=0, low_inclusive=False)
+        _check_range("lora.lora_dropout", self.lora_dropout, low=0, high=1, high_inclusive=False)
+        _check_choice("lora.bias", self.bias, ("none", "all", "lora_only"))
+        _check_choice("lora.init_lora_weights", self.init_lora_weights,
+                      ("true", "false", "gaussian", "pissa", "olora", "loftq"))
+        if self.target_modules is not None and not self.target_modules:
+            raise ConfigError("lora.target_modules", self.target_modules,
+                              "a non-empty list of module names, or null to use lora.targets")
+
+
+@dataclass
+class QuantConfig:
+    """Base-model quantization through bitsandbytes (QLoRA when method='nf4')."""
+
+    method: str = "none"
+    """'none', 'int8' (LLM.int8), 'nf4' (QLoRA) or 'fp4'."""
+    double_quant: bool = True
+    """4-bit only: quantize the quantization constants too (QLoRA's double quantization)."""
+    compute_dtype: str = "auto"
+    """4-bit only: dtype of the de-quantized matmul: 'auto' (bf16 on CUDA when supported, else fp32),
+    'float32', 'bfloat16' or 'float16'."""
+    gradient_checkpointing: bool = False
+    """Passed to PEFT's prepare_model_for_kbit_training for quantized models."""
+
+    def __post_init__(self) -> None:
+        _check_choice("quant.method", self.method, ("none", "int8", "nf4", "fp4"))
+        _check_choice("quant.compute_dtype", self.compute_dtype,
+                      ("auto", "float32", "bfloat16", "float16"))
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and evaluation schedule, handed to transformers' ``TrainingArguments``."""
+
+    learning_rate: float = 5e-3
+    """Peak learning rate of AdamW."""
+    max_steps: int = 150
+    """Optimizer steps; when 0 or less, ``epochs`` decides the length instead."""
+    epochs: float = 1.0
+    """Passes over the training set, used only when max_steps <= 0."""
+    batch_size: int = 32
+    """Sequences per device per forward pass."""
+    gradient_accumulation_steps: int = 1
+    """Forward passes per optimizer step."""
+    warmup_ratio: float = 0.05
+    """Share of the steps spent warming the learning rate up from zero."""
+    lr_scheduler: str = "cosine"
+    """A transformers scheduler name: linear, cosine, constant, constant_with_warmup, ..."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on the adapter weights."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    max_seq_len: int = 64
+    """Longer examples are truncated to this many tokens."""
+    eval_every: int = 50
+    """Evaluate on the held-out split every this many steps (these evaluations feed pruning)."""
+    logging_steps: int = 10
+    """Log the training loss every this many steps."""
+    eval_generate: int = 64
+    """Held-out prompts answered by greedy generation for the exact-match metric (0 skips it)."""
+    seed: int = 0
+    """Seed of the adapter initialisation, data order and dropout."""
+    precision: str = "auto"
+    """'auto' (bf16 on CUDA where supported, else fp32), 'fp32', 'bf16' or 'fp16'."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    save_adapter: bool = True
+    """Save the trained adapter in PEFT's format under the run directory."""
+
+    def __post_init__(self) -> None:
+        _check_range("train.learning_rate", self.learning_rate, low=0, low_inclusive=False)
+        _check_range("train.batch_size", self.batch_size, low=1)
+        _check_range("train.gradient_accumulation_steps", self.gradient_accumulation_steps, low=1)
+        _check_range("train.warmup_ratio", self.warmup_ratio, low=0, high=1, high_inclusive=False)
+        _check_range("train.weight_decay", self.weight_decay, low=0)
+        _check_range("train.max_seq_len", self.max_seq_len, low=4)
+        _check_range("train.eval_every", self.eval_every, low=1)
+        _check_range("train.logging_steps", self.logging_steps, low=1)
+        _check_range("train.eval_generate", self.eval_generate, low=0)
+        if self.max_steps <= 0:
+            _check_range("train.epochs", self.epochs, low=0, low_inclusive=False)
+        _check_choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _check_choice("train.lr_scheduler", self.lr_scheduler,
+                      ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                       "constant_with_warmup", "inverse_sqrt"))
+
+
+@dataclass
+class DataConfig:
+    """Where examples come from: a built-in synthetic task, a local JSONL file or a Hub dataset."""
+
+    task: str = "cipher"
+    """'cipher' (a word through a fixed letter permutation), 'reverse' (spell a word backwards),
+    'add' (sum of two numbers), 'jsonl' (``path``) or 'hf' (``hf_name``)."""
+    n_train: int = 2000
+    """Synthetic tasks: training examples."""
+    n_eval: int = 200
+    """Synthetic tasks: held-out examples (disjoint from training)."""
+    seed: int = 1234
+    """Synthetic tasks: seed of the generator, the cipher key and the split."""
+    min_len: int = 5
+    """Synthetic tasks: shortest word (or number of digits for 'add')."""
+    max_len: int = 5
+    """Synthetic tasks: longest word (or number of digits for 'add')."""
+    path: Optional[str] = None
+    """jsonl: training file, one JSON object per line."""
+    eval_path: Optional[str] = None
+    """jsonl: held-out file; when null, ``eval_fraction`` of ``path`` is held out."""
+    eval_fraction: float = 0.1
+    """jsonl/hf: share held out when no separate eval file or split is given."""
+    prompt_field: str = "prompt"
+    """jsonl/hf: field holding the prompt."""
+    response_field: str = "response"
+    """jsonl/hf: field holding the response (the loss is computed on it alone)."""
+    prompt_template: str = "{prompt}"
+    """jsonl/hf: format string applied to each record; may name any field, e.g. '### Q: {prompt}\\n### A: '."""
+    hf_name: Optional[str] = None
+    """hf: dataset name on the Hub (or a local dataset directory)."""
+    hf_config: Optional[str] = None
+    """hf: dataset configuration name."""
+    hf_train_split: str = "train"
+    """hf: split used for training."""
+    hf_eval_split: Optional[str] = None
+    """hf: split held out; when null, ``eval_fraction`` of the training split."""
+
+    def __post_init__(self) -> None:
+        _check_choice("data.task", self.task, ("cipher", "reverse", "add", "jsonl", "hf"))
+        _check_range("data.n_train", self.n_train, low=1)
+        _check_range("data.n_eval", self.n_eval, low=1)
+        _check_range("data.min_len", self.min_len, low=1)
+        _check_range("data.max_len", self.max_len, low=self.min_len)
+        _check_range("data.eval_fraction", self.eval_fraction, low=0, high=1,
+                     low_inclusive=False, high_inclusive=False)
+        if self.task == "jsonl" and not self.path:
+            raise ConfigError("data.path", self.path, "a path to a JSONL file when data.task='jsonl'")
+        if self.task == "hf" and not self.hf_name:
+            raise ConfigError("data.hf_name", self.hf_name, "a dataset name when data.task='hf'")
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking of single runs (the sweep adds its own parent run)."""
+
+    enabled: bool = True
+    """Log runs to MLflow (tracking URI: MLFLOW_TRACKING_URI, else MLflow's default)."""
+    experiment: str = "lora_lab"
+    """Experiment that single ``lora_lab.train`` runs are logged to."""
+    run_name: Optional[str] = None
+    """Run name; when null, one is made from the model and LoRA settings."""
+    log_adapter: bool = True
+    """Upload the saved adapter as a run artifact."""
+
+
+@dataclass
+class TrialConfig:
+    """Everything one trial needs: the composed config of ``python -m lora_lab.train``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sweep: Optional[Any] = None
+    """Present only under ``python -m lora_lab.sweep +sweep=<preset>``; see lora_lab.sweep."""
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra so conf/ YAML files can extend them."""
+    cs = ConfigStore.instance()
+    cs.store(name="schema_trial", node=TrialConfig)
+    cs.store(group="model", name="schema_model", node=ModelConfig)
+    cs.store(group="lora", name="schema_lora", node=LoraSettings)
+    cs.store(group="quant", name="schema_quant", node=QuantConfig)
+    cs.store(group="train", name="schema_train", node=TrainConfig)
+    cs.store(group="data", name="schema_data", node=DataConfig)
+    cs.store(group="tracking", name="schema_tracking", node=TrackingConfig)
+
+
+def to_trial_config(cfg: DictConfig) -> TrialConfig:
+    """Turn a composed config into typed objects, running every range and choice check."""
+    node = OmegaConf.masked_copy(cfg, [k for k in ("model", "lora", "quant", "train", "data", "tracking")
+                                       if k in cfg])
+    trial = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrialConfig), node))
+    assert isinstance(trial, TrialConfig)
+    return trial
+
+
+def flatten(trial: TrialConfig) -> dict[str, Any]:
+    """Flat 'group.field' -> value mapping of a trial config, for logging as parameters."""
+    container = OmegaConf.to_container(OmegaConf.structured(trial), resolve=True)
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and not (prefix.endswith("target_sets")):
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), sub)
+        else:
+            out[prefix] = value
+
+    container.pop("sweep", None)
+    walk("", container)
+    return out

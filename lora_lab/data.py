@@ -1,0 +1,216 @@
+"""Examples for a trial: built-in synthetic tasks, local JSONL files or Hub datasets.
+
+Every source yields prompt/response records; tokenization masks the prompt so the loss (and the
+token accuracy) is computed on the response alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+from transformers import PreTrainedTokenizerBase
+
+from lora_lab.config import DataConfig
+from lora_lab.errors import DataError
+
+IGNORE_INDEX = -100
+"""Label value that transformers' loss functions skip: marks prompt and padding positions."""
+
+
+@dataclass
+class TaskData:
+    """Tokenized train/eval splits plus the raw held-out records used for generation metrics."""
+
+    name: str
+    train: datasets.Dataset
+    eval: datasets.Dataset
+    eval_records: list[dict[str, str]]
+    digest: str
+    """Short hash of every record, so runs on different data never look comparable."""
+    max_response_tokens: int
+
+
+def _random_words(rng: random.Random, n: int, min_len: int, max_len: int,
+                  alphabet: str = string.ascii_lowercase) -> list[str]:
+    capacity = sum(len(alphabet) ** k for k in range(min_len, max_len + 1))
+    if n > capacity // 2:
+        raise DataError(f"data.n_train + data.n_eval = {n} is more than half the {capacity} distinct "
+                        f"words of length {min_len}..{max_len}; lower them or widen data.min_len/max_len.")
+    words: set[str] = set()
+    ordered: list[str] = []
+    while len(ordered) < n:
+        word = "".join(rng.choice(alphabet) for _ in range(rng.randint(min_len, max_len)))
+        if word not in words:
+            words.add(word)
+            ordered.append(word)
+    return ordered
+
+
+def cipher_key(seed: int) -> dict[str, str]:
+    """The fixed letter permutation of the cipher task for a given data seed."""
+    letters = list(string.ascii_lowercase)
+    shuffled = letters[:]
+    random.Random(seed).shuffle(shuffled)
+    return dict(zip(letters, shuffled))
+
+
+def synthetic_records(cfg: DataConfig) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Deterministic train and held-out records of a built-in task; the two never share a prompt."""
+    rng = random.Random(cfg.seed)
+    total = cfg.n_train + cfg.n_eval
+    if cfg.task == "cipher":
+        key = cipher_key(cfg.seed)
+        words = _random_words(rng, total, cfg.min_len, cfg.max_len)
+        records = [{"prompt": f"{w}:", "response": "".join(key[c] for c in w)} for w in words]
+    elif cfg.task == "reverse":
+        words = _random_words(rng, total, cfg.min_len, cfg.max_len)
+        records = [{"prompt": f"{w}<", "response": w[::-1]} for w in words]
+    elif cfg.task == "add":
+        pairs: set[tuple[int, int]] = set()
+        ordered: list[tuple[int, int]] = []
+        lo, hi = 10 ** (cfg.min_len - 1) if cfg.min_len > 1 else 0, 10 ** cfg.max_len - 1
+        if total > ((hi - lo + 1) ** 2) // 2:
+            raise DataError(f"data.n_train + data.n_eval = {total} is more than half the distinct "
+                            f"sums of {cfg.min_len}..{cfg.max_len}-digit numbers; lower them.")
+        while len(ordered) < total:
+            pair = (rng.randint(lo, hi), rng.randint(lo, hi))
+            if pair not in pairs:
+                pairs.add(pair)
+                ordered.append(pair)
+        records = [{"prompt": f"{a}+{b}=", "response": str(a + b)} for a, b in ordered]
+    else:
+        raise DataError(f"data.task={cfg.task!r} is not a synthetic task")
+    return records[: cfg.n_train], records[cfg.n_train:]
+
+
+def _read_jsonl(path: str, cfg: DataConfig) -> list[dict[str, Any]]:
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"data.path: no such file {str(file)!r}. Give a JSONL file with one "
+                        f"{{\"{cfg.prompt_field}\": ..., \"{cfg.response_field}\": ...}} object per line.")
+    rows = []
+    with file.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{file}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}).") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{file}:{lineno}: expected a JSON object, got {type(row).__name__}.")
+            for key in (cfg.prompt_field, cfg.response_field):
+                if not isinstance(row.get(key), str):
+                    raise DataError(f"{file}:{lineno}: field {key!r} is missing or not a string "
+                                    f"(fields present: {', '.join(row) or 'none'}); set data.prompt_field / "
+                                    f"data.response_field to the record's field names.")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{file}: holds no records.")
+    return rows
+
+
+def _template(rows: list[dict[str, Any]], cfg: DataConfig, where: str) -> list[dict[str, str]]:
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            prompt = cfg.prompt_template.format(**row)
+        except (KeyError, IndexError) as exc:
+            raise DataError(f"data.prompt_template names {exc} which record {i} of {where} lacks "
+                            f"(fields present: {', '.join(row)}).") from None
+        out.append({"prompt": prompt, "response": row[cfg.response_field]})
+    return out
+
+
+def _split(rows: list[dict[str, str]], fraction: float, seed: int) -> tuple[list, list]:
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(round(len(rows) * fraction)))
+    if n_eval >= len(rows):
+        raise DataError(f"{len(rows)} record(s) are too few to hold out data.eval_fraction={fraction}; "
+                        f"add records or give data.eval_path.")
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def jsonl_records(cfg: DataConfig) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Records of a local JSONL file (and optional held-out file), with the prompt template applied."""
+    train = _template(_read_jsonl(cfg.path, cfg), cfg, cfg.path)
+    if cfg.eval_path:
+        return train, _template(_read_jsonl(cfg.eval_path, cfg), cfg, cfg.eval_path)
+    return _split(train, cfg.eval_fraction, cfg.seed)
+
+
+def hf_records(cfg: DataConfig) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Records of a Hub dataset; offline, only a dataset already in the local cache loads."""
+    try:
+        train_ds = datasets.load_dataset(cfg.hf_name, cfg.hf_config, split=cfg.hf_train_split)
+        eval_ds = (datasets.load_dataset(cfg.hf_name, cfg.hf_config, split=cfg.hf_eval_split)
+                   if cfg.hf_eval_split else None)
+    except Exception as exc:  # datasets raises many types for "not reachable / not cached"
+        raise DataError(
+            f"data.hf_name={cfg.hf_name!r} could not be loaded ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). Offline, only datasets already in the "
+            f"local Hugging Face cache load; otherwise export it to JSONL and use data=jsonl data.path=...") from None
+    for column in (cfg.prompt_field, cfg.response_field):
+        if column not in train_ds.column_names:
+            raise DataError(f"data.{'prompt' if column == cfg.prompt_field else 'response'}_field={column!r} "
+                            f"is not a column of {cfg.hf_name} (columns: {', '.join(train_ds.column_names)}).")
+    train = _template(list(train_ds), cfg, cfg.hf_name)
+    if eval_ds is not None:
+        return train, _template(list(eval_ds), cfg, cfg.hf_name)
+    return _split(train, cfg.eval_fraction, cfg.seed)
+
+
+def load_records(cfg: DataConfig) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Train and held-out prompt/response records for the configured source."""
+    if cfg.task == "jsonl":
+        return jsonl_records(cfg)
+    if cfg.task == "hf":
+        return hf_records(cfg)
+    return synthetic_records(cfg)
+
+
+def encode_record(record: dict[str, str], tokenizer: PreTrainedTokenizerBase, max_seq_len: int) -> dict:
+    """Token ids of prompt + response (+ EOS) with the prompt masked out of the labels."""
+    prompt_ids = tokenizer(record["prompt"], add_special_tokens=False)["input_ids"]
+    if tokenizer.bos_token_id is not None:
+        prompt_ids = [tokenizer.bos_token_id] + prompt_ids
+    response_ids = tokenizer(record["response"], add_special_tokens=False)["input_ids"]
+    response_ids = response_ids + [tokenizer.eos_token_id]
+    input_ids = (prompt_ids + response_ids)[:max_seq_len]
+    labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_seq_len]
+    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+
+
+def records_digest(train: list[dict[str, str]], held_out: list[dict[str, str]]) -> str:
+    """Content hash of both splits."""
+    blob = json.dumps([train, held_out], sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def build_task_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, max_seq_len: int) -> TaskData:
+    """Load, split and tokenize the configured data once; trials reuse the result."""
+    train_records, eval_records = load_records(cfg)
+
+    def to_dataset(records: list[dict[str, str]]) -> datasets.Dataset:
+        rows = [encode_record(r, tokenizer, max_seq_len) for r in records]
+        rows = [r for r in rows if any(label != IGNORE_INDEX for label in r["labels"])]
+        if not rows:
+            raise DataError(f"every example is longer than train.max_seq_len={max_seq_len} tokens before "
+                            f"its response starts; raise train.max_seq_len.")
+        return datasets.Dataset.from_list(rows)
+
+    max_response = max(len(tokenizer(r["response"], add_special_tokens=False)["input_ids"])
+                       for r in eval_records)
+    name = cfg.task if cfg.task in ("cipher", "reverse", "add") else (cfg.path or cfg.hf_name or cfg.task)
+    return TaskData(name=name, train=to_dataset(train_records), eval=to_dataset(eval_records),
+                    eval_records=eval_records, digest=records_digest(train_records, eval_records),
+                    max_response_tokens=max_response + 1)

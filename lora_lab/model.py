@@ -1,0 +1,202 @@
+"""Base model, tokenizer, quantization and the LoRA adapter on top.
+
+The built-in ``tiny_llama`` is a ``LlamaForCausalLM`` built from a config with seeded random
+weights and a character-level tokenizer, saved once to a local cache directory; from there it takes
+the same ``from_pretrained`` path as a Hub model, so quantization (bitsandbytes) and adapters (PEFT)
+are exercised exactly as they are for real models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import string
+import tempfile
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, LlamaConfig,
+                          LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase,
+                          PreTrainedTokenizerFast)
+
+from lora_lab.config import LoraSettings, ModelConfig, QuantConfig
+from lora_lab.errors import ConfigError, ModelUnavailableError
+
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+BUILTIN_CHARS = " " + string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation
+
+
+def cache_dir() -> Path:
+    """Where built-in models are materialised: $LORA_LAB_CACHE, else ~/.cache/lora_lab."""
+    return Path(os.environ.get("LORA_LAB_CACHE", Path.home() / ".cache" / "lora_lab"))
+
+
+def device() -> torch.device:
+    """The device trials run on: the first CUDA GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """'auto' -> bf16 on a CUDA device that supports it, else fp32; other names map directly."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def builtin_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer over printable ASCII, built in memory (no download)."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
+    for ch in BUILTIN_CHARS:
+        vocab[ch] = len(vocab)
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, padding_side="right", **SPECIAL_TOKENS)
+
+
+def _hub_failure(what: str, cfg: ModelConfig, exc: Exception) -> ModelUnavailableError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelUnavailableError(
+        f"model.pretrained={cfg.pretrained!r} (model={cfg.name}): the {what} could not be loaded: {first}. "
+        f"Hub models need their files in the local Hugging Face cache or internet access; this machine "
+        f"may be offline. Download it once with `huggingface-cli download {cfg.pretrained}` where there is "
+        f"a network, point model.pretrained at a local directory, or use the built-in model=tiny_llama.")
+
+
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with a pad token set (padding is needed for batching)."""
+    if cfg.source == "builtin":
+        return builtin_tokenizer()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.pretrained, revision=cfg.revision,
+                                                  trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise _hub_failure("tokenizer", cfg, exc) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _builtin_llama_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads, max_position_embeddings=cfg.max_position_embeddings,
+        initializer_range=cfg.initializer_range,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+
+
+def materialize_builtin(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Path:
+    """Save the seeded random tiny Llama (and its tokenizer) once; later calls reuse the directory."""
+    llama_config = _builtin_llama_config(cfg, tokenizer)
+    key = hashlib.sha256(json.dumps([llama_config.to_dict(), cfg.init_seed, BUILTIN_CHARS],
+                                    sort_keys=True, default=str).encode()).hexdigest()[:12]
+    target = cache_dir() / "models" / f"{cfg.name}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.init_seed)
+        model = LlamaForCausalLM(llama_config)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    try:
+        staging.rename(target)  # atomic: concurrent workers never see a half-written model
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)  # another worker won the race
+    return target
+
+
+def bnb_config(quant: QuantConfig) -> BitsAndBytesConfig | None:
+    """The bitsandbytes settings for a quant config (None when not quantizing)."""
+    if quant.method == "none":
+        return None
+    if quant.method == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.method,
+                              bnb_4bit_use_double_quant=quant.double_quant,
+                              bnb_4bit_compute_dtype=resolve_dtype(quant.compute_dtype))
+
+
+def load_base_model(model_cfg: ModelConfig, quant: QuantConfig,
+                    tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """The frozen base model on the trial device, quantized and prepared for k-bit training if asked."""
+    path = str(materialize_builtin(model_cfg, tokenizer)) if model_cfg.source == "builtin" else model_cfg.pretrained
+    quantization = bnb_config(quant)
+    dtype = resolve_dtype(model_cfg.dtype) if quantization is None else resolve_dtype(quant.compute_dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, revision=model_cfg.revision if model_cfg.source == "hub" else None,
+            trust_remote_code=model_cfg.trust_remote_code, dtype=dtype,
+            quantization_config=quantization, device_map={"": str(device())})
+    except OSError as exc:
+        raise _hub_failure("model", model_cfg, exc) from None
+    model.config.use_cache = False
+    if quantization is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=quant.gradient_checkpointing)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """Short names of the model's linear layers that LoRA can target (the output head excluded)."""
+    names = set()
+    for full_name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt"):
+            short = full_name.rsplit(".", 1)[-1]
+            if short != "lm_head":
+                names.add(short)
+    return sorted(names)
+
+
+def resolve_target_modules(model: torch.nn.Module, lora: LoraSettings, model_cfg: ModelConfig) -> list[str]:
+    """Module names the adapter wraps: the explicit list, or the named set for this model; checked
+    against the modules the model really has."""
+    available = linear_module_names(model)
+    if lora.target_modules:
+        missing = [m for m in lora.target_modules if m not in available]
+        if missing:
+            raise ConfigError("lora.target_modules", list(lora.target_modules),
+                              f"names of linear modules of {model_cfg.name}: {', '.join(available)} "
+                              f"(not found: {', '.join(missing)})")
+        return list(lora.target_modules)
+    if lora.targets not in model_cfg.target_sets:
+        raise ConfigError("lora.targets", lora.targets,
+                          "a set defined for this model in model.target_sets: "
+                          + ", ".join(model_cfg.target_sets))
+    modules = list(model_cfg.target_sets[lora.targets])
+    missing = [m for m in modules if m not in available]
+    if missing:
+        raise ConfigError("lora.targets", lora.targets,
+                          f"a set whose modules {model_cfg.name} has; it lacks {', '.join(missing)} "
+                          f"(its linear modules: {', '.join(available)})")
+    return modules
+
+
+def lora_config(lora: LoraSettings, target_modules: list[str]) -> LoraConfig:
+    """PEFT's LoraConfig for these settings."""
+    init = {"true": True, "false": False}.get(lora.init_lora_weights, lora.init_lora_weights)
+    return LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout, bias=lora.bias,
+                      target_modules=target_modules, use_rslora=lora.use_rslora, use_dora=lora.use_dora,
+                      init_lora_weights=init, task_type="CAUSAL_LM")
+
+
+def attach_adapter(base: PreTrainedModel, lora: LoraSettings, model_cfg: ModelConfig) -> PeftModel:
+    """Wrap the base model with a fresh LoRA adapter; only the adapter's weights are trainable."""
+    targets = resolve_target_modules(base, lora, model_cfg)
+    return get_peft_model(base, lora_config(lora, targets))
+
+
+def detach_adapter(peft_model: PeftModel) -> PreTrainedModel:
+    """Remove the adapter and give back the untouched base model, ready for the next trial."""
+    base = peft_model.unload()
+    for param in base.parameters():
+        param.requires_grad_(False)
+    return base

@@ -1,0 +1,150 @@
+"""MLflow tracking: one run per trial (nested under a sweep's parent run when in a sweep).
+
+Everything goes through ``MlflowClient`` with explicit run ids rather than MLflow's global active
+run, so several trials, workers or threads never write into each other's runs. The tracking URI is
+MLflow's own (``MLFLOW_TRACKING_URI`` or its default), so a plain ``mlflow ui`` shows the runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from transformers import TrainerCallback
+
+from lora_lab.config import DataConfig, TrialConfig, flatten
+from lora_lab.data import TaskData
+from lora_lab.evaluate import effective_ranks
+
+STEP_METRICS = {"loss": "train_loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm",
+                "eval_loss": "eval_loss", "eval_token_accuracy": "eval_token_accuracy"}
+"""Trainer log keys recorded per step, and the metric names they are logged under."""
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """Id of the named experiment, created if missing (safe when several workers race)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # another worker created it first
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def run_name(cfg: TrialConfig) -> str:
+    """A readable default run name: model, targets, r and alpha."""
+    targets = cfg.lora.targets if not cfg.lora.target_modules else "+".join(cfg.lora.target_modules)
+    quant = "" if cfg.quant.method == "none" else f"-{cfg.quant.method}"
+    return f"{cfg.model.name}{quant}-{targets}-r{cfg.lora.r}-a{cfg.lora.lora_alpha:g}"
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class StepLogger(TrainerCallback):
+    """Logs training and evaluation metrics at each Trainer log step to one MLflow run."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client = client
+        self.run_id = run_id
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        now = int(time.time() * 1000)
+        metrics = [Metric(STEP_METRICS[key], float(value), now, state.global_step)
+                   for key, value in (logs or {}).items() if key in STEP_METRICS and _finite(value)]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+
+class TrialRun:
+    """The MLflow run of one trial: config as params, step metrics, final metrics, artifacts."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client = client
+        self.run_id = run_id
+        self.effective_rank: dict[str, float] = {}
+
+    def callbacks(self) -> list[TrainerCallback]:
+        """Trainer callbacks that stream this trial's step metrics into the run."""
+        return [StepLogger(self.client, self.run_id)]
+
+    def log_config(self, cfg: TrialConfig, config_yaml: str, data_digest: str | None = None) -> None:
+        """Every config field as a flat param, the resolved config as an artifact."""
+        params = [Param(key, str(value)[:6000]) for key, value in flatten(cfg).items()]
+        for start in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[start:start + 100])
+        self.client.log_text(self.run_id, config_yaml, "config.yaml")
+
+    def log_dataset(self, task: TaskData, data_cfg: DataConfig) -> None:
+        """Record the training data (name, content digest, sizes, source) as the run's dataset input."""
+        profile = json.dumps({"num_rows": {"train": len(task.train), "eval": len(task.eval)}})
+        source = {"jsonl": data_cfg.path, "hf": data_cfg.hf_name}.get(data_cfg.task, f"lora_lab.data:{data_cfg.task}")
+        dataset = Dataset(name=task.name, digest=task.digest,
+                          source_type={"jsonl": "local", "hf": "hugging_face"}.get(data_cfg.task, "code"),
+                          source=json.dumps({"uri": source}), profile=profile)
+        self.client.log_inputs(self.run_id, datasets=[
+            DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
+
+    def on_adapter_ready(self, peft_model) -> None:
+        """Measure the trained adapter's effective rank while it is still attached."""
+        self.effective_rank = effective_ranks(peft_model)
+
+    def log_result(self, result, log_adapter: bool = True) -> None:
+        """Final metrics, effective rank, the target modules and (optionally) the adapter files."""
+        now = int(time.time() * 1000)
+        metrics = {f"final_{k}" if k in ("eval_loss", "token_accuracy") else k: v
+                   for k, v in result.metrics().items()}
+        ranks = self.effective_rank
+        if ranks:
+            values = list(ranks.values())
+            metrics["effective_rank_mean"] = sum(values) / len(values)
+            metrics["effective_rank_min"] = min(values)
+            metrics["effective_rank_max"] = max(values)
+            self.client.log_dict(self.run_id, ranks, "effective_rank.json")
+        batch = [Metric(k, float(v), now, result.steps) for k, v in metrics.items() if _finite(v)]
+        self.client.log_batch(self.run_id, metrics=batch, tags=[
+            RunTag("target_modules", ",".join(result.target_modules)),
+            RunTag("peak_memory_kind", result.peak_memory_kind)])
+        if log_adapter and result.adapter_dir and Path(result.adapter_dir).is_dir():
+            self.client.log_artifacts(self.run_id, result.adapter_dir, "adapter")
+
+    def finish(self, status: str) -> None:
+        """End the run with FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(self.run_id, status)
+
+
+def status_for(exc: BaseException | None) -> str:
+    """MLflow status for how a trial ended: KILLED on Ctrl-C or a kill signal, FAILED on an error."""
+    if exc is None:
+        return "FINISHED"
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return "KILLED"
+    return "FAILED"
+
+
+@contextmanager
+def single_run(cfg: TrialConfig, config_yaml: str) -> Iterator[TrialRun]:
+    """An MLflow run for one ``python -m lora_lab.train`` trial, ended with the matching status."""
+    client = MlflowClient()
+    experiment_id = ensure_experiment(client, cfg.tracking.experiment)
+    run = client.create_run(experiment_id, run_name=cfg.tracking.run_name or run_name(cfg),
+                            tags={"lora_lab.kind": "train"})
+    trial_run = TrialRun(client, run.info.run_id)
+    try:
+        trial_run.log_config(cfg, config_yaml)
+        yield trial_run
+    except BaseException as exc:
+        trial_run.finish(status_for(exc))
+        raise
+    trial_run.finish("FINISHED")

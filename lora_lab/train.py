@@ -1,0 +1,246 @@
+"""One trial: train a LoRA/QLoRA adapter with transformers' Trainer and evaluate it.
+
+``run_trial`` is the unit a sweep calls; ``python -m lora_lab.train <overrides>`` runs one trial
+from the command line and logs it to MLflow as a run of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import (DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase, Trainer,
+                          TrainerCallback, TrainingArguments, set_seed)
+
+from lora_lab import cli
+from lora_lab.config import TrialConfig, register_configs, to_trial_config
+from lora_lab.data import TaskData, build_task_data
+from lora_lab.errors import TrialFailedError
+from lora_lab.evaluate import argmax_logits, exact_match, perplexity, token_accuracy
+from lora_lab.model import attach_adapter, detach_adapter, device, load_base_model, load_tokenizer
+
+
+@dataclass
+class TrialResources:
+    """What every trial of a sweep shares: tokenizer, frozen base model, tokenized data."""
+
+    key: str
+    tokenizer: PreTrainedTokenizerBase
+    base_model: PreTrainedModel
+    task: TaskData
+
+
+def resources_key(cfg: TrialConfig) -> str:
+    """Trials whose keys match can share one base model and one tokenized dataset."""
+    shared = {"model": asdict(cfg.model), "quant": asdict(cfg.quant), "data": asdict(cfg.data),
+              "max_seq_len": cfg.train.max_seq_len}
+    return json.dumps(shared, sort_keys=True, default=str)
+
+
+def build_resources(cfg: TrialConfig) -> TrialResources:
+    """Load the tokenizer and base model and tokenize the data: the per-sweep, not per-trial, work."""
+    tokenizer = load_tokenizer(cfg.model)
+    task = build_task_data(cfg.data, tokenizer, cfg.train.max_seq_len)
+    base = load_base_model(cfg.model, cfg.quant, tokenizer)
+    return TrialResources(key=resources_key(cfg), tokenizer=tokenizer, base_model=base, task=task)
+
+
+class ResourceCache:
+    """Keeps the last built TrialResources and rebuilds only when a trial needs different ones."""
+
+    def __init__(self) -> None:
+        self._current: TrialResources | None = None
+        self.builds = 0
+
+    def get(self, cfg: TrialConfig) -> TrialResources:
+        """Resources for this trial, reused from the previous trial whenever possible."""
+        if self._current is None or self._current.key != resources_key(cfg):
+            self._current = None  # free the old model before loading the next
+            self._current = build_resources(cfg)
+            self.builds += 1
+        return self._current
+
+    def invalidate(self) -> None:
+        """Drop the cached base model (after a trial that may have changed it)."""
+        self._current = None
+
+
+@dataclass
+class TrialResult:
+    """Final metrics of one trial, plus its step history and where its adapter was saved."""
+
+    eval_loss: float
+    perplexity: float
+    token_accuracy: float
+    exact_match: float
+    trainable_params: int
+    total_params: int
+    trainable_pct: float
+    wall_time_s: float
+    train_time_s: float
+    tokens_per_s: float
+    peak_memory_mb: float
+    peak_memory_kind: str
+    steps: int
+    output_dir: str
+    adapter_dir: str | None
+    target_modules: list[str] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    effective_rank: dict[str, Any] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """The scalar final metrics, as logged to MLflow and reported by the sweep."""
+        names = ("eval_loss", "perplexity", "token_accuracy", "exact_match", "trainable_params",
+                 "total_params", "trainable_pct", "wall_time_s", "train_time_s", "tokens_per_s",
+                 "peak_memory_mb")
+        return {name: float(getattr(self, name)) for name in names}
+
+
+class NonFiniteLossGuard(TrainerCallback):
+    """Stop a trial as failed as soon as the training loss is NaN or infinite."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise TrialFailedError(f"training loss became {loss} at step {state.global_step}: "
+                                   f"the run diverged (try a lower train.learning_rate or lora.lora_alpha).")
+
+
+def training_arguments(cfg: TrialConfig, output_dir: Path, show_progress: bool) -> TrainingArguments:
+    """transformers' TrainingArguments for a trial config."""
+    train = cfg.train
+    on_cuda = device().type == "cuda"
+    precision = train.precision
+    if precision == "auto":
+        precision = "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "fp32"
+    return TrainingArguments(
+        output_dir=str(output_dir), max_steps=train.max_steps if train.max_steps > 0 else -1,
+        num_train_epochs=train.epochs, per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=max(train.batch_size, 64),
+        gradient_accumulation_steps=train.gradient_accumulation_steps, learning_rate=train.learning_rate,
+        warmup_steps=float(train.warmup_ratio), lr_scheduler_type=train.lr_scheduler, weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm, eval_strategy="steps", eval_steps=train.eval_every,
+        logging_steps=train.logging_steps, save_strategy="no", report_to="none", seed=train.seed,
+        data_seed=train.seed, bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not on_cuda,
+        gradient_checkpointing=train.gradient_checkpointing, dataloader_num_workers=0,
+        remove_unused_columns=False, include_num_input_tokens_seen="non_padding",
+        disable_tqdm=not show_progress, label_names=["labels"])
+
+
+def _peak_memory_mb() -> tuple[float, str]:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
+    # ru_maxrss is in KiB on Linux: the process-wide high-water mark, not this trial's alone.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
+
+
+def run_trial(cfg: TrialConfig, output_dir: str | Path, resources: TrialResources | None = None,
+              callbacks: Iterable[TrainerCallback] = (), show_progress: bool = True,
+              on_adapter_ready=None) -> TrialResult:
+    """Train and evaluate one adapter. Reuses ``resources`` (a sweep's shared base model and data)
+    when given; the base model is left as it was found, so the next trial starts clean.
+
+    ``on_adapter_ready(peft_model)`` is called after training, before the adapter is removed, so
+    callers can inspect the trained adapter (the sweep measures its effective rank there)."""
+    started = time.perf_counter()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if resources is None:
+        resources = build_resources(cfg)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+    set_seed(cfg.train.seed)  # the adapter's initialisation depends on it
+    model = attach_adapter(resources.base_model, cfg.lora, cfg.model)
+    try:
+        trainable, total = model.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,} || all params: {total:,} || "
+              f"trainable%: {100 * trainable / total:.4f}")
+        trainer = Trainer(
+            model=model, args=training_arguments(cfg, output_dir, show_progress),
+            train_dataset=resources.task.train, eval_dataset=resources.task.eval,
+            data_collator=DataCollatorForSeq2Seq(resources.tokenizer, padding=True),
+            compute_metrics=token_accuracy, preprocess_logits_for_metrics=argmax_logits,
+            callbacks=[NonFiniteLossGuard(), *callbacks])
+        train_output = trainer.train()
+        steps = trainer.state.global_step
+        evals = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+        final = evals[-1] if evals and evals[-1].get("step") == steps else trainer.evaluate()
+        match = (exact_match(model, resources.tokenizer, resources.task.eval_records[: cfg.train.eval_generate],
+                             resources.task.max_response_tokens)
+                 if cfg.train.eval_generate > 0 else float("nan"))
+        adapter_dir = None
+        if cfg.train.save_adapter:
+            adapter_dir = str(output_dir / "adapter")
+            model.save_pretrained(adapter_dir)
+        if on_adapter_ready is not None:
+            on_adapter_ready(model)
+        train_time = float(train_output.metrics["train_runtime"])
+        peak, peak_kind = _peak_memory_mb()
+        eval_loss = float(final["eval_loss"])
+        return TrialResult(
+            eval_loss=eval_loss, perplexity=perplexity(eval_loss), token_accuracy=float(final["eval_token_accuracy"]),
+            exact_match=match, trainable_params=int(trainable), total_params=int(total),
+            trainable_pct=100.0 * trainable / total, wall_time_s=time.perf_counter() - started,
+            train_time_s=train_time, tokens_per_s=trainer.state.num_input_tokens_seen / max(train_time, 1e-9),
+            peak_memory_mb=peak, peak_memory_kind=peak_kind, steps=steps, output_dir=str(output_dir),
+            adapter_dir=adapter_dir, target_modules=sorted(model.peft_config["default"].target_modules),
+            history=list(trainer.state.log_history))
+    finally:
+        detach_adapter(model)
+
+
+def print_result(result: TrialResult) -> None:
+    """One readable block of the final metrics."""
+    rows = [("eval loss", f"{result.eval_loss:.4f}"), ("perplexity", f"{result.perplexity:.3f}"),
+            ("token accuracy", f"{result.token_accuracy:.3f}"), ("exact match", f"{result.exact_match:.3f}"),
+            ("trainable params", f"{result.trainable_params:,} ({result.trainable_pct:.3f}%)"),
+            ("wall time", f"{result.wall_time_s:.1f} s (training {result.train_time_s:.1f} s)"),
+            ("tokens/s", f"{result.tokens_per_s:,.0f}"),
+            (f"peak memory ({result.peak_memory_kind})", f"{result.peak_memory_mb:,.0f} MiB"),
+            ("adapter", result.adapter_dir or "not saved")]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+register_configs()
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="config")
+@cli.reports_errors
+def main(cfg: DictConfig) -> float:
+    """Entry point of ``python -m lora_lab.train``: one trial, logged to MLflow as its own run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from lora_lab import track
+
+    cli.quiet_libraries()
+    trial_cfg = to_trial_config(cfg)
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    resources = build_resources(trial_cfg)
+    if not trial_cfg.tracking.enabled:
+        result = run_trial(trial_cfg, output_dir, resources)
+        print_result(result)
+        return result.eval_loss
+    with track.single_run(trial_cfg, OmegaConf.to_yaml(cfg)) as run:
+        run.log_dataset(resources.task, trial_cfg.data)
+        result = run_trial(trial_cfg, output_dir, resources, callbacks=run.callbacks(),
+                           on_adapter_ready=run.on_adapter_ready)
+        run.log_result(result, log_adapter=trial_cfg.tracking.log_adapter)
+    print_result(result)
+    return result.eval_loss
+
+
+if __name__ == "__main__":
+    cli.check_overrides(sys.argv[1:])
+    main()
