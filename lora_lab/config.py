@@ -280,6 +280,140 @@ class TrackingConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """One quantity the sweep optimises: a final metric of the trial and its direction."""
+
+    metric: str = "eval_loss"
+    """A final metric name (see TrialResult.metrics): eval_loss, exact_match, eval_token_accuracy,
+    perplexity, trainable_params, peak_memory_mb, tokens_per_s, wall_time_s, effective_rank_mean."""
+    direction: str = "minimize"
+    """'minimize' or 'maximize'."""
+
+    def __post_init__(self) -> None:
+        _check_choice("sweep.objectives.direction", self.direction, ("minimize", "maximize"))
+
+
+@dataclass
+class SamplerConfig:
+    """Optuna sampler."""
+
+    name: str = "tpe"
+    """'tpe', 'random', 'grid' (every combination of the categorical params), 'cmaes', 'nsgaii'
+    (multi-objective) or 'qmc'."""
+    seed: int = 0
+    """Sampler seed, so a sweep is reproducible."""
+    n_startup_trials: int = 8
+    """tpe/cmaes: random trials before the model-based search starts."""
+
+
+@dataclass
+class PrunerConfig:
+    """Optuna pruner, fed the eval loss at every evaluation during training."""
+
+    name: str = "none"
+    """'none', 'median', 'hyperband' or 'successive_halving'."""
+    n_startup_trials: int = 4
+    """median: trials that run to the end before pruning starts."""
+    n_warmup_steps: int = 0
+    """median: steps of each trial before it can be pruned."""
+    min_resource: int = 1
+    """hyperband / successive_halving: evaluations a trial gets before the first cut."""
+    reduction_factor: int = 3
+    """hyperband / successive_halving: 1/reduction_factor of the trials go on at each rung."""
+
+
+@dataclass
+class ParamSpec:
+    """One searched dimension, declared in a sweep preset's ``params``."""
+
+    type: str = "categorical"
+    """'categorical', 'int' or 'float'."""
+    choices: Optional[list[Any]] = None
+    """categorical: the values (scalars)."""
+    low: Optional[float] = None
+    """int/float: lower bound."""
+    high: Optional[float] = None
+    """int/float: upper bound (inclusive)."""
+    step: Optional[float] = None
+    """int/float: grid spacing."""
+    log: bool = False
+    """int/float: sample on a log scale."""
+
+
+@dataclass
+class SweepConfig:
+    """An Optuna study over trial configs: ``python -m lora_lab.sweep +sweep=<preset>``."""
+
+    study_name: str = MISSING
+    """Optuna study name; also the MLflow experiment and the sweeps/<study_name>/ directory."""
+    objectives: list[ObjectiveConfig] = field(default_factory=lambda: [ObjectiveConfig()])
+    """One objective, or several for a multi-objective (Pareto) study."""
+    params: dict[str, ParamSpec] = field(default_factory=dict)
+    """Searched values. A key naming a config field ('lora.r') becomes a Hydra override; any
+    other key ('alpha_over_r') is a free variable that ``derived`` expressions may use."""
+    derived: dict[str, str] = field(default_factory=dict)
+    """Config fields computed from sampled values, e.g. lora.lora_alpha: 'alpha_over_r * lora.r'
+    (arithmetic, min, max, round, int, float)."""
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    n_trials: Optional[int] = None
+    """Trials the study should hold when done (running it again completes the missing ones);
+    null with the grid sampler means the whole grid times ``seeds``."""
+    timeout_s: Optional[float] = None
+    """Stop starting new trials after this many seconds."""
+    seeds: int = 1
+    """Each configuration is trained with this many seeds (train.seed = 0..seeds-1)."""
+    storage: Optional[str] = None
+    """Optuna storage URL (sqlite:///..., postgresql://..., or a path ending in .journal for a
+    journal file); null means sqlite:///sweeps/<study_name>/optuna.db."""
+    baselines: list[dict[str, Any]] = field(default_factory=list)
+    """Parameter sets enqueued before sampling starts, e.g. [{lora.r: 8, alpha_over_r: 2}]."""
+    experiment: Optional[str] = None
+    """MLflow experiment; null means the study name."""
+    worker: int = 0
+    """Index of this worker when several share one storage (set by a Hydra multirun)."""
+    max_failures: Optional[int] = None
+    """Stop when this many trials failed in a row (null: stop only when every trial so far failed)."""
+
+    def __post_init__(self) -> None:
+        if not self.objectives:
+            raise ConfigError("sweep.objectives", self.objectives, "at least one {metric, direction}")
+        _check_choice("sweep.sampler.name", self.sampler.name,
+                      ("tpe", "random", "grid", "cmaes", "nsgaii", "qmc"))
+        _check_choice("sweep.pruner.name", self.pruner.name,
+                      ("none", "median", "hyperband", "successive_halving"))
+        _check_range("sweep.seeds", self.seeds, low=1)
+        if self.n_trials is not None:
+            _check_range("sweep.n_trials", self.n_trials, low=1)
+        for name, spec in self.params.items():
+            _check_choice(f"sweep.params.{name}.type", spec.type, ("categorical", "int", "float"))
+            if spec.type == "categorical" and not spec.choices:
+                raise ConfigError(f"sweep.params.{name}.choices", spec.choices, "a non-empty list of scalars")
+            if spec.type != "categorical" and (spec.low is None or spec.high is None or spec.low > spec.high):
+                raise ConfigError(f"sweep.params.{name}", f"low={spec.low}, high={spec.high}",
+                                  "numbers with low <= high")
+        if self.sampler.name == "grid" and any(s.type != "categorical" for s in self.params.values()):
+            raise ConfigError("sweep.sampler.name", "grid", "grid only with categorical params "
+                              "(give int/float params as choices)")
+
+
+@dataclass
+class ReportConfig:
+    """``python -m lora_lab.report``: which sweep to read from MLflow and where to write."""
+
+    study: str = MISSING
+    """Study name of the sweep (its MLflow experiment unless ``experiment`` is set)."""
+    experiment: Optional[str] = None
+    """MLflow experiment to read; null means the study name."""
+    metric: Optional[str] = None
+    """Quality metric of the tables; null means the sweep's first objective (else eval_loss)."""
+    direction: Optional[str] = None
+    """'minimize' or 'maximize'; null means the sweep's (else minimize)."""
+    output_dir: str = "reports"
+    """The report goes to <output_dir>/<study>/."""
+
+
+@dataclass
 class TrialConfig:
     """Everything one trial needs: the composed config of ``python -m lora_lab.train``."""
 
@@ -289,20 +423,15 @@ class TrialConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    sweep: Optional[Any] = None
-    """Present only under ``python -m lora_lab.sweep +sweep=<preset>``; see lora_lab.sweep."""
+    sweep: Optional[SweepConfig] = None
+    """Present only under ``python -m lora_lab.sweep +sweep=<preset>``."""
 
 
 def register_configs() -> None:
     """Register the schemas with Hydra so conf/ YAML files can extend them."""
     cs = ConfigStore.instance()
     cs.store(name="schema_trial", node=TrialConfig)
-    cs.store(group="model", name="schema_model", node=ModelConfig)
-    cs.store(group="lora", name="schema_lora", node=LoraSettings)
-    cs.store(group="quant", name="schema_quant", node=QuantConfig)
-    cs.store(group="train", name="schema_train", node=TrainConfig)
-    cs.store(group="data", name="schema_data", node=DataConfig)
-    cs.store(group="tracking", name="schema_tracking", node=TrackingConfig)
+    cs.store(name="schema_report", node=ReportConfig)
 
 
 def to_trial_config(cfg: DictConfig) -> TrialConfig:

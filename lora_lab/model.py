@@ -12,9 +12,11 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import string
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
@@ -61,21 +63,44 @@ def builtin_tokenizer() -> PreTrainedTokenizerFast:
 def _hub_failure(what: str, cfg: ModelConfig, exc: Exception) -> ModelUnavailableError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ModelUnavailableError(
-        f"model.pretrained={cfg.pretrained!r} (model={cfg.name}): the {what} could not be loaded: {first}. "
+        f"model.pretrained={cfg.pretrained!r} (model={cfg.name}): the {what} could not be loaded ({first}). "
         f"Hub models need their files in the local Hugging Face cache or internet access; this machine "
         f"may be offline. Download it once with `huggingface-cli download {cfg.pretrained}` where there is "
         f"a network, point model.pretrained at a local directory, or use the built-in model=tiny_llama.")
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection (False when offline or HF_HUB_OFFLINE=1)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _from_hub(loader, cfg: ModelConfig, what: str, **kwargs):
+    """Load from the local cache first; go to the Hub only when it is reachable, so an offline
+    machine gets a clear error at once instead of minutes of retries."""
+    common = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **kwargs)
+    try:
+        return loader(cfg.pretrained, local_files_only=True, **common)
+    except (OSError, ValueError) as exc:
+        if Path(cfg.pretrained).exists() or not hub_reachable():
+            raise _hub_failure(what, cfg, exc) from None
+    try:
+        return loader(cfg.pretrained, **common)
+    except (OSError, ValueError) as exc:
+        raise _hub_failure(what, cfg, exc) from None
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a pad token set (padding is needed for batching)."""
     if cfg.source == "builtin":
         return builtin_tokenizer()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.pretrained, revision=cfg.revision,
-                                                  trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise _hub_failure("tokenizer", cfg, exc) from None
+    tokenizer = _from_hub(AutoTokenizer.from_pretrained, cfg, "tokenizer")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -127,16 +152,13 @@ def bnb_config(quant: QuantConfig) -> BitsAndBytesConfig | None:
 def load_base_model(model_cfg: ModelConfig, quant: QuantConfig,
                     tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     """The frozen base model on the trial device, quantized and prepared for k-bit training if asked."""
-    path = str(materialize_builtin(model_cfg, tokenizer)) if model_cfg.source == "builtin" else model_cfg.pretrained
     quantization = bnb_config(quant)
     dtype = resolve_dtype(model_cfg.dtype) if quantization is None else resolve_dtype(quant.compute_dtype)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, revision=model_cfg.revision if model_cfg.source == "hub" else None,
-            trust_remote_code=model_cfg.trust_remote_code, dtype=dtype,
-            quantization_config=quantization, device_map={"": str(device())})
-    except OSError as exc:
-        raise _hub_failure("model", model_cfg, exc) from None
+    load_args = dict(dtype=dtype, quantization_config=quantization, device_map={"": str(device())})
+    if model_cfg.source == "builtin":
+        model = AutoModelForCausalLM.from_pretrained(materialize_builtin(model_cfg, tokenizer), **load_args)
+    else:
+        model = _from_hub(AutoModelForCausalLM.from_pretrained, model_cfg, "model", **load_args)
     model.config.use_cache = False
     if quantization is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=quant.gradient_checkpointing)

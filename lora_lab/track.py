@@ -3,6 +3,26 @@
 Everything goes through ``MlflowClient`` with explicit run ids rather than MLflow's global active
 run, so several trials, workers or threads never write into each other's runs. The tracking URI is
 MLflow's own (``MLFLOW_TRACKING_URI`` or its default), so a plain ``mlflow ui`` shows the runs.
+
+What is logged (the contract ``lora_lab.report`` reads):
+
+* Sweep: one experiment named after the study; one parent run named after the study with tags
+  ``lora_lab.kind=sweep``, ``lora_lab.study``; params ``sweep.*``; artifacts ``sweep_config.yaml``
+  and ``search_space.json``; at the end metrics ``best_<objective metric>`` and tags
+  ``best_trial_number``, ``best_run_id``, ``best_overrides``.
+* Trial (single ``lora_lab.train`` runs too): params = every config field flattened
+  (``lora.r``, ``lora.lora_alpha``, ``lora.targets``, ``train.seed``, ...); in a sweep also the
+  sampled values as ``sweep.param.<name>`` (free variables such as ``alpha_over_r`` included).
+  Tags: ``lora_lab.kind`` (train | trial), and in a sweep ``mlflow.parentRunId``,
+  ``lora_lab.study``, ``optuna.trial_number``, ``optuna.state`` (COMPLETE | PRUNED | FAIL),
+  ``lora_lab.config_id`` (same value for the seeds of one configuration), ``lora_lab.overrides``
+  (the ``python -m lora_lab.train`` overrides that reproduce the trial), ``target_modules``.
+  Step metrics (step = optimizer step): ``train_loss``, ``learning_rate``, ``grad_norm``,
+  ``eval_loss``, ``eval_token_accuracy``. Final metrics: ``eval_loss``, ``eval_token_accuracy``,
+  ``perplexity``, ``exact_match``, ``trainable_params``, ``total_params``, ``trainable_pct``,
+  ``wall_time_s``, ``train_time_s``, ``tokens_per_s``, ``peak_memory_mb``,
+  ``effective_rank_mean|min|max``. Artifacts: ``config.yaml``, ``effective_rank.json``,
+  ``adapter/``. Status: FINISHED (complete), KILLED (pruned or interrupted), FAILED (error).
 """
 
 from __future__ import annotations
@@ -103,8 +123,7 @@ class TrialRun:
     def log_result(self, result, log_adapter: bool = True) -> None:
         """Final metrics, effective rank, the target modules and (optionally) the adapter files."""
         now = int(time.time() * 1000)
-        metrics = {f"final_{k}" if k in ("eval_loss", "token_accuracy") else k: v
-                   for k, v in result.metrics().items()}
+        metrics = result.metrics()
         ranks = self.effective_rank
         if ranks:
             values = list(ranks.values())

@@ -98,11 +98,13 @@ class TrialResult:
     effective_rank: dict[str, Any] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
-        """The scalar final metrics, as logged to MLflow and reported by the sweep."""
-        names = ("eval_loss", "perplexity", "token_accuracy", "exact_match", "trainable_params",
-                 "total_params", "trainable_pct", "wall_time_s", "train_time_s", "tokens_per_s",
-                 "peak_memory_mb")
-        return {name: float(getattr(self, name)) for name in names}
+        """The scalar final metrics under the names they are logged to MLflow with (and that
+        sweep objectives name)."""
+        names = ("eval_loss", "perplexity", "exact_match", "trainable_params", "total_params",
+                 "trainable_pct", "wall_time_s", "train_time_s", "tokens_per_s", "peak_memory_mb")
+        out = {name: float(getattr(self, name)) for name in names}
+        out["eval_token_accuracy"] = float(self.token_accuracy)
+        return out
 
 
 class NonFiniteLossGuard(TrainerCallback):
