@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import (DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase, Trainer,
+from transformers import (DataCollatorForSeq2Seq, PreTrainedModel, PrinterCallback, PreTrainedTokenizerBase, Trainer,
                           TrainerCallback, TrainingArguments, set_seed)
 
 from lora_lab import cli
@@ -165,14 +165,17 @@ def run_trial(cfg: TrialConfig, output_dir: str | Path, resources: TrialResource
     model = attach_adapter(resources.base_model, cfg.lora, cfg.model)
     try:
         trainable, total = model.get_nb_trainable_parameters()
-        print(f"trainable params: {trainable:,} || all params: {total:,} || "
-              f"trainable%: {100 * trainable / total:.4f}")
+        if show_progress:
+            print(f"trainable params: {trainable:,} || all params: {total:,} || "
+                  f"trainable%: {100 * trainable / total:.4f}")
         trainer = Trainer(
             model=model, args=training_arguments(cfg, output_dir, show_progress),
             train_dataset=resources.task.train, eval_dataset=resources.task.eval,
             data_collator=DataCollatorForSeq2Seq(resources.tokenizer, padding=True),
             compute_metrics=token_accuracy, preprocess_logits_for_metrics=argmax_logits,
             callbacks=[NonFiniteLossGuard(), *callbacks])
+        if not show_progress:
+            trainer.remove_callback(PrinterCallback)  # the caller shows progress its own way
         train_output = trainer.train()
         steps = trainer.state.global_step
         evals = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
