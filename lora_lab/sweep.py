@@ -329,12 +329,11 @@ class Sweep:
             raise
         finally:
             best = self._log_best()
-            status = track.status_for(error) if error is not None else (
-                "FINISHED" if self.remaining() == 0 else "RUNNING")
-            if status != "RUNNING":
-                self.client.set_terminated(self.parent_run_id, status)
-        counts = self.counts()
-        if not counts.get("COMPLETE") and counts.get("FAIL"):
+            counts = self.counts()
+            all_failed = not counts.get("COMPLETE") and bool(counts.get("FAIL"))
+            status = track.status_for(error) if error is not None else ("FAILED" if all_failed else "FINISHED")
+            self.client.set_terminated(self.parent_run_id, status)
+        if all_failed:
             first = next(t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.FAIL)
             raise SweepFailedError(
                 f"every trial of study {self.sweep.study_name!r} failed ({counts['FAIL']}); the first, trial "

@@ -123,7 +123,9 @@ class TrialRun:
     def log_result(self, result, log_adapter: bool = True) -> None:
         """Final metrics, effective rank, the target modules and (optionally) the adapter files."""
         now = int(time.time() * 1000)
-        metrics = result.metrics()
+        # eval_loss / eval_token_accuracy at the final step already came in through StepLogger
+        # (the final evaluation is a Trainer evaluation too): logging them again would duplicate it.
+        metrics = {k: v for k, v in result.metrics().items() if k not in STEP_METRICS.values()}
         ranks = self.effective_rank
         if ranks:
             values = list(ranks.values())

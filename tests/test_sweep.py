@@ -1,0 +1,241 @@
+"""The sweep against real Optuna storages and a real sqlite MLflow store, with real (tiny) trainings."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from lora_lab import search_space
+from lora_lab.config import ParamSpec, SamplerConfig, SweepConfig, register_configs
+from lora_lab.errors import ConfigError
+from lora_lab.evaluate import adapter_singular_values, effective_ranks, entropy_effective_rank
+from lora_lab.sweep import Sweep, to_sweep_config
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
+TINY = ["data.n_train=96", "data.n_eval=16", "train.max_steps=6", "train.eval_every=3", "train.batch_size=16",
+        "train.eval_generate=4", "train.logging_steps=3", "tracking.log_adapter=false"]
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory):
+    """One sqlite MLflow store for the module (its schema takes seconds to create)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    MlflowClient(uri).search_experiments()
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def run_sweep(tracking_uri, tmp_path, monkeypatch):
+    """Compose a sweep exactly as the CLI does and run it in a fresh working directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    register_configs()
+
+    def run(overrides: list[str], choices: dict[str, list] | None = None):
+        """``choices`` narrows a preset's categorical params (dotted names cannot be overridden on
+        Hydra's command line; users write their own preset file instead)."""
+        with initialize_config_dir(config_dir=CONF, version_base=None):
+            cfg = compose("config", overrides=overrides + TINY)
+            for name, values in (choices or {}).items():
+                cfg.sweep.params[name].choices = values
+            sweep = Sweep(cfg, overrides + TINY, console_progress=False)
+            summary = sweep.run()
+        return sweep, summary
+
+    return run
+
+
+def trial_runs(study: str):
+    runs = mlflow.search_runs(experiment_names=[study], filter_string="tags.`lora_lab.kind` = 'trial'")
+    return runs.sort_values("tags.optuna.trial_number", key=lambda s: s.astype(int)).reset_index(drop=True)
+
+
+# -- search space ------------------------------------------------------------------------------
+
+def test_search_space_parses_preset_and_derives_alpha():
+    register_configs()
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        sweep = to_sweep_config(compose("config", overrides=["+sweep=rank_alpha"]))
+    dists = search_space.distributions(sweep)
+    assert list(dists["lora.r"].choices) == [1, 2, 4, 8, 16, 32, 64]
+    assert list(dists["alpha_over_r"].choices) == [0.5, 1, 2, 4]
+    assert search_space.grid_size(sweep) == 28
+    values = search_space.resolve(sweep, {"lora.r": 16, "alpha_over_r": 0.5})
+    assert values["lora.lora_alpha"] == 8.0
+    assert search_space.to_overrides(values) == ["lora.r=16", "lora.lora_alpha=8"]
+
+
+def test_search_space_types_and_bad_declarations():
+    float_dist = search_space.distribution("x", ParamSpec(type="float", low=1e-4, high=1e-1, log=True))
+    assert isinstance(float_dist, optuna.distributions.FloatDistribution) and float_dist.log
+    int_dist = search_space.distribution("y", ParamSpec(type="int", low=2, high=10, step=2))
+    assert (int_dist.low, int_dist.high, int_dist.step) == (2, 10, 2)
+    assert search_space.evaluate_expression("max(1, lora.r // 4) + 2 ** 2", {"lora.r": 16}) == 8
+    with pytest.raises(ConfigError, match="not one of them"):
+        search_space.evaluate_expression("alpha * 2", {"lora.r": 4})
+    with pytest.raises(ConfigError, match="arithmetic"):
+        search_space.evaluate_expression("__import__('os')", {})
+    with pytest.raises(ConfigError, match="scalars only"):
+        search_space.distribution("lora.target_modules", ParamSpec(choices=[["q_proj"], ["v_proj"]]))
+    with pytest.raises(ConfigError, match="sweep.sampler.name"):
+        SweepConfig(study_name="s", sampler=SamplerConfig(name="annealing"))
+    with pytest.raises(ConfigError, match="grid only with categorical"):
+        SweepConfig(study_name="s", params={"x": ParamSpec(type="float", low=0, high=1)},
+                    sampler=SamplerConfig(name="grid"))
+
+
+def test_seeds_join_the_grid_and_share_a_config_id():
+    sweep = SweepConfig(study_name="s", params={"lora.r": ParamSpec(choices=[2, 4])}, seeds=3,
+                        sampler=SamplerConfig(name="grid"))
+    assert search_space.grid(sweep) == {"lora.r": [2, 4], "train.seed": [0, 1, 2]}
+    assert search_space.grid_size(sweep) == 6
+    assert search_space.config_id({"lora.r": 2, "train.seed": 0}) == search_space.config_id({"lora.r": 2, "train.seed": 2})
+    assert search_space.config_id({"lora.r": 2}) != search_space.config_id({"lora.r": 4})
+
+
+# -- effective rank ----------------------------------------------------------------------------
+
+def test_effective_rank_of_an_adapter_with_known_rank():
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential()
+    base.add_module("proj", torch.nn.Linear(32, 24, bias=False))
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["proj"]))
+    layer = model.base_model.model.proj
+    k = 3  # the update uses 3 of its 8 directions, with equal strength
+    q_out, _ = torch.linalg.qr(torch.randn(24, 8))
+    q_in, _ = torch.linalg.qr(torch.randn(32, 8))
+    with torch.no_grad():
+        layer.lora_B["default"].weight.copy_(q_out * (torch.arange(8) < k))
+        layer.lora_A["default"].weight.copy_(q_in.T)
+    singular = next(iter(adapter_singular_values(model).values()))
+    reference = torch.linalg.svdvals(layer.get_delta_weight("default").double())
+    assert torch.allclose(singular, reference[:8], atol=1e-6)  # reference is built in float32
+    assert singular[:k].tolist() == pytest.approx([2.0] * k)  # scale = alpha / r = 2
+    assert next(iter(effective_ranks(model).values())) == pytest.approx(k, abs=1e-6)
+    assert entropy_effective_rank(torch.tensor([1.0, 0.0, 0.0])) == pytest.approx(1.0)
+    assert 1.0 < entropy_effective_rank(torch.tensor([3.0, 1.0])) < 2.0
+
+
+# -- whole sweeps --------------------------------------------------------------------------------
+
+def test_grid_covers_every_point_once_and_logs_the_run_tree(run_sweep):
+    overrides = ["+sweep=rank_alpha", "sweep.study_name=grid_tree"]
+    sweep, summary = run_sweep(overrides, {"lora.r": [1, 4], "alpha_over_r": [1, 2]})
+    assert summary.counts == {"COMPLETE": 4}
+    runs = trial_runs("grid_tree")
+    assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}
+    pairs = sorted(zip(runs["params.lora.r"].astype(int), runs["params.lora.lora_alpha"].astype(float)))
+    assert pairs == [(1, 1.0), (1, 2.0), (4, 4.0), (4, 8.0)]
+    assert set(runs["tags.mlflow.parentRunId"]) == {summary.parent_run_id}
+    assert set(runs["tags.optuna.state"]) == {"COMPLETE"}
+    for column in ("metrics.eval_loss", "metrics.exact_match", "metrics.trainable_params",
+                   "metrics.effective_rank_mean", "metrics.tokens_per_s", "metrics.peak_memory_mb"):
+        assert runs[column].notna().all(), column
+    # trainable params grow linearly with r: r * sum(d_in + d_out) over the adapted modules
+    by_r = runs.groupby(runs["params.lora.r"].astype(int))["metrics.trainable_params"].first()
+    assert by_r[4] == 4 * by_r[1]
+    client = MlflowClient()
+    history = client.get_metric_history(runs.loc[0, "run_id"], "eval_loss")
+    assert [m.step for m in history] == [3, 6]
+    parent = client.get_run(summary.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["lora_lab.kind"] == "sweep"
+    best_loss = runs["metrics.eval_loss"].min()
+    assert parent.data.metrics["best_eval_loss"] == pytest.approx(best_loss)
+    assert parent.data.tags["best_run_id"] == runs.loc[runs["metrics.eval_loss"].idxmin(), "run_id"]
+    assert "search_space.json" in [a.path for a in client.list_artifacts(summary.parent_run_id)]
+    # the recorded overrides reproduce the trial's config
+    best = runs.loc[runs["metrics.eval_loss"].idxmin()]
+    assert f"lora.r={best['params.lora.r']}" in best["tags.lora_lab.overrides"]
+
+
+def test_resume_completes_missing_trials_without_duplicates(run_sweep):
+    overrides = ["+sweep=targets", "sweep.study_name=resume"]
+    _, first = run_sweep(overrides + ["sweep.n_trials=2"], {"lora.r": [2]})
+    assert first.counts == {"COMPLETE": 2}
+    _, second = run_sweep(overrides, {"lora.r": [2]})  # grid of 4 target sets: completes the other two
+    assert second.counts == {"COMPLETE": 4}
+    assert second.parent_run_id == first.parent_run_id
+    runs = trial_runs("resume")
+    assert sorted(runs["tags.optuna.trial_number"].astype(int)) == [0, 1, 2, 3]
+    assert sorted(runs["params.lora.targets"]) == ["all_linear", "attn", "mlp", "qv"]
+    _, third = run_sweep(overrides, {"lora.r": [2]})  # nothing left: no new trial
+    assert third.counts == {"COMPLETE": 4} and len(trial_runs("resume")) == 4
+
+
+def test_median_pruner_prunes_a_bad_trial(run_sweep):
+    overrides = ["+sweep=full", "sweep.study_name=prune", "sweep.n_trials=2", "sweep.sampler.name=random",
+                 "sweep.pruner.n_startup_trials=1",
+                 "sweep.baselines=[{lora.r: 8, alpha_over_r: 2.0, lora.lora_dropout: 0.0, lora.targets: all_linear,"
+                 " train.learning_rate: 0.02, lora.use_rslora: false},"
+                 " {lora.r: 1, alpha_over_r: 0.25, lora.lora_dropout: 0.0, lora.targets: qv,"
+                 " train.learning_rate: 0.0001, lora.use_rslora: false}]",
+                 "train.max_steps=12", "train.eval_every=3"]
+    sweep, summary = run_sweep(overrides)
+    states = [t.state for t in sweep.study.get_trials()]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED]
+    runs = trial_runs("prune")
+    pruned = runs.iloc[1]
+    assert pruned["status"] == "KILLED" and pruned["tags.optuna.state"] == "PRUNED"
+    history = MlflowClient().get_metric_history(pruned["run_id"], "eval_loss")
+    assert max(m.step for m in history) < 12  # stopped before the end
+
+
+def test_multi_objective_sweep_records_the_pareto_set(run_sweep):
+    overrides = ["+sweep=pareto", "sweep.study_name=pareto_t", "sweep.n_trials=3"]
+    sweep, summary = run_sweep(overrides)
+    assert [d.name for d in sweep.study.directions] == ["MINIMIZE", "MINIMIZE"]
+    complete = [t for t in sweep.study.get_trials() if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3 and all(len(t.values) == 2 for t in complete)
+    pareto = {t.number for t in sweep.study.best_trials}
+    for t in complete:  # a trial is on the front iff no other trial is at least as good in both
+        dominated = any(o.values[0] <= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values
+                        for o in complete)
+        assert (t.number in pareto) == (not dominated)
+    tags = MlflowClient().get_run(summary.parent_run_id).data.tags
+    assert set(map(int, tags["pareto_trial_numbers"].split(","))) == pareto
+
+
+def test_journal_storage_and_seed_repeats(run_sweep, tmp_path):
+    journal = tmp_path / "study.journal"
+    overrides = ["+sweep=full", "sweep.study_name=journal_t", "sweep.n_trials=2", "sweep.seeds=2",
+                 "sweep.sampler.name=random", "sweep.pruner.name=none", "sweep.baselines=[]",
+                 f"sweep.storage={journal}"]
+    sweep, summary = run_sweep(overrides)
+    assert summary.counts == {"COMPLETE": 2} and journal.stat().st_size > 0
+    study = optuna.load_study(study_name="journal_t", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))
+    first, second = study.get_trials()
+    assert first.params == second.params  # the second trial repeats the first configuration ...
+    runs = trial_runs("journal_t")
+    assert sorted(runs["params.train.seed"].astype(int)) == [0, 1]  # ... with the next seed
+    assert runs["tags.lora_lab.config_id"].nunique() == 1
+    assert not math.isclose(runs["metrics.eval_loss"].iloc[0], runs["metrics.eval_loss"].iloc[1])
+
+
+def test_failing_trials_are_recorded_and_an_all_failed_sweep_errors(run_sweep):
+    # target-set names the model does not define: every sampled trial fails to build its adapter
+    overrides = ["+sweep=targets", "sweep.study_name=all_fail"]
+    from lora_lab.sweep import SweepFailedError
+
+    with pytest.raises(SweepFailedError, match="every trial"):
+        run_sweep(overrides, {"lora.r": [2], "lora.targets": ["nope_a", "nope_b", "nope_c", "nope_d"]})
+    runs = trial_runs("all_fail")
+    assert len(runs) == 3  # stopped after three failures with no success
+    assert set(runs["status"]) == {"FAILED"} and set(runs["tags.optuna.state"]) == {"FAIL"}
+    assert runs["tags.lora_lab.error"].str.contains("lora.targets").all()
+    parent = mlflow.search_runs(experiment_names=["all_fail"], filter_string="tags.`lora_lab.kind` = 'sweep'")
+    assert parent["status"].tolist() == ["FAILED"]
