@@ -66,6 +66,13 @@ def check_overrides(argv: list[str], root: type = TrialConfig) -> None:
                  f"{', '.join(fields)}.")
 
 
+def flags_first(argv: list[str]) -> list[str]:
+    """Move Hydra's --multirun/-m flag before the overrides, so the issue-style order
+    ``+sweep=x --multirun hydra/launcher=local ...`` parses (Hydra's argparse rejects overrides after it)."""
+    flags = [a for a in argv if a in ("--multirun", "-m")]
+    return flags + [a for a in argv if a not in ("--multirun", "-m")]
+
+
 def quiet_libraries() -> None:
     """Keep library chatter (hub lookups, deprecation notes) out of a sweep's output."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -75,7 +82,7 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by lora_lab itself
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)

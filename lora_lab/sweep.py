@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,9 +23,10 @@ import hydra
 import optuna
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import TrialState
 from transformers import TrainerCallback
 
@@ -39,6 +42,10 @@ DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 PRUNING_SIGNAL = {"eval_loss": "eval_loss", "perplexity": "eval_loss",
                   "eval_token_accuracy": "eval_token_accuracy", "exact_match": "eval_token_accuracy"}
 """Objective -> the evaluation metric reported during training that stands in for it when pruning."""
+
+
+PARENT_WAIT_S = 120.0
+"""How long a worker other than 0 waits for worker 0 to create the study's parent run."""
 
 
 class SweepFailedError(LoraLabError):
@@ -67,14 +74,24 @@ def storage_url(sweep: SweepConfig) -> str:
     return f"sqlite:///{path}"
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def heartbeat_interval_s() -> int:
+    """How often a running trial tells a database storage it is alive ($LORA_LAB_HEARTBEAT_S,
+    default 10); after three missed beats (the grace period) another worker fails the trial and
+    queues its configuration again."""
+    return int(os.environ.get("LORA_LAB_HEARTBEAT_S", "10"))
+
+
+def open_storage(url: str, on_stale_trial=None) -> optuna.storages.BaseStorage:
     """An Optuna storage: a journal file (path ending in .journal) or any RDB URL. Database
-    storages get a heartbeat, so trials of a killed worker are failed instead of left RUNNING."""
+    storages get a heartbeat, so the trial of a killed worker is failed (and ``on_stale_trial``
+    called) instead of being left RUNNING."""
     if url.endswith(".journal"):
         path = url.removeprefix("journal:///").removeprefix("journal://")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
-    return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30,
+    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval_s(),
+                                      grace_period=3 * heartbeat_interval_s(),
+                                      heartbeat_stale_trial_callback=on_stale_trial,
                                       engine_kwargs={"pool_pre_ping": True})
 
 
@@ -150,17 +167,21 @@ class SweepSummary:
 class Sweep:
     """One study's run: samples trials, trains them, logs them, and keeps the parent run current."""
 
-    def __init__(self, cfg: DictConfig, base_overrides: list[str], console_progress: bool = True):
+    def __init__(self, cfg: DictConfig, base_overrides: list[str], console_progress: bool = True,
+                 trial_callbacks: list[TrainerCallback] | None = None):
+        """``trial_callbacks`` are added to every trial's Trainer (early stopping, custom logging,
+        fault injection in tests)."""
         self.cfg = cfg
+        self.trial_callbacks = list(trial_callbacks or [])
         self.sweep = to_sweep_config(cfg)
         self.base_overrides = [o for o in base_overrides if not _is_sweep_override(o)]
         self.objectives = self.sweep.objectives
         self.storage = storage_url(self.sweep)
+        self.client = MlflowClient()
         self.study = optuna.create_study(
-            study_name=self.sweep.study_name, storage=open_storage(self.storage),
+            study_name=self.sweep.study_name, storage=open_storage(self.storage, self._on_stale_trial),
             sampler=make_sampler(self.sweep), pruner=make_pruner(self.sweep),
             directions=[o.direction for o in self.objectives], load_if_exists=True)
-        self.client = MlflowClient()
         self.experiment_id = track.ensure_experiment(self.client, self.sweep.experiment or self.sweep.study_name)
         self.resources = ResourceCache()
         self.target = target_trials(self.sweep)
@@ -172,14 +193,20 @@ class Sweep:
 
     # -- MLflow parent run ---------------------------------------------------------------
     def _parent_run(self) -> str:
-        """The study's parent run: found again on resume (or by another worker), else created."""
-        stored = self.study.user_attrs.get("mlflow_parent_run_id")
-        if stored:
-            try:
-                self.client.update_run(stored, status="RUNNING")
-                return stored
-            except Exception:
-                pass  # tracking store changed since: start a new parent run there
+        """The study's parent run: found again on resume or by another worker, else created by
+        worker 0 (the other workers wait for it, so a study never gets two parent runs)."""
+        deadline = time.monotonic() + PARENT_WAIT_S
+        while True:
+            stored = self.study.user_attrs.get("mlflow_parent_run_id")
+            if stored:
+                try:
+                    self.client.update_run(stored, status="RUNNING")
+                    return stored
+                except Exception:
+                    break  # the tracking store changed since: start a new parent run there
+            if self.sweep.worker == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
         run = self.client.create_run(self.experiment_id, run_name=self.sweep.study_name, tags={
             "lora_lab.kind": "sweep", "lora_lab.study": self.sweep.study_name,
             "optuna.storage": _redact(self.storage)})
@@ -236,6 +263,8 @@ class Sweep:
             "optuna.state": "RUNNING", "lora_lab.config_id": cfg_id, "lora_lab.worker": str(self.sweep.worker)})
         trial_run = track.TrialRun(self.client, run.info.run_id)
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        trial.set_user_attr("worker_host", socket.gethostname())
+        trial.set_user_attr("worker_pid", os.getpid())
         trial.set_user_attr("config_id", cfg_id)
         self.progress.start_trial(trial.number, values)
         state, error = "FAIL", None
@@ -248,7 +277,7 @@ class Sweep:
             trial_run.log_config(trial_cfg, OmegaConf.to_yaml(composed))
             resources = self.resources.get(trial_cfg)
             trial_run.log_dataset(resources.task, trial_cfg.data)
-            callbacks = [*trial_run.callbacks(), self.progress.trainer_callback()]
+            callbacks = [*trial_run.callbacks(), self.progress.trainer_callback(), *self.trial_callbacks]
             pruning = PruningReporter(trial, self.pruning_signal) if self.pruning_signal else None
             if pruning:
                 callbacks.append(pruning)
@@ -296,6 +325,33 @@ class Sweep:
         for index in range(1, self.sweep.seeds):
             self.study.enqueue_trial(trial.params, user_attrs={"seed_index": index})
 
+    def _on_stale_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """A trial whose worker died (no heartbeat): end its MLflow run as KILLED and queue its
+        configuration again, so a restarted sweep loses nothing."""
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            try:
+                self.client.set_tag(run_id, "optuna.state", "FAIL")
+                self.client.set_tag(run_id, "lora_lab.error", "worker stopped sending heartbeats (killed?)")
+                self.client.set_terminated(run_id, "KILLED")
+            except Exception:
+                pass  # the run is gone from the tracking store: nothing to end
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=False)(study, trial)
+
+    def fail_dead_trials(self) -> None:
+        """Fail the RUNNING trials whose worker is gone: by heartbeat on database storages (Optuna's
+        own check), and on a journal file, which has no heartbeat, by the worker's process id when
+        it ran on this host. Each is queued again by ``_on_stale_trial``."""
+        storage = self.study._storage
+        optuna.storages.fail_stale_trials(self.study)
+        if not isinstance(storage, optuna.storages.JournalStorage):
+            return
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            host, pid = trial.user_attrs.get("worker_host"), trial.user_attrs.get("worker_pid")
+            if host == socket.gethostname() and pid and not _process_alive(int(pid)):
+                if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                    self._on_stale_trial(self.study, self.study._storage.get_trial(trial._trial_id))
+
     # -- the loop ------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         """Trials of the study by state."""
@@ -304,26 +360,31 @@ class Sweep:
             out[t.state.name] = out.get(t.state.name, 0) + 1
         return out
 
-    def remaining(self) -> int:
-        """Trials still to run before the study holds ``target`` finished trials."""
-        done = len(self.study.get_trials(deepcopy=False, states=DONE_STATES))
+    def remaining(self, count_running: bool = False) -> int:
+        """Trials still to run before the study holds ``target`` finished trials. A trial failed
+        for lost heartbeats does not count: its queued retry stands in for it. With
+        ``count_running``, trials running on any worker count as done: the number still to start."""
+        states = DONE_STATES + ((TrialState.RUNNING,) if count_running else ())
+        trials = self.study.get_trials(deepcopy=False)
+        retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+        done = sum(1 for t in trials if t.state in states and t.number not in retried)
         return max(self.target - done, 0)
 
     def run(self) -> SweepSummary:
         """Enqueue baselines (once), run the missing trials, record the best on the parent run."""
-        if not self.study.user_attrs.get("baselines_enqueued"):
+        if self.sweep.worker == 0 and not self.study.user_attrs.get("baselines_enqueued"):
             for baseline in self.sweep.baselines:
                 self.study.enqueue_trial(dict(baseline), skip_if_exists=True)
             self.study.set_user_attr("baselines_enqueued", True)
+        self.fail_dead_trials()
         error: BaseException | None = None
         try:
             with self.progress:
                 self.progress.set_done(self.target - self.remaining(), self._best_value())
-                if self.remaining() > 0:
+                if self.remaining(count_running=True) > 0:
                     self.study.optimize(
                         self.objective, timeout=self.sweep.timeout_s, catch=(Exception,),
-                        callbacks=[optuna.study.MaxTrialsCallback(self.target, states=DONE_STATES),
-                                   self._after_trial])
+                        callbacks=[self._after_trial])
         except BaseException as exc:
             error = exc
             raise
@@ -350,6 +411,9 @@ class Sweep:
 
     def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.progress.set_done(self.target - self.remaining(), self._best_value())
+        if self.remaining(count_running=True) == 0:
+            study.stop()  # nothing left to start: trials running on other workers finish there
+            return
         if self.sweep.max_failures:
             recent = [t for t in study.get_trials(deepcopy=False, states=DONE_STATES)][-self.sweep.max_failures:]
             if len(recent) == self.sweep.max_failures and all(t.state == TrialState.FAIL for t in recent):
@@ -384,6 +448,46 @@ def print_summary(summary: SweepSummary) -> None:
     print(f"report: python -m lora_lab.report study={summary.study_name}")
 
 
+class PrepareSweep(Callback):
+    """Hydra callback: before a multirun launches its workers, create the tracking store, the
+    Optuna study and the MLflow parent run once, so the workers attach to them instead of racing
+    to create them (two workers migrating one sqlite store at once fail)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("sweep") is None:
+            return
+        cli.quiet_libraries()
+        overrides = list(config.hydra.overrides.task)
+        with open_dict(config):  # the launcher process acts as worker 0 for the set-up alone
+            config.sweep.worker = 0
+        Sweep(config, overrides, console_progress=False)  # its parent run stays RUNNING for the workers
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def claim_gpu(worker: int) -> None:
+    """Pin this worker to one GPU: SLURM (or the user) may already have set CUDA_VISIBLE_DEVICES;
+    otherwise, on a multi-GPU box, worker i takes GPU i mod the GPU count."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ or os.environ.get("SLURM_STEP_GPUS"):
+        return
+    gpus = Path("/proc/driver/nvidia/gpus")  # counted without initialising CUDA, which would fix the choice
+    count = len(list(gpus.iterdir())) if gpus.is_dir() else 0
+    if count > 1:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(worker % count)
+
+
 register_configs()
 
 
@@ -392,6 +496,9 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     """Entry point of ``python -m lora_lab.sweep +sweep=<preset> [overrides]``."""
     cli.quiet_libraries()
+    signal.signal(signal.SIGTERM, _interrupt)  # SLURM preemption / `kill`: end the trial cleanly
+    sweep_cfg = to_sweep_config(cfg)
+    claim_gpu(sweep_cfg.worker)
     sweep = Sweep(cfg, list(HydraConfig.get().overrides.task), console_progress=True)
     try:
         summary = sweep.run()
@@ -402,5 +509,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = cli.flags_first(sys.argv[1:])
     cli.check_overrides(sys.argv[1:])
     main()

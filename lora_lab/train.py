@@ -135,7 +135,8 @@ def training_arguments(cfg: TrialConfig, output_dir: Path, show_progress: bool) 
         data_seed=train.seed, bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not on_cuda,
         gradient_checkpointing=train.gradient_checkpointing, dataloader_num_workers=0,
         remove_unused_columns=False, include_num_input_tokens_seen="non_padding",
-        disable_tqdm=not show_progress, label_names=["labels"])
+        disable_tqdm=not show_progress, label_names=["labels"],
+        logging_nan_inf_filter=False)  # a NaN loss must reach NonFiniteLossGuard, not be averaged away
 
 
 def _peak_memory_mb() -> tuple[float, str]:
@@ -247,5 +248,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = cli.flags_first(sys.argv[1:])
     cli.check_overrides(sys.argv[1:])
     main()
