@@ -10,6 +10,7 @@ import hashlib
 import json
 import random
 import string
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,12 +149,34 @@ def jsonl_records(cfg: DataConfig) -> tuple[list[dict[str, str]], list[dict[str,
     return _split(train, cfg.eval_fraction, cfg.seed)
 
 
+@contextmanager
+def _hub_offline(offline: bool):
+    """Make datasets read only its local cache while the Hub is unreachable, so an offline machine
+    gets an answer at once instead of minutes of retries (the flag is read from module state that
+    is set at import, hence set here for the duration of the call)."""
+    if not offline:
+        yield
+        return
+    import huggingface_hub.constants as hub_constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
+
+
 def hf_records(cfg: DataConfig) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """Records of a Hub dataset; offline, only a dataset already in the local cache loads."""
+    from lora_lab.model import hub_reachable
+
+    offline = not Path(cfg.hf_name).exists() and not hub_reachable()
     try:
-        train_ds = datasets.load_dataset(cfg.hf_name, cfg.hf_config, split=cfg.hf_train_split)
-        eval_ds = (datasets.load_dataset(cfg.hf_name, cfg.hf_config, split=cfg.hf_eval_split)
-                   if cfg.hf_eval_split else None)
+        with _hub_offline(offline):
+            train_ds = datasets.load_dataset(cfg.hf_name, cfg.hf_config, split=cfg.hf_train_split)
+            eval_ds = (datasets.load_dataset(cfg.hf_name, cfg.hf_config, split=cfg.hf_eval_split)
+                       if cfg.hf_eval_split else None)
     except Exception as exc:  # datasets raises many types for "not reachable / not cached"
         raise DataError(
             f"data.hf_name={cfg.hf_name!r} could not be loaded ({type(exc).__name__}: "
