@@ -372,6 +372,9 @@ class SweepConfig:
     """MLflow experiment; null means the study name."""
     worker: int = 0
     """Index of this worker when several share one storage (set by a Hydra multirun)."""
+    cpu_threads: Optional[int] = None
+    """CPU threads for this worker's torch ops; set it (e.g. to cores / workers) when several
+    CPU-only workers share one machine, or they oversubscribe the cores and slow each other."""
     max_failures: Optional[int] = None
     """Stop when this many trials failed in a row (null: stop only when every trial so far failed)."""
 

@@ -480,6 +480,8 @@ def _interrupt(signum, frame) -> None:
 def claim_gpu(worker: int) -> None:
     """Pin this worker to one GPU: SLURM (or the user) may already have set CUDA_VISIBLE_DEVICES;
     otherwise, on a multi-GPU box, worker i takes GPU i mod the GPU count."""
+    if os.environ.get("SUBMITIT_EXECUTOR") == "local" and os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        del os.environ["CUDA_VISIBLE_DEVICES"]  # submitit's local executor sets it empty when it assigns none
     if "CUDA_VISIBLE_DEVICES" in os.environ or os.environ.get("SLURM_STEP_GPUS"):
         return
     gpus = Path("/proc/driver/nvidia/gpus")  # counted without initialising CUDA, which would fix the choice
@@ -499,6 +501,10 @@ def main(cfg: DictConfig) -> None:
     signal.signal(signal.SIGTERM, _interrupt)  # SLURM preemption / `kill`: end the trial cleanly
     sweep_cfg = to_sweep_config(cfg)
     claim_gpu(sweep_cfg.worker)
+    if sweep_cfg.cpu_threads:
+        import torch
+
+        torch.set_num_threads(sweep_cfg.cpu_threads)
     sweep = Sweep(cfg, list(HydraConfig.get().overrides.task), console_progress=True)
     try:
         summary = sweep.run()

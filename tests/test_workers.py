@@ -81,7 +81,7 @@ def test_three_workers_share_one_study(backend, mlflow_server, tmp_path):
     storage = str(tmp_path / "study.journal") if backend == "journal" else PG_URL
     n_trials = 6
     cmd = [sys.executable, "-m", "lora_lab.sweep", "+sweep=targets", f"sweep.study_name={study}",
-           f"sweep.storage={storage}", f"sweep.n_trials={n_trials}", *TINY, "sweep.worker=range(3)",
+           f"sweep.storage={storage}", f"sweep.n_trials={n_trials}", *TINY, "sweep.cpu_threads=1", "sweep.worker=range(3)",
            "--multirun", "hydra/launcher=local", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
     done = subprocess.run(cmd, cwd=tmp_path, env=_env(mlflow_server), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
