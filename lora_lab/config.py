@@ -129,6 +129,8 @@ class LoraSettings:
         _check_range("lora.lora_alpha", self.lora_alpha, low=0, low_inclusive=False)
         _check_range("lora.lora_dropout", self.lora_dropout, low=0, high=1, high_inclusive=False)
         _check_choice("lora.bias", self.bias, ("none", "all", "lora_only"))
+        # an unquoted true/false on the command line arrives as 'True'/'False'
+        self.init_lora_weights = str(self.init_lora_weights).lower()
         _check_choice("lora.init_lora_weights", self.init_lora_weights,
                       ("true", "false", "gaussian", "pissa", "olora", "loftq"))
         if self.target_modules is not None and not self.target_modules:

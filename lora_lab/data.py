@@ -91,10 +91,10 @@ def synthetic_records(cfg: DataConfig) -> tuple[list[dict[str, str]], list[dict[
     return records[: cfg.n_train], records[cfg.n_train:]
 
 
-def _read_jsonl(path: str, cfg: DataConfig) -> list[dict[str, Any]]:
+def _read_jsonl(path: str, cfg: DataConfig, field: str = "data.path") -> list[dict[str, Any]]:
     file = Path(path)
     if not file.is_file():
-        raise DataError(f"data.path: no such file {str(file)!r}. Give a JSONL file with one "
+        raise DataError(f"{field}: no such file {str(file)!r}. Give a JSONL file with one "
                         f"{{\"{cfg.prompt_field}\": ..., \"{cfg.response_field}\": ...}} object per line.")
     rows = []
     with file.open(encoding="utf-8") as handle:
@@ -102,7 +102,7 @@ def _read_jsonl(path: str, cfg: DataConfig) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
                 raise DataError(f"{file}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}).") from None
             if not isinstance(row, dict):
@@ -126,6 +126,9 @@ def _template(rows: list[dict[str, Any]], cfg: DataConfig, where: str) -> list[d
         except (KeyError, IndexError) as exc:
             raise DataError(f"data.prompt_template names {exc} which record {i} of {where} lacks "
                             f"(fields present: {', '.join(row)}).") from None
+        except ValueError as exc:
+            raise DataError(f"data.prompt_template={cfg.prompt_template!r} is not a valid format string "
+                            f"({exc}); name record fields in braces, e.g. 'Q: {{prompt}}\\nA: '.") from None
         out.append({"prompt": prompt, "response": row[cfg.response_field]})
     return out
 
@@ -145,7 +148,7 @@ def jsonl_records(cfg: DataConfig) -> tuple[list[dict[str, str]], list[dict[str,
     """Records of a local JSONL file (and optional held-out file), with the prompt template applied."""
     train = _template(_read_jsonl(cfg.path, cfg), cfg, cfg.path)
     if cfg.eval_path:
-        return train, _template(_read_jsonl(cfg.eval_path, cfg), cfg, cfg.eval_path)
+        return train, _template(_read_jsonl(cfg.eval_path, cfg, "data.eval_path"), cfg, cfg.eval_path)
     return _split(train, cfg.eval_fraction, cfg.seed)
 
 

@@ -145,11 +145,6 @@ def test_unknown_group_option_lists_the_options(compose_config):
     assert "Available options in 'lora':\n\tdefault\n\tdora\n\tqv" in message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG lora_lab/config.py LoraSettings.init_lora_weights: Hydra parses the unquoted override "
-    "lora.init_lora_weights=false (or =true) as a bool, OmegaConf turns it into 'False'/'True' for the str "
-    "field, and __post_init__ rejects it, so the documented value only works quoted: "
-    "lora.init_lora_weights='false'."))
 @pytest.mark.parametrize("value", ["false", "true"])
 def test_init_lora_weights_accepts_unquoted_booleans(make_trial_config, value):
     assert make_trial_config(f"lora.init_lora_weights={value}").lora.init_lora_weights == value

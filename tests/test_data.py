@@ -176,27 +176,18 @@ def test_missing_jsonl_file_and_missing_template_field(tmp_path):
         load_records(DataConfig(task="jsonl", path=str(path), prompt_template="{topic}: {prompt}"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG lora_lab/data.py _template: only KeyError/IndexError from str.format are turned into a DataError; a "
-    "template with an unbalanced brace (ValueError) escapes as a stack trace."))
 def test_malformed_prompt_template_is_a_data_error(tmp_path):
     path = write_jsonl(tmp_path / "ok.jsonl", [{"prompt": "a", "response": "b"}] * 4)
     with pytest.raises(DataError, match="prompt_template"):
         load_records(DataConfig(task="jsonl", path=str(path), prompt_template="Q: {prompt"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG lora_lab/data.py _read_jsonl: a missing data.eval_path file is reported as 'data.path: no such file', "
-    "naming the wrong field."))
 def test_missing_eval_file_names_eval_path(tmp_path):
     path = write_jsonl(tmp_path / "ok.jsonl", [{"prompt": "a", "response": "b"}] * 4)
     with pytest.raises(DataError, match=r"^data\.eval_path"):
         load_records(DataConfig(task="jsonl", path=str(path), eval_path=str(tmp_path / "nowhere.jsonl")))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG lora_lab/data.py _read_jsonl: json.loads(line) keeps the trailing newline, so a line cut off mid-record "
-    "(the usual malformed JSONL) is reported at 'column 1' (of the line after the newline) instead of its end."))
 def test_truncated_jsonl_line_reports_its_column(tmp_path):
     truncated = '{"prompt": "a", "response": "b"'  # 31 characters: the ',' or '}' is missing at column 32
     path = write_jsonl(tmp_path / "cut.jsonl", ['{"prompt": "a", "response": "b"}', truncated])
