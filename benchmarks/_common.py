@@ -1,0 +1,200 @@
+"""What every benchmark script shares: the machine description, load checks, timing helpers and
+the markdown results file under reports/benchmarks/.
+
+Benchmarks are not tests: they measure, print and write a results file; they assert nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+REPORTS = REPO / "reports" / "benchmarks"
+
+
+def quiet() -> None:
+    """Silence the libraries' progress bars and warnings so the benchmark output stays readable."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore")
+    import optuna
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("mlflow", "alembic", "sqlalchemy", "hydra", "peft", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+THREADS_HELP = ("torch intra-op threads for both sides (default 1; 0 keeps torch's default of one per core). "
+                "On a shared 2-core machine two OpenMP threads per process made each step of the tiny model "
+                "10-40x slower and the run-to-run spread about 10x; one thread keeps the two sides comparable.")
+
+
+def set_threads(threads: int) -> None:
+    """Give torch ``threads`` intra-op threads (0: leave torch's default)."""
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def command_line() -> str:
+    """The exact command that ran this benchmark, relative to the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script_text = str(script.relative_to(REPO))
+    except ValueError:
+        script_text = str(script)
+    python = Path(sys.executable)
+    try:
+        python_text = str(python.relative_to(REPO))
+    except ValueError:
+        python_text = "python"
+    return " ".join([python_text, script_text, *(shlex.quote(a) for a in sys.argv[1:])])
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> tuple[float, float, float]:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return (float("nan"),) * 3
+
+
+def uptime_line() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except Exception:
+        one, five, fifteen = load_average()
+        return f"load average: {one:.2f}, {five:.2f}, {fifteen:.2f}"
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "lora_lab"],
+                               cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + (" (lora_lab/ has uncommitted changes)" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+class Machine:
+    """The machine and the load on it, read at the start and at the end of a benchmark."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.cpu = cpu_model()
+        self.cores = os.cpu_count() or 0
+        self.torch = torch.__version__
+        self.threads = torch.get_num_threads()
+        self.python = platform.python_version()
+        self.started = datetime.now(timezone.utc)
+        self.uptime_before = uptime_line()
+        self.load_before = load_average()
+        self.uptime_after = ""
+        self.load_after = (float("nan"),) * 3
+
+    def finish(self) -> None:
+        self.uptime_after = uptime_line()
+        self.load_after = load_average()
+
+    @property
+    def shared(self) -> bool:
+        """Whether something else ran on the machine: a 1-minute load above half the cores at either end
+        (the benchmark itself contributes about 1)."""
+        return max(self.load_before[0], self.load_after[0]) > max(1.5, 0.5 * self.cores + 0.5)
+
+    def markdown(self) -> list[str]:
+        import transformers
+
+        lines = [
+            f"- machine: {self.cpu}, {self.cores} cores (torch intra-op threads: {self.threads}), "
+            f"Python {self.python}, torch {self.torch}, transformers {transformers.__version__}"
+            + _versions(),
+            f"- date: {self.started:%Y-%m-%d %H:%M} UTC; lora_lab revision {git_revision()}",
+            f"- `uptime` before: `{self.uptime_before}`",
+            f"- `uptime` after: `{self.uptime_after}`",
+        ]
+        if self.shared:
+            lines.append("- **the machine was shared**: other processes (another engineer's test runs) were using "
+                         "the CPU during this run, so absolute times are inflated and noisy; the two sides were "
+                         "measured interleaved in the same run, so compare the ratios, not the seconds.")
+        return lines
+
+
+def _versions() -> str:
+    out = []
+    for name in ("peft", "optuna", "mlflow"):
+        try:
+            module = __import__(name)
+            out.append(f"{name} {module.__version__}")
+        except Exception:
+            pass
+    return (", " + ", ".join(out)) if out else ""
+
+
+@contextmanager
+def stopwatch() -> Iterator[dict[str, float]]:
+    """``with stopwatch() as t: ...`` then ``t['s']`` holds the elapsed seconds."""
+    out = {"s": float("nan")}
+    started = time.perf_counter()
+    try:
+        yield out
+    finally:
+        out["s"] = time.perf_counter() - started
+
+
+def median(values: list[float]) -> float:
+    values = [v for v in values if v == v]
+    return statistics.median(values) if values else float("nan")
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def table(header: list[str], rows: list[list[object]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def write_report(name: str, title: str, machine: Machine, body: list[str]) -> Path:
+    """Write reports/benchmarks/<name>.md: title, exact command, machine, then the body."""
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    path = REPORTS / f"{name}.md"
+    lines = [f"# {title}", "", "Command (from the repository root):", "", "```bash", command_line(), "```", ""]
+    lines += machine.markdown() + [""] + body
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    print(f"\nresults written to {path.relative_to(REPO)}")
+    return path

@@ -1,0 +1,209 @@
+"""Training throughput of a lora_lab trial against a plain PEFT + Trainer script of the same configuration.
+
+Both sides train the built-in tiny Llama on the cipher task with the same LoRA settings, batch
+size, steps, learning-rate schedule, evaluation interval and seed (so they see the same batches in
+the same order and end at the same training loss, which the benchmark checks). Runs alternate
+A B A B ...; the medians and their ratio are reported.
+
+    .venv/bin/python benchmarks/bench_throughput.py                 # 3 runs each of lora_lab's default trial (150 steps)
+    .venv/bin/python benchmarks/bench_throughput.py --runs 5 --steps 60 --no-report
+
+* lora_lab: ``lora_lab.train.run_trial(cfg, out, resources, show_progress=False)`` with the base
+  model and tokenized data built once beforehand (as a sweep does); its defaults run exact-match
+  generation and save the adapter after training.
+* plain: ``set_seed``; ``AutoModelForCausalLM.from_pretrained`` of the same model;
+  ``peft.get_peft_model``; ``Trainer(...).train()``; ``save_pretrained`` of the adapter.
+
+Throughput is over ``Trainer.train``'s runtime (``train_runtime``: the training loop with its
+evaluations, the time a user waits for training): steps/s and non-padding tokens/s. Also reported:
+the optimizer steps alone (timed by a callback from on_step_begin to on_step_end) and the end-to-end
+time of each side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+from _common import fmt, median, stopwatch  # noqa: E402
+
+_common.quiet()
+
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, PrinterCallback,  # noqa: E402
+                          Trainer, TrainerCallback, TrainingArguments, set_seed)
+
+from lora_lab.config import register_configs, to_trial_config  # noqa: E402
+from lora_lab.data import build_task_data  # noqa: E402
+from lora_lab.model import builtin_tokenizer, materialize_builtin  # noqa: E402
+from lora_lab.train import build_resources, run_trial  # noqa: E402
+
+
+class StepTimer(TrainerCallback):
+    """Seconds spent in optimizer steps (forward, backward, clipping, update)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.started = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds += time.perf_counter() - self.started
+
+
+def plain_run(cfg, model_dir: Path, tokenizer, data, output_dir: Path, timer: StepTimer) -> dict:
+    """The script a user writes with transformers + PEFT for the same trial configuration."""
+    t = cfg.train
+    with stopwatch() as wall:
+        set_seed(t.seed)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model.config.use_cache = False
+        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
+                          target_modules=cfg.model.target_sets[cfg.lora.targets], task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+        args = TrainingArguments(
+            output_dir=str(output_dir), max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
+            per_device_eval_batch_size=max(t.batch_size, 64), learning_rate=t.learning_rate,
+            warmup_steps=t.warmup_ratio, lr_scheduler_type=t.lr_scheduler, weight_decay=t.weight_decay,
+            max_grad_norm=t.max_grad_norm, eval_strategy="steps", eval_steps=t.eval_every,
+            logging_steps=t.logging_steps, save_strategy="no", report_to="none", seed=t.seed, data_seed=t.seed,
+            use_cpu=True, disable_tqdm=True, label_names=["labels"], remove_unused_columns=False)
+        trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                          data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True), callbacks=[timer])
+        trainer.remove_callback(PrinterCallback)  # quiet, like run_trial(show_progress=False)
+        output = trainer.train()
+        model.save_pretrained(output_dir / "adapter")
+    return {"wall": wall["s"], "train": output.metrics["train_runtime"], "steps": trainer.state.global_step,
+            "loss": output.training_loss, "step_s": timer.seconds}
+
+
+def lora_lab_run(cfg, resources, output_dir: Path, timer: StepTimer) -> dict:
+    result = run_trial(cfg, output_dir, resources, callbacks=[timer], show_progress=False)
+    loss = next(e["train_loss"] for e in reversed(result.history) if "train_loss" in e)
+    return {"wall": result.wall_time_s, "train": result.train_time_s, "steps": result.steps, "loss": loss,
+            "step_s": timer.seconds, "tokens": result.tokens_per_s * result.train_time_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="runs of each side (alternating), at least 3")
+    parser.add_argument("--steps", type=int, default=None, help="train.max_steps (default: lora_lab's, 150)")
+    parser.add_argument("overrides", nargs="*", help="more trial overrides applied to both sides, e.g. lora.r=16")
+    parser.add_argument("--no-report", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help=_common.THREADS_HELP)
+    args = parser.parse_args()
+    _common.set_threads(args.threads)
+
+    machine = _common.Machine()
+    print(f"machine: {machine.cpu}, {machine.cores} cores, torch {machine.torch}; {machine.uptime_before}")
+    register_configs()
+    overrides = list(args.overrides) + ([f"train.max_steps={args.steps}"] if args.steps else [])
+    with initialize_config_dir(config_dir=str(_common.CONF), version_base=None):
+        cfg = to_trial_config(compose("config", overrides=overrides))
+        warm_cfg = to_trial_config(compose("config", overrides=overrides + ["train.max_steps=3", "train.eval_every=3"]))
+    assert cfg.quant.method == "none" and cfg.lora.target_modules is None and not cfg.lora.use_rslora \
+        and not cfg.lora.use_dora and cfg.lora.bias == "none" and cfg.train.gradient_accumulation_steps == 1 \
+        and cfg.model.source == "builtin", "the plain script covers plain LoRA on the built-in model only"
+    workdir = Path(tempfile.mkdtemp(prefix="bench_throughput_"))
+
+    # what both sides build once and reuse (untimed): lora_lab's resources; the plain script's data
+    resources = build_resources(cfg)
+    model_dir = materialize_builtin(cfg.model, builtin_tokenizer())
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    data = build_task_data(cfg.data, tokenizer, cfg.train.max_seq_len)
+    # warm-up, untimed
+    lora_lab_run(warm_cfg, resources, workdir / "warm_a", StepTimer())
+    plain_run(warm_cfg, model_dir, tokenizer, data, workdir / "warm_b", StepTimer())
+
+    runs: dict[str, list[dict]] = {"lora_lab": [], "plain": []}
+    for i in range(max(args.runs, 1)):
+        for side in ("lora_lab", "plain"):
+            out = workdir / f"{side}_{i}"
+            if side == "lora_lab":
+                run = lora_lab_run(cfg, resources, out, StepTimer())
+            else:
+                run = plain_run(cfg, model_dir, tokenizer, data, out, StepTimer())
+            runs[side].append(run)
+            print(f"run {i + 1} {side:<9} train {run['train']:7.2f} s  {run['steps'] / run['train']:6.2f} steps/s  "
+                  f"steps alone {run['step_s']:7.2f} s  end-to-end {run['wall']:7.2f} s  "
+                  f"final train loss {run['loss']:.6f}", flush=True)
+    machine.finish()
+    print(machine.uptime_after)
+
+    tokens = runs["lora_lab"][0]["tokens"]  # identical data order on both sides: the same tokens
+    same_work = all(abs(r["loss"] - runs["lora_lab"][0]["loss"]) < 1e-4 for side in runs.values() for r in side)
+    stats = {}
+    for side, rs in runs.items():
+        train = median([r["train"] for r in rs])
+        stats[side] = {"train": train, "steps_per_s": median([r["steps"] / r["train"] for r in rs]),
+                       "tokens_per_s": median([tokens / r["train"] for r in rs]),
+                       "step_only": median([r["steps"] / r["step_s"] for r in rs]),
+                       "wall": median([r["wall"] for r in rs])}
+    a, b = stats["lora_lab"], stats["plain"]
+    ratio = a["tokens_per_s"] / b["tokens_per_s"]
+    # ratio of the medians, and the median of the per-pair ratios (each pair ran back to back)
+    pair_ratios = [rb["train"] / ra["train"] for ra, rb in zip(runs["lora_lab"], runs["plain"])]
+    print(f"\nthroughput lora_lab / plain = {ratio:.3f} (median of pairs {median(pair_ratios):.3f}); "
+          f"same work: {same_work}")
+    if args.no_report:
+        return
+
+    t = cfg.train
+    body = [
+        "## What was compared",
+        "",
+        f"One trial configuration on both sides: the built-in tiny Llama, the cipher task, LoRA r={cfg.lora.r} "
+        f"alpha={cfg.lora.lora_alpha:g} on {cfg.lora.targets} ({', '.join(cfg.model.target_sets[cfg.lora.targets])}), "
+        f"{t.max_steps} steps of batch {t.batch_size}, learning rate {t.learning_rate:g} ({t.lr_scheduler}, warmup "
+        f"{t.warmup_ratio:g}), evaluation every {t.eval_every} steps, seed {t.seed}"
+        + (f", overrides `{' '.join(overrides)}`" if overrides else "") + ".",
+        "",
+        "- **lora_lab**: `lora_lab.train.run_trial(cfg, out, resources, show_progress=False)`, the base model and "
+        "tokenized data built once beforehand (as in a sweep); its defaults add token accuracy to each "
+        "evaluation, count non-padding tokens, and after training run exact-match generation and save the adapter.",
+        "- **plain**: `set_seed`, `AutoModelForCausalLM.from_pretrained`, `peft.get_peft_model`, "
+        "`Trainer(...).train()` with the same `TrainingArguments` values, `save_pretrained` of the adapter "
+        "(`plain_run()` in the script).",
+        "",
+        f"Runs alternated lora_lab, plain, lora_lab, plain, ... ({len(runs['lora_lab'])} each) after one untimed "
+        "warm-up of each. Throughput is over `train_runtime` (the training loop including its evaluations); "
+        f"tokens are the {tokens:,.0f} non-padding tokens of the batches seen, the same on both sides "
+        f"({'checked: every run ended at the same training loss' if same_work else 'WARNING: the final training losses differ, so the runs did not see identical batches'}).",
+        "",
+        "## Results (medians)",
+        "",
+    ]
+    body += _common.table(
+        ["", "lora_lab", "plain PEFT + Trainer", "ratio lora_lab / plain"],
+        [["tokens/s (train_runtime)", fmt(a["tokens_per_s"], 5), fmt(b["tokens_per_s"], 5), f"**{ratio:.3f}**"],
+         ["steps/s (train_runtime)", fmt(a["steps_per_s"], 4), fmt(b["steps_per_s"], 4),
+          f"{a['steps_per_s'] / b['steps_per_s']:.3f}"],
+         ["steps/s, optimizer steps alone", fmt(a["step_only"], 4), fmt(b["step_only"], 4),
+          f"{a['step_only'] / b['step_only']:.3f}"],
+         ["train_runtime (s)", fmt(a["train"], 4), fmt(b["train"], 4), f"{a['train'] / b['train']:.3f}"],
+         ["end-to-end (s)", fmt(a["wall"], 4), fmt(b["wall"], 4), f"{a['wall'] / b['wall']:.3f}"]])
+    body += ["", f"Per back-to-back pair, throughput ratio lora_lab / plain: "
+             f"{', '.join(f'{r:.3f}' for r in pair_ratios)} (median {median(pair_ratios):.3f}).", "",
+             "## Runs", ""]
+    body += _common.table(
+        ["run", "side", "train_runtime (s)", "steps/s", "steps alone (s)", "end-to-end (s)", "final train loss"],
+        [[i + 1, side, fmt(r["train"], 4), fmt(r["steps"] / r["train"], 4), fmt(r["step_s"], 4), fmt(r["wall"], 4),
+          f"{r['loss']:.6f}"]
+         for i in range(len(runs["lora_lab"])) for side in ("lora_lab", "plain") for r in [runs[side][i]]])
+    body += ["", "End-to-end: lora_lab's `TrialResult.wall_time_s` (attach adapter to detach, exact-match "
+             "generation and adapter saving included, resources reused); plain: from `set_seed` to the saved "
+             "adapter, loading the base model included."]
+    _common.write_report("throughput", "Training throughput: lora_lab trial vs plain PEFT + Trainer", machine, body)
+
+
+if __name__ == "__main__":
+    main()

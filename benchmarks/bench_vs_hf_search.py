@@ -1,0 +1,281 @@
+"""lora_lab's sweep against transformers' ``Trainer.hyperparameter_search(backend="optuna")``.
+
+The same search on both sides: the rank_alpha space (r x alpha/r), the same grid sampler and seed,
+the same number of trials, the same steps, data, model, batch size, learning-rate schedule and
+evaluation interval. It runs once without pruning and once with Optuna's median pruner, the two
+sides interleaved in one process (A B, then B A), and reports the wall-time ratio and the best eval
+loss of each.
+
+    .venv/bin/python benchmarks/bench_vs_hf_search.py           # 2 rounds of 12 trials x 100 steps: ~12 min on 2 cores
+    .venv/bin/python benchmarks/bench_vs_hf_search.py --trials 4 --steps 30 --repeats 1 --no-report   # a quick look
+
+The lora_lab side is what ``python -m lora_lab.sweep +sweep=rank_alpha sweep.n_trials=12
+train.max_steps=100 train.eval_every=25 [sweep.pruner.name=median]`` does, composed in-process with
+Hydra and tracked in a throwaway sqlite MLflow store, with its defaults (exact-match generation,
+adapter saved and logged). The transformers side is the plain script a user would write instead
+(``hf_search`` below): ``model_init`` loads the base model with ``from_pretrained`` and wraps it with
+``peft.get_peft_model`` using the trial's r and alpha; no tracking, no adapter saving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+from _common import fmt, median, stopwatch  # noqa: E402
+
+_common.quiet()
+
+import mlflow  # noqa: E402
+import optuna  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, PrinterCallback,  # noqa: E402
+                          Trainer, TrainingArguments)
+
+from lora_lab import search_space  # noqa: E402
+from lora_lab.config import DataConfig, ModelConfig, register_configs, to_trial_config  # noqa: E402
+from lora_lab.data import build_task_data  # noqa: E402
+from lora_lab.model import builtin_tokenizer, materialize_builtin  # noqa: E402
+from lora_lab.sweep import Sweep, to_sweep_config  # noqa: E402
+
+# --- the plain transformers + PEFT script a user would write ----------------------------------------
+# The space and the training settings are written out as a user would; check_same_search() asserts
+# that they equal lora_lab's rank_alpha preset and conf/train/default.yaml, so both sides run the same search.
+R_CHOICES = [1, 2, 4, 8, 16, 32, 64]
+ALPHA_OVER_R = [0.5, 1, 2, 4]
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LEARNING_RATE = 5e-3
+BATCH_SIZE = 32
+EVAL_BATCH_SIZE = 64  # lora_lab evaluates with max(batch_size, 64)
+WARMUP = 0.05
+SCHEDULER = "cosine"
+MAX_SEQ_LEN = 64
+LOGGING_STEPS = 10
+
+
+def hf_search(workdir: Path, trials: int, steps: int, eval_every: int, seed: int,
+              pruner: optuna.pruners.BasePruner, storage: optuna.storages.BaseStorage, study_name: str):
+    """Trainer.hyperparameter_search over r and alpha/r with a LoRA model built in model_init."""
+    model_dir = materialize_builtin(ModelConfig(), builtin_tokenizer())  # the embedded tiny Llama as a HF dir
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    data = build_task_data(DataConfig(), tokenizer, MAX_SEQ_LEN)  # the cipher task, tokenized
+
+    def hp_space(trial):
+        return {"lora_r": trial.suggest_categorical("lora.r", R_CHOICES),
+                "alpha_over_r": trial.suggest_categorical("alpha_over_r", ALPHA_OVER_R)}
+
+    def model_init(trial):
+        hp = hp_space(trial) if trial is not None else {"lora_r": 8, "alpha_over_r": 2}
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model.config.use_cache = False
+        lora = LoraConfig(r=hp["lora_r"], lora_alpha=hp["alpha_over_r"] * hp["lora_r"], lora_dropout=0.0,
+                          target_modules=TARGETS, task_type="CAUSAL_LM")
+        return get_peft_model(model, lora)
+
+    args = TrainingArguments(
+        output_dir=str(workdir / "hf"), max_steps=steps, per_device_train_batch_size=BATCH_SIZE,
+        per_device_eval_batch_size=EVAL_BATCH_SIZE, learning_rate=LEARNING_RATE, warmup_steps=WARMUP,
+        lr_scheduler_type=SCHEDULER, eval_strategy="steps", eval_steps=eval_every, logging_steps=LOGGING_STEPS,
+        save_strategy="no", report_to="none", seed=seed, data_seed=seed, use_cpu=True, disable_tqdm=True,
+        label_names=["labels"], remove_unused_columns=False)
+    trainer = Trainer(model_init=model_init, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True))
+    trainer.remove_callback(PrinterCallback)  # no log lines on stdout (lora_lab's sweep prints none either)
+    grid = {"lora.r": R_CHOICES, "alpha_over_r": ALPHA_OVER_R}
+    return trainer.hyperparameter_search(
+        backend="optuna", hp_space=hp_space, n_trials=trials, direction="minimize",
+        sampler=optuna.samplers.GridSampler(grid, seed=seed), pruner=pruner,
+        storage=storage, study_name=study_name)  # storage/name only so the trials can be listed afterwards
+# ----------------------------------------------------------------------------------------------------
+
+
+def lora_lab_overrides(name: str, workdir: Path, trials: int, steps: int, eval_every: int, pruning: bool,
+                       n_startup: int) -> list[str]:
+    out = ["+sweep=rank_alpha", f"sweep.study_name={name}", f"sweep.n_trials={trials}",
+           f"sweep.storage=sqlite:///{workdir / (name + '.db')}", f"train.max_steps={steps}",
+           f"train.eval_every={eval_every}"]
+    if pruning:
+        out += ["sweep.pruner.name=median", f"sweep.pruner.n_startup_trials={n_startup}",
+                "sweep.pruner.n_warmup_steps=0"]
+    return out
+
+
+def lora_lab_search(overrides: list[str]) -> Sweep:
+    with initialize_config_dir(config_dir=str(_common.CONF), version_base=None):
+        cfg = compose("config", overrides=overrides)
+        sweep = Sweep(cfg, overrides, console_progress=False)
+        sweep.run()
+    return sweep
+
+
+def check_same_search(workdir: Path, seed: int) -> None:
+    """The hand-written HF settings must equal lora_lab's preset and training defaults."""
+    with initialize_config_dir(config_dir=str(_common.CONF), version_base=None):
+        cfg = compose("config", overrides=lora_lab_overrides("check", workdir, 8, 60, 20, False, 4))
+    grid = search_space.grid(to_sweep_config(cfg))
+    assert grid == {"lora.r": R_CHOICES, "alpha_over_r": ALPHA_OVER_R}, grid
+    sweep = to_sweep_config(cfg)
+    assert sweep.sampler.name == "grid" and sweep.sampler.seed == seed, sweep.sampler
+    trial = to_trial_config(cfg)
+    t = trial.train
+    assert (t.learning_rate, t.batch_size, t.warmup_ratio, t.lr_scheduler, t.max_seq_len, t.logging_steps,
+            t.seed, t.gradient_accumulation_steps) == (LEARNING_RATE, BATCH_SIZE, WARMUP, SCHEDULER, MAX_SEQ_LEN,
+                                                       LOGGING_STEPS, seed, 1), t
+    assert trial.model.target_sets[trial.lora.targets] == TARGETS and trial.lora.lora_dropout == 0.0
+    assert trial.data == DataConfig() and trial.quant.method == "none"
+
+
+def trial_rows(study: optuna.Study) -> list[tuple]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.COMPLETE:
+            value = t.value
+        else:
+            value = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else float("nan")
+        r, a = t.params.get("lora.r"), t.params.get("alpha_over_r")
+        rows.append((t.number, r, a, t.state.name, value, len(t.intermediate_values)))
+    return rows
+
+
+def best_value(study: optuna.Study) -> float:
+    try:
+        return study.best_value
+    except ValueError:
+        return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--eval-every", type=int, default=25)
+    parser.add_argument("--n-startup", type=int, default=4, help="median pruner: trials before pruning starts")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of both conditions (order alternates)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-report", action="store_true", help="print only; do not write reports/benchmarks/")
+    parser.add_argument("--threads", type=int, default=1, help=_common.THREADS_HELP)
+    args = parser.parse_args()
+    _common.set_threads(args.threads)
+
+    machine = _common.Machine()
+    print(f"machine: {machine.cpu}, {machine.cores} cores, torch {machine.torch}; {machine.uptime_before}")
+    register_configs()
+    workdir = Path(tempfile.mkdtemp(prefix="bench_vs_hf_"))
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    MlflowClient(uri).search_experiments()  # create the store's schema once, untimed (a user's store exists)
+    home = os.getcwd()
+    os.chdir(workdir)  # the sweep writes sweeps/<study>/ and mlruns/ under the working directory
+    check_same_search(workdir, args.seed)
+
+    # warm-up, untimed: first-use costs (lazy imports, kernels) paid by neither side's measurement
+    lora_lab_search(lora_lab_overrides("warmup", workdir, 1, 2, 1, False, 1))
+    hf_search(workdir, 1, 2, 1, args.seed, optuna.pruners.NopPruner(), optuna.storages.InMemoryStorage(), "warmup")
+
+    results: dict[tuple[str, str], list[dict]] = {}
+    for rnd in range(args.repeats):
+        for condition in ("no pruning", "median pruning"):
+            pruning = condition != "no pruning"
+            sides = ["lora_lab", "transformers"]
+            if (rnd + pruning) % 2:
+                sides.reverse()  # A B, then B A: drift in the machine's load hits both sides alike
+            for side in sides:
+                name = f"{'prune' if pruning else 'noprune'}_{side}_{rnd}"
+                print(f"round {rnd + 1}/{args.repeats} {condition:<14} {side:<12} ...", end=" ", flush=True)
+                if side == "lora_lab":
+                    overrides = lora_lab_overrides(name, workdir, args.trials, args.steps, args.eval_every, pruning,
+                                                   args.n_startup)
+                    with stopwatch() as t:
+                        study = lora_lab_search(overrides).study
+                else:
+                    pruner = (optuna.pruners.MedianPruner(n_startup_trials=args.n_startup, n_warmup_steps=0)
+                              if pruning else optuna.pruners.NopPruner())
+                    storage = optuna.storages.InMemoryStorage()
+                    with stopwatch() as t:
+                        best = hf_search(workdir, args.trials, args.steps, args.eval_every, args.seed, pruner,
+                                         storage, name)
+                    study = optuna.load_study(study_name=name, storage=storage)
+                    assert abs(best.objective - best_value(study)) < 1e-9
+                rows = trial_rows(study)
+                pruned = sum(1 for r in rows if r[3] == "PRUNED")
+                out = {"wall_s": t["s"], "best": best_value(study), "rows": rows, "pruned": pruned}
+                results.setdefault((condition, side), []).append(out)
+                print(f"{t['s']:7.1f} s  best eval loss {out['best']:.4f}  pruned {pruned}/{len(rows)}")
+    os.chdir(home)
+    machine.finish()
+    print(f"\n{machine.uptime_after}")
+
+    summary = []
+    for condition in ("no pruning", "median pruning"):
+        lab, hf = results[(condition, "lora_lab")], results[(condition, "transformers")]
+        ratios = [a["wall_s"] / b["wall_s"] for a, b in zip(lab, hf)]
+        summary.append((condition, median([r["wall_s"] for r in lab]), median([r["wall_s"] for r in hf]),
+                        median(ratios), ratios, median([r["best"] for r in lab]), median([r["best"] for r in hf]),
+                        lab[-1]["pruned"], hf[-1]["pruned"]))
+        print(f"{condition:<15} wall lora_lab/transformers = {median(ratios):.3f}  "
+              f"best eval loss lora_lab {summary[-1][5]:.4f} vs transformers {summary[-1][6]:.4f}")
+    if args.no_report:
+        return
+
+    body = [
+        "## What was compared",
+        "",
+        f"The same search on both sides: lora_lab's `rank_alpha` space (r in {R_CHOICES}, alpha/r in "
+        f"{ALPHA_OVER_R}), Optuna's grid sampler with seed {args.seed}, {args.trials} trials of "
+        f"{args.steps} steps each, evaluation every {args.eval_every} steps on the 200 held-out examples, the "
+        "built-in tiny Llama and cipher data, batch 32, learning rate 5e-3 with cosine decay, seed 0. "
+        f"With pruning both sides use `MedianPruner(n_startup_trials={args.n_startup}, n_warmup_steps=0)` fed "
+        "the eval loss at each evaluation; without pruning the transformers side gets an explicit `NopPruner` "
+        "(its default, Optuna's `create_study` default, would be a `MedianPruner`).",
+        "",
+        "- **lora_lab**: `lora_lab.sweep.Sweep` composed in-process like `python -m lora_lab.sweep "
+        f"+sweep=rank_alpha sweep.n_trials={args.trials} train.max_steps={args.steps} "
+        f"train.eval_every={args.eval_every} [sweep.pruner.name=median sweep.pruner.n_startup_trials={args.n_startup}]`"
+        "; Optuna study in a sqlite file, every trial tracked in a sqlite MLflow store (params, step metrics, "
+        "config, dataset, effective rank, adapter artifact), exact-match generation on 64 held-out prompts, "
+        "adapter saved: its defaults. The base model and tokenized data are built once per sweep.",
+        "- **transformers**: the plain script in `hf_search()`: `Trainer(model_init=...)` + "
+        "`Trainer.hyperparameter_search(backend=\"optuna\", hp_space=..., n_trials=..., direction=\"minimize\", "
+        "sampler=GridSampler(...), pruner=...)`; `model_init` loads the base model with "
+        "`AutoModelForCausalLM.from_pretrained` and wraps it with `peft.get_peft_model` with the trial's r and "
+        "alpha. No tracking, no generation, no adapter saving. transformers reports each evaluation to the "
+        "Optuna trial itself (`Trainer._report_to_hp_search`: `trial.report(eval_loss, global_step)`, then "
+        "`raise TrialPruned` when `trial.should_prune()`).",
+        "",
+        "Both wall times start before anything is built (lora_lab: compose + `Sweep(...)` + `run()`; "
+        "transformers: tokenizer, tokenized data, `Trainer`, `hyperparameter_search`) and exclude imports and "
+        "one untimed warm-up search of each side. The MLflow store's schema is created once before timing.",
+        "",
+        "## Results",
+        "",
+    ]
+    body += _common.table(
+        ["condition", "lora_lab wall (s)", "transformers wall (s)", "wall ratio lora_lab / transformers",
+         "best eval loss lora_lab", "best eval loss transformers", "pruned trials lora_lab / transformers"],
+        [[c, fmt(a, 4), fmt(b, 4), f"**{r:.3f}**" + (f" (rounds: {', '.join(f'{x:.3f}' for x in rs)})"
+                                                      if len(rs) > 1 else ""),
+          f"{bl:.4f}", f"{bh:.4f}", f"{pl} / {ph}"]
+         for c, a, b, r, rs, bl, bh, pl, ph in summary])
+    body += ["", "## Trials (last round)", ""]
+    for condition in ("no pruning", "median pruning"):
+        for side in ("lora_lab", "transformers"):
+            rows = results[(condition, side)][-1]["rows"]
+            body += [f"{condition}, {side}:", ""]
+            body += _common.table(["trial", "r", "alpha/r", "state", "last eval loss", "evaluations reported to Optuna"],
+                                  [[n, r, a, s, f"{v:.4f}", e] for n, r, a, s, v, e in rows])
+            body.append("")
+    _common.write_report("vs_hf_search", "lora_lab sweep vs transformers hyperparameter_search", machine, body)
+
+
+if __name__ == "__main__":
+    main()
