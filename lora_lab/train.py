@@ -6,6 +6,7 @@ from the command line and logs it to MLflow as a run of its own.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import resource
@@ -64,9 +65,15 @@ class ResourceCache:
     def get(self, cfg: TrialConfig) -> TrialResources:
         """Resources for this trial, reused from the previous trial whenever possible."""
         if self._current is None or self._current.key != resources_key(cfg):
+            gc.unfreeze()  # let the collector reach the resources being replaced
             self._current = None  # free the old model before loading the next
             self._current = build_resources(cfg)
             self.builds += 1
+            # What exists now (libraries, base model, data) lives as long as the sweep. Freezing it
+            # keeps the full collections that transformers/accelerate run in every trial (gc.collect()
+            # in Trainer.train) from rescanning ~600k long-lived objects: 0.3-0.5 s a trial on a CPU.
+            gc.collect()
+            gc.freeze()
         return self._current
 
     def invalidate(self) -> None:
