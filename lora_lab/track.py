@@ -73,18 +73,37 @@ def _finite(value: Any) -> bool:
 
 
 class StepLogger(TrainerCallback):
-    """Logs training and evaluation metrics at each Trainer log step to one MLflow run."""
+    """Logs training and evaluation metrics at each Trainer log step to one MLflow run.
+
+    Training-step metrics are buffered and written together with the next evaluation, at the end of
+    training, or once ``FLUSH_S`` seconds passed since the last write (and by ``TrialRun.finish``
+    whatever happens): a database write per log step cost ~20 ms each, 3-4% of a small CPU trial."""
+
+    FLUSH_S = 5.0
 
     def __init__(self, client: MlflowClient, run_id: str):
         self.client = client
         self.run_id = run_id
+        self.pending: list[Metric] = []
+        self.last_flush = time.monotonic()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         now = int(time.time() * 1000)
         metrics = [Metric(STEP_METRICS[key], float(value), now, state.global_step)
                    for key, value in (logs or {}).items() if key in STEP_METRICS and _finite(value)]
-        if metrics:
-            self.client.log_batch(self.run_id, metrics=metrics)
+        self.pending.extend(metrics)
+        if any(m.key.startswith("eval_") for m in metrics) or time.monotonic() - self.last_flush >= self.FLUSH_S:
+            self.flush()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered metrics now."""
+        pending, self.pending = self.pending, []
+        for start in range(0, len(pending), 1000):  # MLflow's limit per batch
+            self.client.log_batch(self.run_id, metrics=pending[start:start + 1000])
+        self.last_flush = time.monotonic()
 
 
 class TrialRun:
@@ -94,10 +113,12 @@ class TrialRun:
         self.client = client
         self.run_id = run_id
         self.effective_rank: dict[str, float] = {}
+        self.step_loggers: list[StepLogger] = []
 
     def callbacks(self) -> list[TrainerCallback]:
         """Trainer callbacks that stream this trial's step metrics into the run."""
-        return [StepLogger(self.client, self.run_id)]
+        self.step_loggers.append(StepLogger(self.client, self.run_id))
+        return [self.step_loggers[-1]]
 
     def log_config(self, cfg: TrialConfig, config_yaml: str, data_digest: str | None = None) -> None:
         """Every config field as a flat param, the resolved config as an artifact."""
@@ -141,7 +162,12 @@ class TrialRun:
             self.client.log_artifacts(self.run_id, result.adapter_dir, "adapter")
 
     def finish(self, status: str) -> None:
-        """End the run with FINISHED, FAILED or KILLED."""
+        """End the run with FINISHED, FAILED or KILLED (after writing any buffered step metrics)."""
+        for logger in self.step_loggers:
+            try:
+                logger.flush()
+            except Exception:
+                pass  # ending the run with the right status matters more than the last few step metrics
         self.client.set_terminated(self.run_id, status)
 
 
