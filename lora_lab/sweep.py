@@ -282,7 +282,8 @@ class Sweep:
             if pruning:
                 callbacks.append(pruning)
             result = run_trial(trial_cfg, self.trial_root / f"{trial.number:04d}", resources,
-                               callbacks=callbacks, show_progress=False, on_adapter_ready=trial_run.on_adapter_ready)
+                               callbacks=callbacks, show_progress=False, on_adapter_ready=trial_run.on_adapter_ready,
+                               pruned=(lambda: pruning.pruned_at is not None) if pruning else None)
             trial_run.log_result(result, log_adapter=trial_cfg.tracking.log_adapter)
             if pruning and pruning.pruned_at is not None:
                 state = "PRUNED"

@@ -155,12 +155,15 @@ def _peak_memory_mb() -> tuple[float, str]:
 
 def run_trial(cfg: TrialConfig, output_dir: str | Path, resources: TrialResources | None = None,
               callbacks: Iterable[TrainerCallback] = (), show_progress: bool = True,
-              on_adapter_ready=None) -> TrialResult:
+              on_adapter_ready=None, pruned=None) -> TrialResult:
     """Train and evaluate one adapter. Reuses ``resources`` (a sweep's shared base model and data)
     when given; the base model is left as it was found, so the next trial starts clean.
 
     ``on_adapter_ready(peft_model)`` is called after training, before the adapter is removed, so
-    callers can inspect the trained adapter (the sweep measures its effective rank there)."""
+    callers can inspect the trained adapter (the sweep measures its effective rank there).
+    ``pruned()``, asked after training, says whether the caller stopped the trial for good (a
+    pruned sweep trial): its exact-match generation and adapter saving are then skipped, as
+    nothing uses a pruned trial's adapter (exact_match is NaN, adapter_dir None)."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -188,11 +191,12 @@ def run_trial(cfg: TrialConfig, output_dir: str | Path, resources: TrialResource
         steps = trainer.state.global_step
         evals = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
         final = evals[-1] if evals and evals[-1].get("step") == steps else trainer.evaluate()
+        was_pruned = pruned is not None and pruned()
         match = (exact_match(model, resources.tokenizer, resources.task.eval_records[: cfg.train.eval_generate],
                              resources.task.max_response_tokens)
-                 if cfg.train.eval_generate > 0 else float("nan"))
+                 if cfg.train.eval_generate > 0 and not was_pruned else float("nan"))
         adapter_dir = None
-        if cfg.train.save_adapter:
+        if cfg.train.save_adapter and not was_pruned:
             adapter_dir = str(output_dir / "adapter")
             model.save_pretrained(adapter_dir)
         if on_adapter_ready is not None:
