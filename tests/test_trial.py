@@ -318,6 +318,8 @@ def test_hub_model_offline_is_a_clear_error(make_trial_config):
 def test_single_run_is_logged_to_mlflow(tracked, tmp_path):
     result = tracked.result
     runs = mlflow.search_runs(experiment_names=[EXPERIMENT])
+    assert "RUNNING" not in set(runs["status"])  # no run of this experiment is left open
+    runs = runs[runs["run_id"] == tracked.run_id]
     assert len(runs) == 1
     run = runs.iloc[0]
     assert run["run_id"] == tracked.run_id and run["status"] == "FINISHED"
