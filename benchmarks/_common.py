@@ -12,6 +12,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -198,3 +199,53 @@ def write_report(name: str, title: str, machine: Machine, body: list[str]) -> Pa
     path.write_text("\n".join(lines).rstrip() + "\n")
     print(f"\nresults written to {path.relative_to(REPO)}")
     return path
+
+
+def run_child(script: str | Path, args: list[str]) -> dict:
+    """Run ``python <script> <args> --child-out <file>`` in a fresh interpreter and return the JSON it
+    wrote. Each side of a comparison runs in a process of its own, as a user would run it: no side
+    inherits the other's imports, caches or garbage-collector state (lora_lab freezes its long-lived
+    objects for the collector, which would otherwise speed up whatever runs after it in the process)."""
+    import json
+
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
+        out = Path(handle.name)
+    try:
+        proc = subprocess.run([sys.executable, str(script), *args, "--child-out", str(out)], cwd=REPO,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
+            raise SystemExit(f"benchmark child failed ({proc.returncode}): {script} {' '.join(args)}")
+        return json.loads(out.read_text())
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def write_child(path: str, result: dict) -> None:
+    import json
+
+    Path(path).write_text(json.dumps(result))
+
+
+def loop_timer():
+    """A Trainer callback that adds up the seconds spent in optimizer steps (on_step_begin to
+    on_step_end: forward, backward, clipping, update) and in evaluations (the Trainer's eval_runtime).
+    It only reads the clock, so it costs nothing measurable."""
+    from transformers import TrainerCallback
+
+    class LoopTimer(TrainerCallback):
+        def __init__(self):
+            self.steps_s = 0.0
+            self.evals_s = 0.0
+            self._started = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps_s += time.perf_counter() - self._started
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.evals_s += float((logs or {}).get("eval_runtime", 0.0))
+
+    return LoopTimer()

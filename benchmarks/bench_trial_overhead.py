@@ -54,7 +54,7 @@ PHASES = [
     ("attach", "attach the adapter (get_peft_model)"),
     ("trainer_init", "build the Trainer"),
     ("loop_other", "Trainer.train() outside steps and evaluations (optimizer, dataloader, callbacks)"),
-    ("step_logging", "  of which MLflow step logging (StepLogger.on_log)"),
+    ("step_logging", "  of which MLflow step logging (StepLogger)"),
     ("generate", "exact-match generation"),
     ("save", "save the adapter (save_pretrained)"),
     ("rank", "effective rank of the adapter"),
@@ -118,6 +118,7 @@ def instrument(recorder: Recorder) -> None:
     recorder.wrap(peft.PeftModel, "save_pretrained", "save")
     recorder.wrap(track.TrialRun, "on_adapter_ready", "rank")
     recorder.wrap(track.StepLogger, "on_log", "step_logging")
+    recorder.wrap(track.StepLogger, "on_train_end", "step_logging")  # where a buffering StepLogger flushes
     for name in ("log_config", "log_dataset", "log_result", "finish"):
         recorder.wrap(track.TrialRun, name, "mlflow_log")
     original_run_trial = lab_sweep.run_trial

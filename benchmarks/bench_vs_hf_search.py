@@ -2,11 +2,11 @@
 
 The same search on both sides: the rank_alpha space (r x alpha/r), the same grid sampler and seed,
 the same number of trials, the same steps, data, model, batch size, learning-rate schedule and
-evaluation interval. It runs once without pruning and once with Optuna's median pruner, the two
-sides interleaved in one process (A B, then B A), and reports the wall-time ratio and the best eval
+evaluation interval. It runs without pruning and with Optuna's median pruner, the two sides
+alternating in one invocation (A B, then B A), and reports the wall-time ratio and the best eval
 loss of each.
 
-    .venv/bin/python benchmarks/bench_vs_hf_search.py           # 2 rounds of 12 trials x 100 steps: ~12 min on 2 cores
+    .venv/bin/python benchmarks/bench_vs_hf_search.py           # 2 rounds of 12 trials x 100 steps: ~15 min on 2 cores
     .venv/bin/python benchmarks/bench_vs_hf_search.py --trials 4 --steps 30 --repeats 1 --no-report   # a quick look
 
 The lora_lab side is what ``python -m lora_lab.sweep +sweep=rank_alpha sweep.n_trials=12
@@ -15,6 +15,9 @@ Hydra and tracked in a throwaway sqlite MLflow store, with its defaults (exact-m
 adapter saved and logged). The transformers side is the plain script a user would write instead
 (``hf_search`` below): ``model_init`` loads the base model with ``from_pretrained`` and wraps it with
 ``peft.get_peft_model`` using the trial's r and alpha; no tracking, no adapter saving.
+
+Every search runs in a fresh Python process of its own (importing only what its side needs), after
+an untimed warm-up search in that process; the timed wall excludes imports.
 """
 
 from __future__ import annotations
@@ -28,24 +31,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 from _common import fmt, median, stopwatch  # noqa: E402
-
-_common.quiet()
-
-import mlflow  # noqa: E402
-import optuna  # noqa: E402
-import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
-from peft import LoraConfig, get_peft_model  # noqa: E402
-from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, PrinterCallback,  # noqa: E402
-                          Trainer, TrainingArguments)
-
-from lora_lab import search_space  # noqa: E402
-from lora_lab.config import DataConfig, ModelConfig, register_configs, to_trial_config  # noqa: E402
-from lora_lab.data import build_task_data  # noqa: E402
-from lora_lab.model import builtin_tokenizer, materialize_builtin  # noqa: E402
-from lora_lab.sweep import Sweep, to_sweep_config  # noqa: E402
 
 # --- the plain transformers + PEFT script a user would write ----------------------------------------
 # The space and the training settings are written out as a user would; check_same_search() asserts
@@ -62,9 +47,19 @@ MAX_SEQ_LEN = 64
 LOGGING_STEPS = 10
 
 
-def hf_search(workdir: Path, trials: int, steps: int, eval_every: int, seed: int,
-              pruner: optuna.pruners.BasePruner, storage: optuna.storages.BaseStorage, study_name: str):
+def hf_search(workdir: Path, trials: int, steps: int, eval_every: int, seed: int, pruner, storage, study_name: str,
+              callbacks=()):
     """Trainer.hyperparameter_search over r and alpha/r with a LoRA model built in model_init."""
+    import optuna
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, PrinterCallback, Trainer,
+                              TrainingArguments)
+
+    from lora_lab.config import DataConfig, ModelConfig
+    from lora_lab.data import build_task_data
+    from lora_lab.model import builtin_tokenizer, materialize_builtin
+
     model_dir = materialize_builtin(ModelConfig(), builtin_tokenizer())  # the embedded tiny Llama as a HF dir
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     data = build_task_data(DataConfig(), tokenizer, MAX_SEQ_LEN)  # the cipher task, tokenized
@@ -88,7 +83,7 @@ def hf_search(workdir: Path, trials: int, steps: int, eval_every: int, seed: int
         save_strategy="no", report_to="none", seed=seed, data_seed=seed, use_cpu=True, disable_tqdm=True,
         label_names=["labels"], remove_unused_columns=False)
     trainer = Trainer(model_init=model_init, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True))
+                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True), callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # no log lines on stdout (lora_lab's sweep prints none either)
     grid = {"lora.r": R_CHOICES, "alpha_over_r": ALPHA_OVER_R}
     return trainer.hyperparameter_search(
@@ -109,21 +104,34 @@ def lora_lab_overrides(name: str, workdir: Path, trials: int, steps: int, eval_e
     return out
 
 
-def lora_lab_search(overrides: list[str]) -> Sweep:
+def lora_lab_search(overrides: list[str], callbacks=()):
+    from hydra import compose, initialize_config_dir
+
+    from lora_lab.config import register_configs
+    from lora_lab.sweep import Sweep
+
+    register_configs()
     with initialize_config_dir(config_dir=str(_common.CONF), version_base=None):
         cfg = compose("config", overrides=overrides)
-        sweep = Sweep(cfg, overrides, console_progress=False)
+        sweep = Sweep(cfg, overrides, console_progress=False, trial_callbacks=list(callbacks))
         sweep.run()
-    return sweep
+    return sweep.study
 
 
 def check_same_search(workdir: Path, seed: int) -> None:
     """The hand-written HF settings must equal lora_lab's preset and training defaults."""
+    from hydra import compose, initialize_config_dir
+
+    from lora_lab import search_space
+    from lora_lab.config import DataConfig, register_configs, to_trial_config
+    from lora_lab.sweep import to_sweep_config
+
+    register_configs()
     with initialize_config_dir(config_dir=str(_common.CONF), version_base=None):
         cfg = compose("config", overrides=lora_lab_overrides("check", workdir, 8, 60, 20, False, 4))
-    grid = search_space.grid(to_sweep_config(cfg))
-    assert grid == {"lora.r": R_CHOICES, "alpha_over_r": ALPHA_OVER_R}, grid
     sweep = to_sweep_config(cfg)
+    grid = search_space.grid(sweep)
+    assert grid == {"lora.r": R_CHOICES, "alpha_over_r": ALPHA_OVER_R}, grid
     assert sweep.sampler.name == "grid" and sweep.sampler.seed == seed, sweep.sampler
     trial = to_trial_config(cfg)
     t = trial.train
@@ -134,23 +142,64 @@ def check_same_search(workdir: Path, seed: int) -> None:
     assert trial.data == DataConfig() and trial.quant.method == "none"
 
 
-def trial_rows(study: optuna.Study) -> list[tuple]:
+def trial_rows(study) -> list[list]:
+    from optuna.trial import TrialState
+
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.COMPLETE:
             value = t.value
         else:
             value = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else float("nan")
-        r, a = t.params.get("lora.r"), t.params.get("alpha_over_r")
-        rows.append((t.number, r, a, t.state.name, value, len(t.intermediate_values)))
+        seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else float("nan")
+        rows.append([t.number, t.params.get("lora.r"), t.params.get("alpha_over_r"), t.state.name, value,
+                     len(t.intermediate_values), seconds])
     return rows
 
 
-def best_value(study: optuna.Study) -> float:
+def best_value(study) -> float:
     try:
         return study.best_value
     except ValueError:
         return float("nan")
+
+
+def child(args) -> None:
+    """One timed search of one side, in this fresh process, after an untimed warm-up search."""
+    _common.set_threads(args.threads)
+    _common.quiet()
+    workdir = Path(args.workdir)
+    os.chdir(workdir)  # the sweep writes sweeps/<study>/ and mlruns/ under the working directory
+    pruning = args.pruning
+    if args.child == "lora_lab":
+        import mlflow
+
+        uri = f"sqlite:///{workdir / 'mlflow.db'}"  # created by the parent, untimed (a user's store exists)
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        mlflow.set_tracking_uri(uri)
+        lora_lab_search(lora_lab_overrides(f"warmup_{args.name}", workdir, 1, 2, 1, False, 1))
+        overrides = lora_lab_overrides(args.name, workdir, args.trials, args.steps, args.eval_every, pruning,
+                                       args.n_startup)
+        timer = _common.loop_timer()
+        with stopwatch() as t:
+            study = lora_lab_search(overrides, [timer])
+    else:
+        import optuna
+
+        hf_search(workdir, 1, 2, 1, args.seed, optuna.pruners.NopPruner(), optuna.storages.InMemoryStorage(), "warmup")
+        pruner = (optuna.pruners.MedianPruner(n_startup_trials=args.n_startup, n_warmup_steps=0)
+                  if pruning else optuna.pruners.NopPruner())
+        storage = optuna.storages.InMemoryStorage()
+        timer = _common.loop_timer()
+        with stopwatch() as t:
+            best = hf_search(workdir, args.trials, args.steps, args.eval_every, args.seed, pruner, storage, args.name,
+                             [timer])
+        study = optuna.load_study(study_name=args.name, storage=storage)
+        assert abs(best.objective - best_value(study)) < 1e-9
+    rows = trial_rows(study)
+    _common.write_child(args.child_out, {"wall_s": t["s"], "best": best_value(study), "rows": rows,
+                                         "pruned": sum(1 for r in rows if r[3] == "PRUNED"),
+                                         "steps_s": timer.steps_s, "evals_s": timer.evals_s})
 
 
 def main() -> None:
@@ -163,25 +212,29 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-report", action="store_true", help="print only; do not write reports/benchmarks/")
     parser.add_argument("--threads", type=int, default=1, help=_common.THREADS_HELP)
+    parser.add_argument("--child", choices=["lora_lab", "transformers"], help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--name", help=argparse.SUPPRESS)
+    parser.add_argument("--pruning", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    _common.set_threads(args.threads)
+    if args.child:
+        child(args)
+        return
 
+    _common.set_threads(args.threads)
+    _common.quiet()
     machine = _common.Machine()
     print(f"machine: {machine.cpu}, {machine.cores} cores, torch {machine.torch}; {machine.uptime_before}")
-    register_configs()
     workdir = Path(tempfile.mkdtemp(prefix="bench_vs_hf_"))
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    MlflowClient(uri).search_experiments()  # create the store's schema once, untimed (a user's store exists)
-    home = os.getcwd()
-    os.chdir(workdir)  # the sweep writes sweeps/<study>/ and mlruns/ under the working directory
     check_same_search(workdir, args.seed)
+    from mlflow.tracking import MlflowClient
 
-    # warm-up, untimed: first-use costs (lazy imports, kernels) paid by neither side's measurement
-    lora_lab_search(lora_lab_overrides("warmup", workdir, 1, 2, 1, False, 1))
-    hf_search(workdir, 1, 2, 1, args.seed, optuna.pruners.NopPruner(), optuna.storages.InMemoryStorage(), "warmup")
+    MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").search_experiments()  # the store's schema, untimed
 
+    common = ["--trials", str(args.trials), "--steps", str(args.steps), "--eval-every", str(args.eval_every),
+              "--n-startup", str(args.n_startup), "--seed", str(args.seed), "--threads", str(args.threads),
+              "--workdir", str(workdir)]
     results: dict[tuple[str, str], list[dict]] = {}
     for rnd in range(args.repeats):
         for condition in ("no pruning", "median pruning"):
@@ -192,26 +245,11 @@ def main() -> None:
             for side in sides:
                 name = f"{'prune' if pruning else 'noprune'}_{side}_{rnd}"
                 print(f"round {rnd + 1}/{args.repeats} {condition:<14} {side:<12} ...", end=" ", flush=True)
-                if side == "lora_lab":
-                    overrides = lora_lab_overrides(name, workdir, args.trials, args.steps, args.eval_every, pruning,
-                                                   args.n_startup)
-                    with stopwatch() as t:
-                        study = lora_lab_search(overrides).study
-                else:
-                    pruner = (optuna.pruners.MedianPruner(n_startup_trials=args.n_startup, n_warmup_steps=0)
-                              if pruning else optuna.pruners.NopPruner())
-                    storage = optuna.storages.InMemoryStorage()
-                    with stopwatch() as t:
-                        best = hf_search(workdir, args.trials, args.steps, args.eval_every, args.seed, pruner,
-                                         storage, name)
-                    study = optuna.load_study(study_name=name, storage=storage)
-                    assert abs(best.objective - best_value(study)) < 1e-9
-                rows = trial_rows(study)
-                pruned = sum(1 for r in rows if r[3] == "PRUNED")
-                out = {"wall_s": t["s"], "best": best_value(study), "rows": rows, "pruned": pruned}
+                out = _common.run_child(__file__, common + ["--child", side, "--name", name]
+                                        + (["--pruning"] if pruning else []))
                 results.setdefault((condition, side), []).append(out)
-                print(f"{t['s']:7.1f} s  best eval loss {out['best']:.4f}  pruned {pruned}/{len(rows)}")
-    os.chdir(home)
+                print(f"{out['wall_s']:7.1f} s (steps {out['steps_s']:.1f} s, evaluations {out['evals_s']:.1f} s)  "
+                      f"best eval loss {out['best']:.4f}  pruned {out['pruned']}/{len(out['rows'])}", flush=True)
     machine.finish()
     print(f"\n{machine.uptime_after}")
 
@@ -222,8 +260,12 @@ def main() -> None:
         summary.append((condition, median([r["wall_s"] for r in lab]), median([r["wall_s"] for r in hf]),
                         median(ratios), ratios, median([r["best"] for r in lab]), median([r["best"] for r in hf]),
                         lab[-1]["pruned"], hf[-1]["pruned"]))
-        print(f"{condition:<15} wall lora_lab/transformers = {median(ratios):.3f}  "
-              f"best eval loss lora_lab {summary[-1][5]:.4f} vs transformers {summary[-1][6]:.4f}")
+        print(f"{condition:<15} wall lora_lab/transformers = {median(ratios):.3f} "
+              f"(rounds {', '.join(f'{r:.3f}' for r in ratios)})  best eval loss lora_lab {summary[-1][5]:.4f} "
+              f"vs transformers {summary[-1][6]:.4f}")
+    cross = median([a["wall_s"] for a in results[("median pruning", "lora_lab")]]) / \
+        median([b["wall_s"] for b in results[("no pruning", "transformers")]])
+    print(f"lora_lab with pruning / transformers without pruning = {cross:.3f}")
     if args.no_report:
         return
 
@@ -252,9 +294,10 @@ def main() -> None:
         "Optuna trial itself (`Trainer._report_to_hp_search`: `trial.report(eval_loss, global_step)`, then "
         "`raise TrialPruned` when `trial.should_prune()`).",
         "",
-        "Both wall times start before anything is built (lora_lab: compose + `Sweep(...)` + `run()`; "
-        "transformers: tokenizer, tokenized data, `Trainer`, `hyperparameter_search`) and exclude imports and "
-        "one untimed warm-up search of each side. The MLflow store's schema is created once before timing.",
+        "Each search ran in a fresh Python process of its own that imported only what its side needs, after an "
+        "untimed warm-up search (1 trial, 2 steps) in that process. The wall time starts before anything is "
+        "built (lora_lab: compose + `Sweep(...)` + `run()`; transformers: tokenizer, tokenized data, `Trainer`, "
+        "`hyperparameter_search`) and excludes imports. The MLflow store's schema was created once beforehand.",
         "",
         "## Results",
         "",
@@ -266,13 +309,27 @@ def main() -> None:
                                                       if len(rs) > 1 else ""),
           f"{bl:.4f}", f"{bh:.4f}", f"{pl} / {ph}"]
          for c, a, b, r, rs, bl, bh, pl, ph in summary])
-    body += ["", "## Trials (last round)", ""]
+    body += ["", "Where the time went (medians over the rounds, seconds): the optimizer steps (timed by a Trainer "
+             "callback on both sides, on_step_begin to on_step_end) and the evaluations (`eval_runtime`) are the "
+             "same computations on both sides; the rest is each side's own work per search and per trial.", ""]
+    body += _common.table(
+        ["condition", "side", "wall", "optimizer steps", "evaluations", "the rest", "median trial (s)"],
+        [[c, side, fmt(median([r["wall_s"] for r in rs]), 4), fmt(median([r["steps_s"] for r in rs]), 4),
+          fmt(median([r["evals_s"] for r in rs]), 3),
+          fmt(median([r["wall_s"] - r["steps_s"] - r["evals_s"] for r in rs]), 3),
+          fmt(median([row[6] for r in rs for row in r["rows"] if row[3] == "COMPLETE"]), 3)]
+         for c in ("no pruning", "median pruning") for side in ("lora_lab", "transformers")
+         for rs in [results[(c, side)]]])
+    body += ["", f"lora_lab with pruning against transformers without pruning (medians): **{cross:.3f}**.",
+             "", "Wall times are medians over the rounds; the ratio is the median of the per-round ratios "
+             "(each round ran the two sides back to back).", "", "## Trials (last round)", ""]
     for condition in ("no pruning", "median pruning"):
         for side in ("lora_lab", "transformers"):
             rows = results[(condition, side)][-1]["rows"]
             body += [f"{condition}, {side}:", ""]
-            body += _common.table(["trial", "r", "alpha/r", "state", "last eval loss", "evaluations reported to Optuna"],
-                                  [[n, r, a, s, f"{v:.4f}", e] for n, r, a, s, v, e in rows])
+            body += _common.table(["trial", "r", "alpha/r", "state", "last eval loss", "evaluations reported to Optuna",
+                                   "seconds"],
+                                  [[n, r, a, s, f"{v:.4f}", e, fmt(sec, 3)] for n, r, a, s, v, e, sec in rows])
             body.append("")
     _common.write_report("vs_hf_search", "lora_lab sweep vs transformers hyperparameter_search", machine, body)
 

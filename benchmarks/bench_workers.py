@@ -1,10 +1,11 @@
 """Trial throughput of one sweep worker against several workers sharing one study on this machine.
 
-Runs the same sweep twice, side by side in one invocation, through the real command line: once as a
+Runs the same sweep with 1 worker and with W workers, one after another in one invocation, through
+the real command line: once as a
 single process, once as ``--multirun hydra/launcher=local sweep.worker=range(W)`` on one journal
 file, and prints trials per minute of each and their ratio. Writes reports/benchmarks/workers.md.
 
-    python benchmarks/bench_workers.py [--trials 9] [--workers 3]
+    python benchmarks/bench_workers.py [--trials 9] [--workers 2 3]
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import optuna
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_sweep(workdir: Path, study: str, trials: int, workers: int) -> float:
-    """Wall seconds of one whole sweep command (start-up included, as a user would wait)."""
+def run_sweep(workdir: Path, study: str, trials: int, workers: int) -> tuple[float, float]:
+    """Wall seconds of one whole sweep command (start-up included, as a user would wait), and the
+    seconds from the first trial's start to the last trial's end (the steady state, start-up excluded)."""
     journal = workdir / f"{study}.journal"
     cmd = [sys.executable, "-m", "lora_lab.sweep", "+sweep=targets", f"sweep.study_name={study}",
            f"sweep.storage={journal}", f"sweep.n_trials={trials}", "tracking.log_adapter=false"]
@@ -42,34 +44,48 @@ def run_sweep(workdir: Path, study: str, trials: int, workers: int) -> float:
         optuna.storages.journal.JournalFileBackend(str(journal))))
     complete = [t for t in study_obj.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == trials, f"{len(complete)} of {trials} trials completed"
-    return elapsed
+    span = max(t.datetime_complete for t in complete) - min(t.datetime_start for t in complete)
+    return elapsed, span.total_seconds()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=9)
-    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--workers", type=int, nargs="+", default=[2, 3],
+                        help="worker counts to compare against 1 worker")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
+    walls: dict[int, float] = {}
+    spans: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        one = run_sweep(workdir, "one_worker", args.trials, 1)
-        many = run_sweep(workdir, "many_workers", args.trials, args.workers)
-    rate_one, rate_many = 60 * args.trials / one, 60 * args.trials / many
+        for workers in [1, *args.workers]:
+            walls[workers], spans[workers] = run_sweep(workdir, f"workers_{workers}", args.trials, workers)
+            print(f"{workers} worker(s): {walls[workers]:.1f} s whole command, {spans[workers]:.1f} s first trial "
+                  "start to last trial end", flush=True)
+    load_after = os.getloadavg()[0]
+    rates = {w: 60 * args.trials / s for w, s in walls.items()}
+    steady = {w: 60 * args.trials / s for w, s in spans.items()}
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     lines = [
         "# Sweep throughput: 1 worker against several on one machine", "",
-        f"Command: `python benchmarks/bench_workers.py --trials {args.trials} --workers {args.workers}`  ",
-        f"Machine: {cpu}, {os.cpu_count()} cores, no GPU, load average before: {os.getloadavg()[0]:.2f}", "",
+        f"Command: `python benchmarks/bench_workers.py --trials {args.trials} --workers "
+        f"{' '.join(map(str, args.workers))}`  ",
+        f"Machine: {cpu}, {os.cpu_count()} cores, no GPU; load average (1 min) before {load_before:.2f}, "
+        f"after {load_after:.2f}  ",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
         f"The `targets` sweep, {args.trials} trials of the default trial (150 steps), journal-file storage, "
-        "whole command timed (start-up included).", "",
-        "| workers | wall s | trials/min |", "| --- | --- | --- |",
-        f"| 1 | {one:.1f} | {rate_one:.2f} |",
-        f"| {args.workers} | {many:.1f} | {rate_many:.2f} |", "",
-        f"Throughput ratio ({args.workers} workers / 1): **{rate_many / rate_one:.2f}x**", "",
-        f"With {os.cpu_count()} CPU cores the workers split the same cores (sweep.cpu_threads="
-        f"{max(1, (os.cpu_count() or 1) // args.workers)} each), so this measures coordination overhead; "
-        "on a GPU box each worker brings its own GPU.",
+        "adapter artifacts off, the whole command timed (start-up of every worker included). Several "
+        "workers run as `--multirun hydra/launcher=local sweep.worker=range(W)` (submitit's local "
+        "executor), each with `sweep.cpu_threads=max(1, cores // W)`.", "",
+        "| workers | whole command (s) | trials/min | vs 1 worker | first trial start to last trial end (s) | "
+        "trials/min, start-up excluded | vs 1 worker |", "| --- | --- | --- | --- | --- | --- | --- |",
+        *[f"| {w} | {walls[w]:.1f} | {rates[w]:.2f} | **{rates[w] / rates[1]:.2f}x** | {spans[w]:.1f} | "
+          f"{steady[w]:.2f} | **{steady[w] / steady[1]:.2f}x** |" for w in walls], "",
+        f"With {os.cpu_count()} CPU cores the workers split the same cores, so this measures how well the "
+        "shared study keeps them busy (and what each worker's start-up costs), not scaling: on a GPU box each "
+        "worker brings its own GPU.",
     ]
     out = REPO / "reports" / "benchmarks" / "workers.md"
     out.parent.mkdir(parents=True, exist_ok=True)
