@@ -118,7 +118,6 @@ def instrument(recorder: Recorder) -> None:
     recorder.wrap(peft.PeftModel, "save_pretrained", "save")
     recorder.wrap(track.TrialRun, "on_adapter_ready", "rank")
     recorder.wrap(track.StepLogger, "on_log", "step_logging")
-    recorder.wrap(track.StepLogger, "on_train_end", "step_logging")  # where a buffering StepLogger flushes
     for name in ("log_config", "log_dataset", "log_result", "finish"):
         recorder.wrap(track.TrialRun, name, "mlflow_log")
     original_run_trial = lab_sweep.run_trial

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
+from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedTokenizerBase
 
 from lora_lab.config import DataConfig
@@ -23,6 +25,41 @@ from lora_lab.errors import DataError
 
 IGNORE_INDEX = -100
 """Label value that transformers' loss functions skip: marks prompt and padding positions."""
+
+
+class TensorExamples(torch.utils.data.Dataset):
+    """Tokenized examples held in memory as tensors: what the Trainer's dataloader indexes every step.
+
+    Reading an Arrow-backed ``datasets.Dataset`` row by row and padding it with the tokenizer took
+    ~0.35 s of every 150-step CPU trial (``benchmarks/bench_trial_overhead.py``); trials of a sweep
+    share these tensors, built once with the data."""
+
+    def __init__(self, rows: datasets.Dataset):
+        self.rows = [{key: torch.tensor(row[key], dtype=torch.long) for key in ("input_ids", "attention_mask", "labels")}
+                     for row in rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.rows[index]
+
+
+@dataclass
+class PadToLongest:
+    """Pads a batch of ``TensorExamples`` rows to its longest row: input_ids with the pad token,
+    attention_mask with 0, labels with IGNORE_INDEX. The same batches as transformers'
+    ``DataCollatorForSeq2Seq(tokenizer, padding=True)`` (a test checks it), with one torch call per
+    field instead of the tokenizer's per-example padding."""
+
+    pad_token_id: int
+    padding_side: str = "right"
+
+    def __call__(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        fill = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+        return {key: pad_sequence([row[key] for row in rows], batch_first=True, padding_value=value,
+                                  padding_side=self.padding_side)
+                for key, value in fill.items()}
 
 
 @dataclass
@@ -36,6 +73,16 @@ class TaskData:
     digest: str
     """Short hash of every record, so runs on different data never look comparable."""
     max_response_tokens: int
+    train_examples: TensorExamples | None = None
+    """``train`` as tensors, what trials train on (built with the data, shared by a sweep's trials)."""
+    eval_examples: TensorExamples | None = None
+    """``eval`` as tensors."""
+
+    def __post_init__(self) -> None:
+        if self.train_examples is None:
+            self.train_examples = TensorExamples(self.train)
+        if self.eval_examples is None:
+            self.eval_examples = TensorExamples(self.eval)
 
 
 def _random_words(rng: random.Random, n: int, min_len: int, max_len: int,

@@ -8,6 +8,7 @@ process. The study lives in an Optuna storage, so running the command again resu
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -175,6 +176,7 @@ class Sweep:
         self.trial_callbacks = list(trial_callbacks or [])
         self.sweep = to_sweep_config(cfg)
         self.base_overrides = [o for o in base_overrides if not _is_sweep_override(o)]
+        self._base_composed: DictConfig | None = None
         self.objectives = self.sweep.objectives
         self.storage = storage_url(self.sweep)
         self.client = MlflowClient()
@@ -246,9 +248,36 @@ class Sweep:
     # -- one trial -------------------------------------------------------------------------
     def compose_trial(self, values: dict[str, Any]) -> tuple[TrialConfig, DictConfig, list[str]]:
         """The trial's config, composed exactly as ``python -m lora_lab.train`` would from its overrides."""
-        overrides = self.base_overrides + search_space.to_overrides(values)
-        composed = compose(config_name="config", overrides=overrides)
+        trial_overrides = search_space.to_overrides(values)
+        overrides = self.base_overrides + trial_overrides
+        composed = self._apply_value_overrides(trial_overrides)
+        if composed is None:
+            composed = compose(config_name="config", overrides=overrides)
         return to_trial_config(composed), composed, overrides
+
+    def _apply_value_overrides(self, trial_overrides: list[str]) -> DictConfig | None:
+        """The sweep's config with the trial's plain ``group.field=value`` overrides applied the way
+        Hydra's own composition applies them, or None when one of them selects a config group, adds
+        or deletes a key, or fails (the caller then composes from scratch and reports Hydra's error).
+
+        A full Hydra compose re-reads and re-merges every config file: 0.2-0.5 s a trial on a CPU,
+        3-8 % of a 150-step trial on the built-in model; the same values set on a copy of the
+        already composed config take a few milliseconds (a test checks both give the same config)."""
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        try:
+            parsed = OverridesParser.create().parse_overrides(trial_overrides)
+            if any(o.package is not None or o.is_add() or o.is_force_add() or o.is_delete()
+                   or "." not in o.key_or_group or "/" in o.key_or_group for o in parsed):
+                return None
+            if self._base_composed is None:
+                self._base_composed = compose(config_name="config", overrides=self.base_overrides)
+            composed = copy.deepcopy(self._base_composed)
+            ConfigLoaderImpl._apply_overrides_to_config(parsed, composed)
+            return composed
+        except Exception:
+            return None
 
     def objective(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         """Train and evaluate one sampled configuration; its MLflow run ends with the matching status."""
@@ -268,13 +297,16 @@ class Sweep:
         trial.set_user_attr("config_id", cfg_id)
         self.progress.start_trial(trial.number, values)
         state, error = "FAIL", None
+        sampled_params = {f"sweep.param.{k}": v for k, v in values.items()}
         try:
-            self.client.log_batch(run.info.run_id, params=[
-                Param(f"sweep.param.{k}", str(v)) for k, v in values.items()])
-            trial_cfg, composed, overrides = self.compose_trial(values)
+            try:
+                trial_cfg, composed, overrides = self.compose_trial(values)
+            except BaseException:
+                self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in sampled_params.items()])
+                raise
             trial.set_user_attr("overrides", " ".join(overrides))
-            self.client.set_tag(run.info.run_id, "lora_lab.overrides", " ".join(overrides))
-            trial_run.log_config(trial_cfg, OmegaConf.to_yaml(composed))
+            trial_run.log_config(trial_cfg, OmegaConf.to_yaml(composed), params=sampled_params,
+                                 tags={"lora_lab.overrides": " ".join(overrides)})
             resources = self.resources.get(trial_cfg)
             trial_run.log_dataset(resources.task, trial_cfg.data)
             callbacks = [*trial_run.callbacks(), self.progress.trainer_callback(), *self.trial_callbacks]
@@ -298,11 +330,11 @@ class Sweep:
                 state = "PRUNED"
             raise
         finally:
-            self.client.set_tag(run.info.run_id, "optuna.state", state)
+            tags = {"optuna.state": state}
             if error is not None and state == "FAIL":
-                self.client.set_tag(run.info.run_id, "lora_lab.error", f"{type(error).__name__}: {error}"[:5000])
+                tags["lora_lab.error"] = f"{type(error).__name__}: {error}"
             status = "KILLED" if state == "PRUNED" else track.status_for(error if state == "FAIL" else None)
-            trial_run.finish(status)
+            trial_run.finish(status, tags=tags)
             self.progress.end_trial(trial.number, state, error)
 
     def _objective_values(self, result: TrialResult, trial_run: track.TrialRun) -> list[float]:

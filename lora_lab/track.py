@@ -75,9 +75,10 @@ def _finite(value: Any) -> bool:
 class StepLogger(TrainerCallback):
     """Logs training and evaluation metrics at each Trainer log step to one MLflow run.
 
-    Training-step metrics are buffered and written together with the next evaluation, at the end of
-    training, or once ``FLUSH_S`` seconds passed since the last write (and by ``TrialRun.finish``
-    whatever happens): a database write per log step cost ~20 ms each, 3-4% of a small CPU trial."""
+    Step metrics are buffered and written once ``FLUSH_S`` seconds passed since the last write (so
+    ``mlflow ui`` follows a long trial live) and at the end of the run (``TrialRun.finish`` writes
+    what is left together with the final metrics, whatever happens): a database write costs
+    ~15-25 ms on a sqlite store, and a 150-step CPU trial lasts ~5 s."""
 
     FLUSH_S = 5.0
 
@@ -89,21 +90,33 @@ class StepLogger(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         now = int(time.time() * 1000)
-        metrics = [Metric(STEP_METRICS[key], float(value), now, state.global_step)
-                   for key, value in (logs or {}).items() if key in STEP_METRICS and _finite(value)]
-        self.pending.extend(metrics)
-        if any(m.key.startswith("eval_") for m in metrics) or time.monotonic() - self.last_flush >= self.FLUSH_S:
+        self.pending.extend(Metric(STEP_METRICS[key], float(value), now, state.global_step)
+                            for key, value in (logs or {}).items() if key in STEP_METRICS and _finite(value))
+        if time.monotonic() - self.last_flush >= self.FLUSH_S:
             self.flush()
 
-    def on_train_end(self, args, state, control, **kwargs):
-        self.flush()
+    def take(self) -> list[Metric]:
+        """The buffered metrics, handed over to be written by the caller."""
+        pending, self.pending = self.pending, []
+        return pending
 
     def flush(self) -> None:
         """Write the buffered metrics now."""
-        pending, self.pending = self.pending, []
-        for start in range(0, len(pending), 1000):  # MLflow's limit per batch
-            self.client.log_batch(self.run_id, metrics=pending[start:start + 1000])
+        _log_batch(self.client, self.run_id, metrics=self.take())
         self.last_flush = time.monotonic()
+
+
+def _log_batch(client: MlflowClient, run_id: str, metrics: list[Metric] = (), params: list[Param] = (),
+               tags: list[RunTag] = ()) -> None:
+    """One ``log_batch`` call when it fits MLflow's limits (1000 entries, of them at most 100 params
+    and 100 tags), as many as needed otherwise."""
+    metrics, params, tags = list(metrics), list(params), list(tags)
+    while metrics or params or tags:
+        p, params = params[:100], params[100:]
+        t, tags = tags[:100], tags[100:]
+        room = 1000 - len(p) - len(t)
+        m, metrics = metrics[:room], metrics[room:]
+        client.log_batch(run_id, metrics=m, params=p, tags=t)
 
 
 class TrialRun:
@@ -114,17 +127,21 @@ class TrialRun:
         self.run_id = run_id
         self.effective_rank: dict[str, float] = {}
         self.step_loggers: list[StepLogger] = []
+        self.final_metrics: list[Metric] = []
+        self.final_tags: list[RunTag] = []
 
     def callbacks(self) -> list[TrainerCallback]:
         """Trainer callbacks that stream this trial's step metrics into the run."""
         self.step_loggers.append(StepLogger(self.client, self.run_id))
         return [self.step_loggers[-1]]
 
-    def log_config(self, cfg: TrialConfig, config_yaml: str, data_digest: str | None = None) -> None:
-        """Every config field as a flat param, the resolved config as an artifact."""
-        params = [Param(key, str(value)[:6000]) for key, value in flatten(cfg).items()]
-        for start in range(0, len(params), 100):
-            self.client.log_batch(self.run_id, params=params[start:start + 100])
+    def log_config(self, cfg: TrialConfig, config_yaml: str, params: dict[str, Any] | None = None,
+                   tags: dict[str, str] | None = None) -> None:
+        """Every config field as a flat param (plus the caller's ``params`` and ``tags``, in the same
+        write), the resolved config as an artifact."""
+        flat = {**flatten(cfg), **(params or {})}
+        _log_batch(self.client, self.run_id, params=[Param(key, str(value)[:6000]) for key, value in flat.items()],
+                   tags=[RunTag(key, str(value)[:5000]) for key, value in (tags or {}).items()])
         self.client.log_text(self.run_id, config_yaml, "config.yaml")
 
     def log_dataset(self, task: TaskData, data_cfg: DataConfig) -> None:
@@ -142,7 +159,9 @@ class TrialRun:
         self.effective_rank = effective_ranks(peft_model)
 
     def log_result(self, result, log_adapter: bool = True) -> None:
-        """Final metrics, effective rank, the target modules and (optionally) the adapter files."""
+        """Final metrics, effective rank, the target modules and (optionally) the adapter files. The
+        metrics and tags are written by ``finish``, in the same database write that ends the step
+        metrics."""
         now = int(time.time() * 1000)
         # eval_loss / eval_token_accuracy at the final step already came in through StepLogger
         # (the final evaluation is a Trainer evaluation too): logging them again would duplicate it.
@@ -154,20 +173,26 @@ class TrialRun:
             metrics["effective_rank_min"] = min(values)
             metrics["effective_rank_max"] = max(values)
             self.client.log_dict(self.run_id, ranks, "effective_rank.json")
-        batch = [Metric(k, float(v), now, result.steps) for k, v in metrics.items() if _finite(v)]
-        self.client.log_batch(self.run_id, metrics=batch, tags=[
-            RunTag("target_modules", ",".join(result.target_modules)),
-            RunTag("peak_memory_kind", result.peak_memory_kind)])
+        self.final_metrics += [Metric(k, float(v), now, result.steps) for k, v in metrics.items() if _finite(v)]
+        self.final_tags += [RunTag("target_modules", ",".join(result.target_modules)),
+                            RunTag("peak_memory_kind", result.peak_memory_kind)]
         if log_adapter and result.adapter_dir and Path(result.adapter_dir).is_dir():
             self.client.log_artifacts(self.run_id, result.adapter_dir, "adapter")
 
-    def finish(self, status: str) -> None:
-        """End the run with FINISHED, FAILED or KILLED (after writing any buffered step metrics)."""
-        for logger in self.step_loggers:
-            try:
-                logger.flush()
-            except Exception:
-                pass  # ending the run with the right status matters more than the last few step metrics
+    def finish(self, status: str, tags: dict[str, str] | None = None) -> None:
+        """End the run with FINISHED, FAILED or KILLED, after writing in one go whatever is still
+        buffered: step metrics, final metrics and tags, plus the caller's ``tags``."""
+        metrics = [m for logger in self.step_loggers for m in logger.take()] + self.final_metrics
+        all_tags = self.final_tags + [RunTag(key, str(value)[:5000]) for key, value in (tags or {}).items()]
+        self.final_metrics, self.final_tags = [], []
+        try:
+            _log_batch(self.client, self.run_id, metrics=metrics, tags=all_tags)
+        except Exception:
+            # the run must end all the same; a finished run whose results could not be written failed
+            self.client.set_terminated(self.run_id, "FAILED" if status == "FINISHED" else status)
+            if status == "FINISHED":
+                raise
+            return
         self.client.set_terminated(self.run_id, status)
 
 

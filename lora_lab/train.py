@@ -19,12 +19,12 @@ from typing import Any, Iterable
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import (DataCollatorForSeq2Seq, PreTrainedModel, PrinterCallback, PreTrainedTokenizerBase, Trainer,
+from transformers import (PreTrainedModel, PrinterCallback, PreTrainedTokenizerBase, Trainer,
                           TrainerCallback, TrainingArguments, set_seed)
 
 from lora_lab import cli
 from lora_lab.config import TrialConfig, register_configs, to_trial_config
-from lora_lab.data import TaskData, build_task_data
+from lora_lab.data import PadToLongest, TaskData, build_task_data
 from lora_lab.errors import TrialFailedError
 from lora_lab.evaluate import argmax_logits, exact_match, perplexity, token_accuracy
 from lora_lab.model import attach_adapter, detach_adapter, device, load_base_model, load_tokenizer
@@ -181,8 +181,8 @@ def run_trial(cfg: TrialConfig, output_dir: str | Path, resources: TrialResource
                   f"trainable%: {100 * trainable / total:.4f}")
         trainer = Trainer(
             model=model, args=training_arguments(cfg, output_dir, show_progress),
-            train_dataset=resources.task.train, eval_dataset=resources.task.eval,
-            data_collator=DataCollatorForSeq2Seq(resources.tokenizer, padding=True),
+            train_dataset=resources.task.train_examples, eval_dataset=resources.task.eval_examples,
+            data_collator=PadToLongest(resources.tokenizer.pad_token_id, resources.tokenizer.padding_side),
             compute_metrics=token_accuracy, preprocess_logits_for_metrics=argmax_logits,
             callbacks=[NonFiniteLossGuard(), *callbacks])
         if not show_progress:

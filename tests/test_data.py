@@ -8,9 +8,11 @@ import re
 import string
 
 import pytest
+import torch
+from transformers import DataCollatorForSeq2Seq
 
 from lora_lab.config import DataConfig
-from lora_lab.data import (IGNORE_INDEX, build_task_data, cipher_key, encode_record, load_records,
+from lora_lab.data import (IGNORE_INDEX, PadToLongest, build_task_data, cipher_key, encode_record, load_records,
                            synthetic_records)
 from lora_lab.errors import DataError
 from lora_lab.model import builtin_tokenizer
@@ -121,6 +123,23 @@ def test_examples_truncated_before_their_response_are_dropped(data_cfg, tokenize
     assert all(len(row["input_ids"]) <= 7 for row in task.train)
     with pytest.raises(DataError, match="raise train.max_seq_len"):
         build_task_data(data_cfg("cipher"), tokenizer, max_seq_len=4)
+
+
+def test_tensor_batches_equal_transformers_seq2seq_collator(data_cfg, tokenizer):
+    """Trials train on TensorExamples + PadToLongest: the batches must be exactly those of
+    DataCollatorForSeq2Seq(padding=True) over the datasets rows, for examples of mixed lengths."""
+    task = build_task_data(data_cfg("reverse"), tokenizer, max_seq_len=64)  # words of 3..7 letters
+    reference = DataCollatorForSeq2Seq(tokenizer, padding=True)
+    ours = PadToLongest(tokenizer.pad_token_id, tokenizer.padding_side)
+    for split, examples in ((task.train, task.train_examples), (task.eval, task.eval_examples)):
+        assert len(examples) == len(split)
+        indices = list(range(0, min(len(split), 40), 3))
+        expected = reference([split[i] for i in indices])
+        got = ours([examples[i] for i in indices])
+        assert set(got) == set(expected)
+        assert len({len(split[i]["input_ids"]) for i in indices}) > 1  # padding really happens
+        for key in expected:
+            assert got[key].dtype == expected[key].dtype and torch.equal(got[key], expected[key]), key
 
 
 # -- JSONL files ----------------------------------------------------------------------------------

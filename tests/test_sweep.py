@@ -12,6 +12,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from lora_lab import search_space
@@ -75,6 +76,31 @@ def test_search_space_parses_preset_and_derives_alpha():
     values = search_space.resolve(sweep, {"lora.r": 16, "alpha_over_r": 0.5})
     assert values["lora.lora_alpha"] == 8.0
     assert search_space.to_overrides(values) == ["lora.r=16", "lora.lora_alpha=8"]
+
+
+def test_trial_config_from_value_overrides_equals_a_full_compose(tracking_uri, tmp_path, monkeypatch):
+    """Trials set their sampled values on the already composed sweep config instead of composing
+    from scratch; the result must be exactly what Hydra composes from the same overrides."""
+    monkeypatch.chdir(tmp_path)
+    register_configs()
+    base = ["+sweep=full", "sweep.study_name=compose_check", "train.max_steps=7", "data=reverse"]
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        sweep = Sweep(compose("config", overrides=base), base, console_progress=False)
+        values = search_space.resolve(sweep.sweep, {"lora.r": 16, "alpha_over_r": 0.5, "lora.lora_dropout": 0.1,
+                                                     "lora.targets": "attn", "train.learning_rate": 3e-4,
+                                                     "lora.use_rslora": True})
+        trial_overrides = search_space.to_overrides(values)
+        fast = sweep._apply_value_overrides(trial_overrides)
+        full = compose("config", overrides=sweep.base_overrides + trial_overrides)
+        assert fast is not None
+        assert OmegaConf.to_container(fast) == OmegaConf.to_container(full)
+        assert fast.lora.r == 16 and fast.lora.lora_alpha == 8 and fast.lora.targets == "attn"
+        assert fast.data.task == "reverse" and fast.train.max_steps == 7
+        # a config group choice, or a value the schema rejects, goes through Hydra's own composition
+        assert sweep._apply_value_overrides(["quant=nf4"]) is None
+        assert sweep._apply_value_overrides(["lora.r=many"]) is None
+        cfg, _, overrides = sweep.compose_trial({**values, "lora.r": 4})
+        assert cfg.lora.r == 4 and overrides == sweep.base_overrides + search_space.to_overrides({**values, "lora.r": 4})
 
 
 def test_search_space_types_and_bad_declarations():
