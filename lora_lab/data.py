@@ -27,39 +27,61 @@ IGNORE_INDEX = -100
 """Label value that transformers' loss functions skip: marks prompt and padding positions."""
 
 
+FIELDS = {"input_ids": None, "attention_mask": 0, "labels": IGNORE_INDEX}
+"""What a training example holds, and what pads it (None: the tokenizer's pad token)."""
+
+
 class TensorExamples(torch.utils.data.Dataset):
-    """Tokenized examples held in memory as tensors: what the Trainer's dataloader indexes every step.
+    """Tokenized examples held in memory as padded tensors: what the Trainer's dataloader reads.
 
+    A batch comes out in one indexing per field (``__getitems__``, which torch's DataLoader calls
+    with a whole batch of indices), already padded to its longest example on the tokenizer's side.
     Reading an Arrow-backed ``datasets.Dataset`` row by row and padding it with the tokenizer took
-    ~0.35 s of every 150-step CPU trial (``benchmarks/bench_trial_overhead.py``); trials of a sweep
-    share these tensors, built once with the data."""
+    3.3 ms a batch of 32, ~0.5 s of a 150-step CPU trial (``benchmarks/bench_trial_overhead.py``);
+    trials of a sweep share these tensors, built once with the data."""
 
-    def __init__(self, rows: datasets.Dataset):
-        self.rows = [{key: torch.tensor(row[key], dtype=torch.long) for key in ("input_ids", "attention_mask", "labels")}
-                     for row in rows]
+    def __init__(self, rows: datasets.Dataset, pad_token_id: int, padding_side: str = "right"):
+        self.padding_side = padding_side
+        self.lengths = torch.tensor([len(ids) for ids in rows["input_ids"]], dtype=torch.long)
+        self.fields = {}
+        for key, fill in FIELDS.items():
+            self.fields[key] = pad_sequence([torch.tensor(values, dtype=torch.long) for values in rows[key]],
+                                            batch_first=True, padding_side=padding_side,
+                                            padding_value=pad_token_id if fill is None else fill)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.lengths)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.rows[index]
+        """One example, unpadded."""
+        n = int(self.lengths[index])
+        cut = slice(0, n) if self.padding_side == "right" else slice(-n, None)
+        return {key: values[index, cut] for key, values in self.fields.items()}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """A batch, padded to its longest example."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        n = int(self.lengths[index].max())
+        cut = slice(0, n) if self.padding_side == "right" else slice(-n, None)
+        return {key: values[index, cut] for key, values in self.fields.items()}
 
 
 @dataclass
 class PadToLongest:
-    """Pads a batch of ``TensorExamples`` rows to its longest row: input_ids with the pad token,
-    attention_mask with 0, labels with IGNORE_INDEX. The same batches as transformers'
-    ``DataCollatorForSeq2Seq(tokenizer, padding=True)`` (a test checks it), with one torch call per
-    field instead of the tokenizer's per-example padding."""
+    """The collator for ``TensorExamples``: pads a list of its examples to the longest one
+    (input_ids with the pad token, attention_mask with 0, labels with IGNORE_INDEX) and passes a
+    batch that ``TensorExamples.__getitems__`` already padded through unchanged. The same batches as
+    transformers' ``DataCollatorForSeq2Seq(tokenizer, padding=True)`` (a test checks it)."""
 
     pad_token_id: int
     padding_side: str = "right"
 
-    def __call__(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        fill = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
-        return {key: pad_sequence([row[key] for row in rows], batch_first=True, padding_value=value,
-                                  padding_side=self.padding_side)
-                for key, value in fill.items()}
+    def __call__(self, rows: list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if isinstance(rows, dict):
+            return rows
+        return {key: pad_sequence([row[key] for row in rows], batch_first=True, padding_side=self.padding_side,
+                                  padding_value=self.pad_token_id if fill is None else fill)
+                for key, fill in FIELDS.items()}
 
 
 @dataclass
@@ -77,12 +99,6 @@ class TaskData:
     """``train`` as tensors, what trials train on (built with the data, shared by a sweep's trials)."""
     eval_examples: TensorExamples | None = None
     """``eval`` as tensors."""
-
-    def __post_init__(self) -> None:
-        if self.train_examples is None:
-            self.train_examples = TensorExamples(self.train)
-        if self.eval_examples is None:
-            self.eval_examples = TensorExamples(self.eval)
 
 
 def _random_words(rng: random.Random, n: int, min_len: int, max_len: int,
@@ -284,6 +300,8 @@ def build_task_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, max_seq
     max_response = max(len(tokenizer(r["response"], add_special_tokens=False)["input_ids"])
                        for r in eval_records)
     name = cfg.task if cfg.task in ("cipher", "reverse", "add") else (cfg.path or cfg.hf_name or cfg.task)
-    return TaskData(name=name, train=to_dataset(train_records), eval=to_dataset(eval_records),
-                    eval_records=eval_records, digest=records_digest(train_records, eval_records),
-                    max_response_tokens=max_response + 1)
+    train, held_out = to_dataset(train_records), to_dataset(eval_records)
+    return TaskData(name=name, train=train, eval=held_out, eval_records=eval_records,
+                    digest=records_digest(train_records, eval_records), max_response_tokens=max_response + 1,
+                    train_examples=TensorExamples(train, tokenizer.pad_token_id, tokenizer.padding_side),
+                    eval_examples=TensorExamples(held_out, tokenizer.pad_token_id, tokenizer.padding_side))

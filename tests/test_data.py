@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import re
@@ -125,21 +126,28 @@ def test_examples_truncated_before_their_response_are_dropped(data_cfg, tokenize
         build_task_data(data_cfg("cipher"), tokenizer, max_seq_len=4)
 
 
-def test_tensor_batches_equal_transformers_seq2seq_collator(data_cfg, tokenizer):
-    """Trials train on TensorExamples + PadToLongest: the batches must be exactly those of
-    DataCollatorForSeq2Seq(padding=True) over the datasets rows, for examples of mixed lengths."""
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_tensor_batches_equal_transformers_seq2seq_collator(data_cfg, tokenizer, padding_side):
+    """Trials train on TensorExamples batches (through PadToLongest): they must be exactly those of
+    DataCollatorForSeq2Seq(padding=True) over the datasets rows, for examples of mixed lengths, on
+    either padding side, whether the DataLoader fetches a whole batch or example by example."""
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.padding_side = padding_side
     task = build_task_data(data_cfg("reverse"), tokenizer, max_seq_len=64)  # words of 3..7 letters
     reference = DataCollatorForSeq2Seq(tokenizer, padding=True)
-    ours = PadToLongest(tokenizer.pad_token_id, tokenizer.padding_side)
+    collate = PadToLongest(tokenizer.pad_token_id, tokenizer.padding_side)
     for split, examples in ((task.train, task.train_examples), (task.eval, task.eval_examples)):
         assert len(examples) == len(split)
+        assert examples[5]["input_ids"].tolist() == split[5]["input_ids"]  # one example comes back unpadded
         indices = list(range(0, min(len(split), 40), 3))
-        expected = reference([split[i] for i in indices])
-        got = ours([examples[i] for i in indices])
-        assert set(got) == set(expected)
         assert len({len(split[i]["input_ids"]) for i in indices}) > 1  # padding really happens
-        for key in expected:
-            assert got[key].dtype == expected[key].dtype and torch.equal(got[key], expected[key]), key
+        expected = reference([split[i] for i in indices])
+        for got in (collate(examples.__getitems__(indices)), collate([examples[i] for i in indices])):
+            assert set(got) == set(expected)
+            for key in expected:
+                assert got[key].dtype == expected[key].dtype and torch.equal(got[key], expected[key]), key
+        loader = torch.utils.data.DataLoader(examples, batch_size=len(indices), sampler=indices, collate_fn=collate)
+        assert all(torch.equal(next(iter(loader))[key], expected[key]) for key in expected)
 
 
 # -- JSONL files ----------------------------------------------------------------------------------
