@@ -26,31 +26,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 from _common import fmt, median, stopwatch  # noqa: E402
 
-from transformers import TrainerCallback  # noqa: E402
-
-
-class StepTimer(TrainerCallback):
-    """Seconds spent in optimizer steps (forward, backward, clipping, update)."""
-
-    def __init__(self):
-        self.seconds = 0.0
-        self.started = 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.started = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.seconds += time.perf_counter() - self.started
-
-
-def plain_run(cfg, model_dir: Path, tokenizer, data, output_dir: Path, timer: StepTimer) -> dict:
+def plain_run(cfg, model_dir: Path, tokenizer, data, output_dir: Path, timer) -> dict:
     """The script a user writes with transformers + PEFT for the same trial configuration."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -78,16 +60,16 @@ def plain_run(cfg, model_dir: Path, tokenizer, data, output_dir: Path, timer: St
         output = trainer.train()
         model.save_pretrained(output_dir / "adapter")
     return {"wall": wall["s"], "train": output.metrics["train_runtime"], "steps": trainer.state.global_step,
-            "loss": output.training_loss, "step_s": timer.seconds}
+            "loss": output.training_loss, "step_s": timer.steps_s}
 
 
-def lora_lab_run(cfg, resources, output_dir: Path, timer: StepTimer) -> dict:
+def lora_lab_run(cfg, resources, output_dir: Path, timer) -> dict:
     from lora_lab.train import run_trial
 
     result = run_trial(cfg, output_dir, resources, callbacks=[timer], show_progress=False)
     loss = next(e["train_loss"] for e in reversed(result.history) if "train_loss" in e)
     return {"wall": result.wall_time_s, "train": result.train_time_s, "steps": result.steps, "loss": loss,
-            "step_s": timer.seconds, "tokens": result.tokens_per_s * result.train_time_s}
+            "step_s": timer.steps_s, "tokens": result.tokens_per_s * result.train_time_s}
 
 
 def compose_configs(overrides: list[str]):
@@ -112,8 +94,8 @@ def child(args, overrides: list[str]) -> None:
         from lora_lab.train import build_resources
 
         resources = build_resources(cfg)  # built once and reused, as a sweep does (untimed)
-        lora_lab_run(warm_cfg, resources, workdir / "warm", StepTimer())
-        run = lora_lab_run(cfg, resources, workdir / "run", StepTimer())
+        lora_lab_run(warm_cfg, resources, workdir / "warm", _common.loop_timer())
+        run = lora_lab_run(cfg, resources, workdir / "run", _common.loop_timer())
     else:
         from transformers import AutoTokenizer
 
@@ -123,8 +105,8 @@ def child(args, overrides: list[str]) -> None:
         model_dir = materialize_builtin(cfg.model, builtin_tokenizer())
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         data = build_task_data(cfg.data, tokenizer, cfg.train.max_seq_len)  # tokenized once (untimed)
-        plain_run(warm_cfg, model_dir, tokenizer, data, workdir / "warm", StepTimer())
-        run = plain_run(cfg, model_dir, tokenizer, data, workdir / "run", StepTimer())
+        plain_run(warm_cfg, model_dir, tokenizer, data, workdir / "warm", _common.loop_timer())
+        run = plain_run(cfg, model_dir, tokenizer, data, workdir / "run", _common.loop_timer())
     _common.write_child(args.child_out, run)
 
 

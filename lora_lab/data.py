@@ -41,6 +41,7 @@ class TensorExamples(torch.utils.data.Dataset):
     trials of a sweep share these tensors, built once with the data."""
 
     def __init__(self, rows: datasets.Dataset, pad_token_id: int, padding_side: str = "right"):
+        self.pad_token_id = pad_token_id
         self.padding_side = padding_side
         self.lengths = torch.tensor([len(ids) for ids in rows["input_ids"]], dtype=torch.long)
         self.fields = {}
@@ -52,18 +53,22 @@ class TensorExamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def _rows(self, index: int | torch.Tensor, length: int) -> dict[str, torch.Tensor]:
+        cut = slice(0, length) if self.padding_side == "right" else slice(-length, None)
+        return {key: values[index, cut] for key, values in self.fields.items()}
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """One example, unpadded."""
-        n = int(self.lengths[index])
-        cut = slice(0, n) if self.padding_side == "right" else slice(-n, None)
-        return {key: values[index, cut] for key, values in self.fields.items()}
+        return self._rows(index, int(self.lengths[index]))
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         """A batch, padded to its longest example."""
         index = torch.as_tensor(indices, dtype=torch.long)
-        n = int(self.lengths[index].max())
-        cut = slice(0, n) if self.padding_side == "right" else slice(-n, None)
-        return {key: values[index, cut] for key, values in self.fields.items()}
+        return self._rows(index, int(self.lengths[index].max()))
+
+    def collator(self) -> "PadToLongest":
+        """The Trainer's data_collator for these examples (same pad token and side)."""
+        return PadToLongest(self.pad_token_id, self.padding_side)
 
 
 @dataclass
@@ -95,9 +100,9 @@ class TaskData:
     digest: str
     """Short hash of every record, so runs on different data never look comparable."""
     max_response_tokens: int
-    train_examples: TensorExamples | None = None
+    train_examples: TensorExamples
     """``train`` as tensors, what trials train on (built with the data, shared by a sweep's trials)."""
-    eval_examples: TensorExamples | None = None
+    eval_examples: TensorExamples
     """``eval`` as tensors."""
 
 

@@ -24,7 +24,7 @@ from transformers import (PreTrainedModel, PrinterCallback, PreTrainedTokenizerB
 
 from lora_lab import cli
 from lora_lab.config import TrialConfig, register_configs, to_trial_config
-from lora_lab.data import PadToLongest, TaskData, build_task_data
+from lora_lab.data import TaskData, build_task_data
 from lora_lab.errors import TrialFailedError
 from lora_lab.evaluate import argmax_logits, exact_match, perplexity, token_accuracy
 from lora_lab.model import attach_adapter, detach_adapter, device, load_base_model, load_tokenizer
@@ -182,7 +182,7 @@ def run_trial(cfg: TrialConfig, output_dir: str | Path, resources: TrialResource
         trainer = Trainer(
             model=model, args=training_arguments(cfg, output_dir, show_progress),
             train_dataset=resources.task.train_examples, eval_dataset=resources.task.eval_examples,
-            data_collator=PadToLongest(resources.tokenizer.pad_token_id, resources.tokenizer.padding_side),
+            data_collator=resources.task.train_examples.collator(),
             compute_metrics=token_accuracy, preprocess_logits_for_metrics=argmax_logits,
             callbacks=[NonFiniteLossGuard(), *callbacks])
         if not show_progress:
