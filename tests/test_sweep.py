@@ -19,7 +19,7 @@ from lora_lab import search_space
 from lora_lab.config import ParamSpec, SamplerConfig, SweepConfig, register_configs
 from lora_lab.errors import ConfigError
 from lora_lab.evaluate import adapter_singular_values, effective_ranks, entropy_effective_rank
-from lora_lab.sweep import Sweep, to_sweep_config
+from lora_lab.sweep import Sweep, storage_url, to_sweep_config
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -200,6 +200,16 @@ def test_resume_completes_missing_trials_without_duplicates(run_sweep):
     assert sorted(runs["params.lora.targets"]) == ["all_linear", "attn", "mlp", "qv"]
     _, third = run_sweep(overrides, {"lora.r": [2]})  # nothing left: no new trial
     assert third.counts == {"COMPLETE": 4} and len(trial_runs("resume")) == 4
+    assert Path("sweeps/resume/optuna.journal").is_file()  # the default storage
+
+
+def test_default_storage_is_a_journal_file_unless_a_sqlite_study_exists(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert storage_url(SweepConfig(study_name="fresh")) == str(Path("sweeps/fresh/optuna.journal"))
+    assert storage_url(SweepConfig(study_name="x", storage="sqlite:///s.db")) == "sqlite:///s.db"
+    Path("sweeps/old").mkdir(parents=True)
+    optuna.create_study(study_name="old", storage="sqlite:///sweeps/old/optuna.db")  # begun before the journal default
+    assert storage_url(SweepConfig(study_name="old")) == "sqlite:///sweeps/old/optuna.db"  # resumed where it began
 
 
 def test_median_pruner_prunes_a_bad_trial(run_sweep):
