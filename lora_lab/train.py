@@ -114,6 +114,24 @@ class TrialResult:
         return out
 
 
+class LoraTrainer(Trainer):
+    """transformers' Trainer, counting each batch's FLOPs from a parameter count taken once.
+
+    Trainer.floating_point_ops recounts the model's parameters at every step (a walk over every
+    module: ~0.9 ms a step on the built-in model, ~3 % of a CPU step); the count cannot change while
+    an adapter trains, so the same number (6 x tokens x non-embedding parameters) comes from one walk."""
+
+    _non_embedding_params: int | None = None
+
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        main_input = getattr(self.model, "main_input_name", "input_ids")
+        if main_input not in inputs or not hasattr(self.model, "num_parameters"):
+            return super().floating_point_ops(inputs)
+        if self._non_embedding_params is None:
+            self._non_embedding_params = self.model.num_parameters(exclude_embeddings=True)
+        return 6 * inputs[main_input].numel() * self._non_embedding_params
+
+
 class NonFiniteLossGuard(TrainerCallback):
     """Stop a trial as failed as soon as the training loss is NaN or infinite."""
 
@@ -179,7 +197,7 @@ def run_trial(cfg: TrialConfig, output_dir: str | Path, resources: TrialResource
         if show_progress:
             print(f"trainable params: {trainable:,} || all params: {total:,} || "
                   f"trainable%: {100 * trainable / total:.4f}")
-        trainer = Trainer(
+        trainer = LoraTrainer(
             model=model, args=training_arguments(cfg, output_dir, show_progress),
             train_dataset=resources.task.train_examples, eval_dataset=resources.task.eval_examples,
             data_collator=resources.task.train_examples.collator(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,10 +13,11 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from peft import PeftModel
-from transformers import DataCollatorForSeq2Seq, LlamaForCausalLM
+from transformers import DataCollatorForSeq2Seq, LlamaForCausalLM, Trainer
 
 from lora_lab import track
 from lora_lab.config import LLAMA_TARGET_SETS
@@ -24,7 +26,7 @@ from lora_lab.errors import ConfigError, ModelUnavailableError
 from lora_lab.evaluate import exact_match
 from lora_lab.model import (attach_adapter, detach_adapter, load_base_model, load_tokenizer,
                             resolve_target_modules)
-from lora_lab.train import build_resources, run_trial
+from lora_lab.train import LoraTrainer, build_resources, run_trial, training_arguments
 
 # n_eval <= 64 keeps the held-out set in one evaluation batch of the Trainer (eval batch = max(bs, 64)), so a
 # single forward pass over it computes the same loss the Trainer reports.
@@ -362,3 +364,46 @@ def test_trial_that_raises_leaves_its_run_failed(make_trial_config, compose_conf
     assert runs.loc[run.run_id, "status"] == "FAILED"
     assert runs.loc[interrupted.run_id, "status"] == "KILLED"
     assert runs["end_time"].notna().all()
+
+
+def test_a_failed_background_write_fails_the_finished_run(make_trial_config, compose_config):
+    # the config params are written in the background; one MLflow refuses (a param may not change
+    # value) must still end the run FAILED, with MLflow's error, rather than FINISHED and incomplete
+    cfg = make_trial_config(*TINY, "tracking.experiment=test_background_write")
+    client = MlflowClient()
+    run = client.create_run(track.ensure_experiment(client, "test_background_write"))
+    client.log_param(run.info.run_id, "lora.r", "999")
+    trial_run = track.TrialRun(client, run.info.run_id)
+    trial_run.log_config(cfg, compose_config(*TINY))
+    with pytest.raises(MlflowException, match="lora.r"):
+        trial_run.finish("FINISHED")
+    assert client.get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_background_writer_works_in_a_forked_child():
+    client = MlflowClient()
+    run_id = client.create_run(track.ensure_experiment(client, "test_fork")).info.run_id
+    track.in_background(client.set_tag, run_id, "parent", "1").result(timeout=60)
+    pid = os.fork()
+    if pid == 0:  # the child: a writer thread of its own must run the write
+        try:
+            track.in_background(client.set_tag, run_id, "child", "1").result(timeout=60)
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert {"parent", "child"} <= set(client.get_run(run_id).data.tags)
+
+
+def test_flop_count_matches_the_stock_trainer(cfg, resources, batch, tmp_path):
+    # LoraTrainer counts the parameters once per trial; the number must be the stock Trainer's
+    model = attach_adapter(resources.base_model, cfg.lora, cfg.model)
+    try:
+        args = training_arguments(cfg, tmp_path, show_progress=False)
+        data = dict(train_dataset=resources.task.train_examples, eval_dataset=resources.task.eval_examples)
+        ours, stock = LoraTrainer(model=model, args=args, **data), Trainer(model=model, args=args, **data)
+        assert ours.floating_point_ops(batch) == stock.floating_point_ops(batch) > 0
+        assert ours.floating_point_ops(batch) == stock.floating_point_ops(batch)  # from the cached count
+    finally:
+        detach_adapter(model)
