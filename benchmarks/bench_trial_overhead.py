@@ -1,18 +1,20 @@
 """Per-trial overhead of a lora_lab sweep: the share of a trial's wall time that is not training or
-evaluation steps (composing the config, building or reusing the model and data, attaching the
-adapter, building the Trainer, exact-match generation, saving the adapter, MLflow logging).
+evaluation (composing the config, building or reusing the model and data, attaching the adapter,
+building the Trainer, the Trainer's own bookkeeping, saving the adapter, MLflow and Optuna writes).
 
     .venv/bin/python benchmarks/bench_trial_overhead.py                  # 4 trials of the rank_alpha grid, default training
     .venv/bin/python benchmarks/bench_trial_overhead.py --trials 3 --steps 30 --no-report
 
 A real ``lora_lab.sweep.Sweep`` (composed in-process with Hydra, tracked in a throwaway sqlite MLflow
 store) runs the trials; the benchmark times each phase by wrapping the functions that do it
-(``time.perf_counter``) and times every optimizer step with a Trainer callback
-(on_step_begin -> on_step_end: forward, backward, optimizer step). Evaluation time is the Trainer's
-own ``eval_runtime`` from the log history. A trial's wall time is the whole Optuna objective
-(sampling to the end of its MLflow run), so
+(``time.perf_counter``). A training step is the fetch of its batch (``Trainer.get_batch_samples``,
+timed by wrapping it) plus what a Trainer callback times from on_step_begin to on_step_end (forward,
+backward, clipping, optimizer step); the report also lists the fetch on its own. Evaluation is what measures the
+trained adapter: the Trainer's evaluations (their own ``eval_runtime`` from the log history), the
+exact-match generation on held-out prompts and the adapter's effective rank. A trial's wall time is
+the whole Optuna objective (sampling to the end of its MLflow run), so
 
-    overhead = objective wall - training steps - evaluations
+    overhead = objective wall - training steps - evaluation
 
 The first trial is cold (it builds the tokenizer, base model and tokenized data through
 ``lora_lab.train.ResourceCache``); later ones are warm (they reuse them). Separately, the cost of
@@ -53,11 +55,12 @@ PHASES = [
     ("resources", "resources: build (cold) or reuse (warm)"),
     ("attach", "attach the adapter (get_peft_model)"),
     ("trainer_init", "build the Trainer"),
+    ("fetch", "fetching each step's batch (part of the training steps, not overhead)"),
     ("loop_other", "Trainer.train() outside steps and evaluations (optimizer, dataloader, callbacks)"),
     ("step_logging", "  of which MLflow step logging (StepLogger)"),
-    ("generate", "exact-match generation"),
+    ("generate", "exact-match generation (evaluation, not overhead)"),
     ("save", "save the adapter (save_pretrained)"),
-    ("rank", "effective rank of the adapter"),
+    ("rank", "effective rank of the adapter (evaluation, not overhead)"),
     ("detach", "detach the adapter (unload)"),
     ("mlflow_log", "MLflow: config, dataset, final metrics, adapter artifact, end of run"),
     ("rest", "the rest (MLflow run creation and tags, Optuna storage, sampling)"),
@@ -114,6 +117,7 @@ def instrument(recorder: Recorder) -> None:
     recorder.wrap(lab_train, "exact_match", "generate")
     recorder.wrap(transformers.Trainer, "__init__", "trainer_init")
     recorder.wrap(transformers.Trainer, "train", "train")
+    recorder.wrap(transformers.Trainer, "get_batch_samples", "fetch")
     recorder.wrap(transformers.Trainer, "evaluate", "evaluate_call")
     recorder.wrap(peft.PeftModel, "save_pretrained", "save")
     recorder.wrap(track.TrialRun, "on_adapter_ready", "rank")
@@ -137,11 +141,14 @@ def instrument(recorder: Recorder) -> None:
 def breakdown(trial: dict[str, float]) -> dict[str, float]:
     """Phase seconds of one trial, the rest and the overhead."""
     out = dict(trial)
-    out["loop_other"] = trial["train"] - trial["steps"] - trial["eval"]
+    out["training"] = trial["steps"] + trial["fetch"]
+    out["loop_other"] = trial["train"] - out["training"] - trial["eval"]
     named = sum(trial[k] for k in ("compose", "resources", "attach", "trainer_init", "generate", "save", "rank",
                                    "detach", "mlflow_log"))
     out["rest"] = trial["wall"] - named - trial["train"]
-    out["overhead"] = trial["wall"] - trial["steps"] - trial["eval"]
+    # evaluation = the Trainer's evaluations + exact-match generation + the adapter's effective rank
+    out["evaluation"] = trial["eval"] + trial["generate"] + trial["rank"]
+    out["overhead"] = trial["wall"] - out["training"] - out["evaluation"]
     out["share"] = out["overhead"] / trial["wall"]
     # the measure TrialResult alone gives: run_trial's wall minus Trainer.train's runtime (which includes
     # the evaluations during training)
@@ -171,8 +178,8 @@ def main() -> None:
     home = os.getcwd()
     os.chdir(workdir)
 
-    overrides = ["+sweep=rank_alpha", "sweep.study_name=overhead", f"sweep.n_trials={args.trials}",
-                 f"sweep.storage=sqlite:///{workdir / 'optuna.db'}"]
+    # the study goes to lora_lab's default storage, under workdir/sweeps/
+    overrides = ["+sweep=rank_alpha", "sweep.study_name=overhead", f"sweep.n_trials={args.trials}"]
     if args.steps is not None:
         overrides.append(f"train.max_steps={args.steps}")
     if args.eval_every is not None:
@@ -197,8 +204,8 @@ def main() -> None:
                 recorder.current["number"] = trial.number
                 recorder.current = None
                 t = breakdown(recorder.trials[-1])
-                print(f"trial {trial.number}: wall {t['wall']:.2f} s, steps {t['steps']:.2f} s "
-                      f"({int(t['n_steps'])}), evaluations {t['eval']:.2f} s, overhead {t['overhead']:.2f} s "
+                print(f"trial {trial.number}: wall {t['wall']:.2f} s, training steps {t['training']:.2f} s "
+                      f"({int(t['n_steps'])}), evaluation {t['evaluation']:.2f} s, overhead {t['overhead']:.2f} s "
                       f"= {100 * t['share']:.1f}%", flush=True)
 
         sweep.objective = timed_objective
@@ -240,20 +247,22 @@ def main() -> None:
         + f"; {steps_text} steps of batch {trial_cfg.train.batch_size}, evaluation every "
         f"{args.eval_every or trial_cfg.train.eval_every} steps, exact match on {trial_cfg.train.eval_generate} "
         "prompts, adapter saved and logged, every trial tracked in a sqlite MLflow store), composed in-process "
-        "as the CLI does. A trial's wall time is its whole Optuna objective. Training steps are timed by a "
-        "Trainer callback (on_step_begin to on_step_end), evaluations by the Trainer's `eval_runtime`; the "
-        "phases by wrapping the functions that do them. **Overhead = wall - training steps - evaluations.**",
+        "as the CLI does. A trial's wall time is its whole Optuna objective. A training step is the fetch of its "
+        "batch (`Trainer.get_batch_samples`) plus what a Trainer callback times from on_step_begin to on_step_end "
+        "(forward, backward, clipping, optimizer step); evaluation is the Trainer's evaluations (their "
+        "`eval_runtime`), the exact-match generation and the adapter's effective rank; the phases are timed "
+        "by wrapping the functions that do them. **Overhead = wall - training steps - evaluation.**",
         "",
         "## Overhead share",
         "",
     ]
     body += _common.table(
-        ["trial", "wall (s)", "training steps (s)", "evaluations (s)", "overhead (s)", "overhead share",
+        ["trial", "wall (s)", "training steps (s)", "evaluation (s)", "overhead (s)", "overhead share",
          "run_trial view: (wall_time_s - train_time_s) / wall_time_s"],
-        [[f"{int(t['number'])} ({'cold' if i == 0 else 'warm'})", fmt(t["wall"], 4), fmt(t["steps"], 4),
-          fmt(t["eval"], 3), fmt(t["overhead"], 3), f"**{100 * t['share']:.1f}%**", f"{100 * t['result_share']:.1f}%"]
+        [[f"{int(t['number'])} ({'cold' if i == 0 else 'warm'})", fmt(t["wall"], 4), fmt(t["training"], 4),
+          fmt(t["evaluation"], 3), fmt(t["overhead"], 3), f"**{100 * t['share']:.1f}%**", f"{100 * t['result_share']:.1f}%"]
          for i, t in enumerate(trials)]
-        + [["warm median", fmt(warm_median("wall"), 4), fmt(warm_median("steps"), 4), fmt(warm_median("eval"), 3),
+        + [["warm median", fmt(warm_median("wall"), 4), fmt(warm_median("training"), 4), fmt(warm_median("evaluation"), 3),
             fmt(warm_median("overhead"), 3), f"**{100 * warm_median('share'):.1f}%**",
             f"{100 * warm_median('result_share'):.1f}%"]])
     body += ["", "## Where the overhead goes (seconds per trial)", ""]
