@@ -93,11 +93,11 @@ def hf_search(workdir: Path, trials: int, steps: int, eval_every: int, seed: int
 # ----------------------------------------------------------------------------------------------------
 
 
-def lora_lab_overrides(name: str, workdir: Path, trials: int, steps: int, eval_every: int, pruning: bool,
+def lora_lab_overrides(name: str, trials: int, steps: int, eval_every: int, pruning: bool,
                        n_startup: int) -> list[str]:
+    # the study goes to lora_lab's default storage: a journal file under <working directory>/sweeps/<name>/
     out = ["+sweep=rank_alpha", f"sweep.study_name={name}", f"sweep.n_trials={trials}",
-           f"sweep.storage=sqlite:///{workdir / (name + '.db')}", f"train.max_steps={steps}",
-           f"train.eval_every={eval_every}"]
+           f"train.max_steps={steps}", f"train.eval_every={eval_every}"]
     if pruning:
         out += ["sweep.pruner.name=median", f"sweep.pruner.n_startup_trials={n_startup}",
                 "sweep.pruner.n_warmup_steps=0"]
@@ -128,7 +128,7 @@ def check_same_search(workdir: Path, seed: int) -> None:
 
     register_configs()
     with initialize_config_dir(config_dir=str(_common.CONF), version_base=None):
-        cfg = compose("config", overrides=lora_lab_overrides("check", workdir, 8, 60, 20, False, 4))
+        cfg = compose("config", overrides=lora_lab_overrides("check", 8, 60, 20, False, 4))
     sweep = to_sweep_config(cfg)
     grid = search_space.grid(sweep)
     assert grid == {"lora.r": R_CHOICES, "alpha_over_r": ALPHA_OVER_R}, grid
@@ -177,8 +177,8 @@ def child(args) -> None:
         uri = f"sqlite:///{workdir / 'mlflow.db'}"  # created by the parent, untimed (a user's store exists)
         os.environ["MLFLOW_TRACKING_URI"] = uri
         mlflow.set_tracking_uri(uri)
-        lora_lab_search(lora_lab_overrides(f"warmup_{args.name}", workdir, 1, 2, 1, False, 1))
-        overrides = lora_lab_overrides(args.name, workdir, args.trials, args.steps, args.eval_every, pruning,
+        lora_lab_search(lora_lab_overrides(f"warmup_{args.name}", 1, 2, 1, False, 1))
+        overrides = lora_lab_overrides(args.name, args.trials, args.steps, args.eval_every, pruning,
                                        args.n_startup)
         timer = _common.loop_timer()
         with stopwatch() as t:
@@ -283,7 +283,7 @@ def main() -> None:
         "- **lora_lab**: `lora_lab.sweep.Sweep` composed in-process like `python -m lora_lab.sweep "
         f"+sweep=rank_alpha sweep.n_trials={args.trials} train.max_steps={args.steps} "
         f"train.eval_every={args.eval_every} [sweep.pruner.name=median sweep.pruner.n_startup_trials={args.n_startup}]`"
-        "; Optuna study in a sqlite file, every trial tracked in a sqlite MLflow store (params, step metrics, "
+        "; Optuna study in its default journal file, every trial tracked in a sqlite MLflow store (params, step metrics, "
         "config, dataset, effective rank, adapter artifact), exact-match generation on 64 held-out prompts, "
         "adapter saved: its defaults. The base model and tokenized data are built once per sweep.",
         "- **transformers**: the plain script in `hf_search()`: `Trainer(model_init=...)` + "
