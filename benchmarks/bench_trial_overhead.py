@@ -39,7 +39,6 @@ from _common import fmt, median, stopwatch  # noqa: E402
 _common.quiet()
 
 import mlflow  # noqa: E402
-import peft  # noqa: E402
 import transformers  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -59,7 +58,7 @@ PHASES = [
     ("loop_other", "Trainer.train() outside steps and evaluations (optimizer, dataloader, callbacks)"),
     ("step_logging", "  of which MLflow step logging (StepLogger)"),
     ("generate", "exact-match generation (evaluation, not overhead)"),
-    ("save", "save the adapter (save_pretrained)"),
+    ("save", "save the adapter (save_adapter: PEFT's save_pretrained)"),
     ("rank", "effective rank of the adapter (evaluation, not overhead)"),
     ("detach", "detach the adapter (unload)"),
     ("mlflow_log", "MLflow: config, dataset, final metrics, adapter artifact, end of run"),
@@ -119,7 +118,7 @@ def instrument(recorder: Recorder) -> None:
     recorder.wrap(transformers.Trainer, "train", "train")
     recorder.wrap(transformers.Trainer, "get_batch_samples", "fetch")
     recorder.wrap(transformers.Trainer, "evaluate", "evaluate_call")
-    recorder.wrap(peft.PeftModel, "save_pretrained", "save")
+    recorder.wrap(lab_train, "save_adapter", "save")
     recorder.wrap(track.TrialRun, "on_adapter_ready", "rank")
     recorder.wrap(track.StepLogger, "on_log", "step_logging")
     for name in ("log_config", "log_dataset", "log_result", "finish"):

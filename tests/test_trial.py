@@ -25,7 +25,7 @@ from lora_lab.data import IGNORE_INDEX
 from lora_lab.errors import ConfigError, ModelUnavailableError
 from lora_lab.evaluate import exact_match
 from lora_lab.model import (attach_adapter, detach_adapter, load_base_model, load_tokenizer,
-                            resolve_target_modules)
+                            resolve_target_modules, save_adapter)
 from lora_lab.train import LoraTrainer, build_resources, run_trial, training_arguments
 
 # n_eval <= 64 keeps the held-out set in one evaluation batch of the Trainer (eval batch = max(bs, 64)), so a
@@ -407,3 +407,16 @@ def test_flop_count_matches_the_stock_trainer(cfg, resources, batch, tmp_path):
         assert ours.floating_point_ops(batch) == stock.floating_point_ops(batch)  # from the cached count
     finally:
         detach_adapter(model)
+
+
+def test_save_adapter_writes_what_save_pretrained_writes(cfg, resources, tmp_path):
+    model = attach_adapter(resources.base_model, cfg.lora, cfg.model)
+    try:
+        model.save_pretrained(str(tmp_path / "peft"))
+        save_adapter(model, tmp_path / "ours")
+    finally:
+        detach_adapter(model)
+    names = sorted(p.name for p in (tmp_path / "peft").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "ours").iterdir()) and "README.md" in names
+    for name in names:
+        assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "peft" / name).read_bytes(), name
