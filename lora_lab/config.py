@@ -442,20 +442,35 @@ def register_configs() -> None:
     cs.store(name="schema_report", node=ReportConfig)
 
 
+TRIAL_GROUPS = ("model", "lora", "quant", "train", "data", "tracking")
+"""The config groups a TrialConfig holds (a composed config may also hold ``sweep``)."""
+
+
 @functools.cache
 def _trial_schema() -> DictConfig:
-    """TrialConfig as an OmegaConf schema. Building it takes ~35 ms on a CPU, two thirds of turning a
-    composed config into a TrialConfig, so a sweep builds it once; ``OmegaConf.merge`` copies it."""
+    """TrialConfig as an OmegaConf schema, built once (~35 ms); ``OmegaConf.merge`` copies it."""
     return OmegaConf.structured(TrialConfig)
 
 
 def to_trial_config(cfg: DictConfig) -> TrialConfig:
-    """Turn a composed config into typed objects, running every range and choice check."""
-    node = OmegaConf.masked_copy(cfg, [k for k in ("model", "lora", "quant", "train", "data", "tracking")
-                                       if k in cfg])
-    trial = OmegaConf.to_object(OmegaConf.merge(_trial_schema(), node))
+    """Turn a composed config into typed objects, running every range and choice check.
+
+    A config composed from conf/config.yaml is typed already (its defaults start with the
+    ``schema_trial`` schema, so Hydra checked every key and type while composing): its groups become
+    the dataclasses directly, whose ``__post_init__`` checks ranges and choices (~2 ms). Any other
+    config is merged into the schema first (~25 ms), which checks keys and types too."""
+    groups = [k for k in TRIAL_GROUPS if k in cfg]
+    if OmegaConf.get_type(cfg) is TrialConfig:
+        trial = TrialConfig(**{k: OmegaConf.to_object(cfg[k]) for k in groups})
+    else:
+        trial = _merged_trial_config(cfg, groups)
     assert isinstance(trial, TrialConfig)
     return trial
+
+
+def _merged_trial_config(cfg: DictConfig, groups: list[str]) -> TrialConfig:
+    node = OmegaConf.masked_copy(cfg, groups)
+    return OmegaConf.to_object(OmegaConf.merge(_trial_schema(), node))
 
 
 def flatten(trial: TrialConfig) -> dict[str, Any]:

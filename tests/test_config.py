@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
 
 from lora_lab import cli
-from lora_lab.config import LLAMA_TARGET_SETS, LoraSettings, TrainConfig, TrialConfig, flatten, to_trial_config
+from lora_lab.config import (LLAMA_TARGET_SETS, TRIAL_GROUPS, LoraSettings, TrainConfig, TrialConfig,
+                             _merged_trial_config, flatten, to_trial_config)
 from lora_lab.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,6 +46,18 @@ def test_group_options_set_their_fields(make_trial_config, override, expected):
     flat = flatten(make_trial_config(override))
     for key, value in expected.items():
         assert flat[key] == value, key
+
+
+@pytest.mark.parametrize("overrides", [(), ("+sweep=rank_alpha",), ("lora=dora", "quant=nf4", "train=gpu"),
+                                       ("model=qwen2_5_0_5b", "data=add", "lora.target_modules=[q_proj,v_proj]"),
+                                       ("data=jsonl", "data.path=x.jsonl", "tracking.log_adapter=false")])
+def test_typed_composed_config_gives_what_the_schema_merge_gives(compose_config, overrides):
+    cfg = compose_config(*overrides)
+    assert OmegaConf.get_type(cfg) is TrialConfig  # composed against schema_trial: the fast path
+    groups = [k for k in TRIAL_GROUPS if k in cfg]
+    assert to_trial_config(cfg) == _merged_trial_config(cfg, groups)
+    untyped = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # no schema: merged into it
+    assert to_trial_config(untyped) == to_trial_config(cfg)
 
 
 def test_field_overrides_are_typed(make_trial_config):
