@@ -8,7 +8,7 @@ The headline is the median of the per-pair throughput ratios: the machine's spee
 from one run to the next, which the back-to-back pairs cancel; the ratio of the medians and that
 of each side's fastest run are reported too.
 
-    .venv/bin/python benchmarks/bench_throughput.py                 # 7 runs each of lora_lab's default trial (150 steps), ~6 min
+    .venv/bin/python benchmarks/bench_throughput.py                 # 7 pairs of lora_lab's default trial (150 steps), ~6 min; the report used --runs 21
     .venv/bin/python benchmarks/bench_throughput.py --runs 5 --steps 60 --no-report
 
 * lora_lab: ``lora_lab.train.run_trial(cfg, out, resources, show_progress=False)`` with the base
