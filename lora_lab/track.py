@@ -86,11 +86,11 @@ class StepLogger(TrainerCallback):
 
     FLUSH_S = 30.0
 
-    def __init__(self, client: MlflowClient, run_id: str, writes: list[Future] | None = None):
+    def __init__(self, client: MlflowClient, run_id: str, writes: list[Future]):
         self.client = client
         self.run_id = run_id
-        self.writes = writes if writes is not None else []
-        """Flushes handed to the background writer and not yet waited for."""
+        self.writes = writes
+        """The run's background writes (``TrialRun.writes``), which its ``finish`` waits for."""
         self.pending: list[Metric] = []
         self.last_flush = time.monotonic()
 
