@@ -1,19 +1,31 @@
-"""What every entry point shares: clear errors instead of stack traces, and quiet libraries."""
+"""What every entry point shares: where the configs are, the command line as Hydra wants it, clear
+errors instead of stack traces, and quiet libraries."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
-import os
 import sys
 import typing
-import warnings
+from pathlib import Path
 
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from lora_lab.config import TrialConfig
 from lora_lab.errors import LoraLabError
+from lora_lab.quiet import quiet_libraries  # noqa: F401  (re-exported: every command calls cli.quiet_libraries)
+
+
+def _config_dir() -> str:
+    package = Path(__file__).resolve().parent
+    shipped = package / "conf"  # an installed wheel: the repo's conf/ ships inside the package
+    return str(shipped if shipped.is_dir() else package.parent / "conf")  # a checkout or an editable install
+
+
+CONFIG_DIR = _config_dir()
+"""Absolute path of the shipped configs; every ``@hydra.main`` reads them from here, so a command runs
+the same from any directory and from a wheel. Your own config groups go in a directory of your own,
+added with ``--config-dir DIR`` or ``hydra.searchpath=[file://DIR]`` (see README)."""
 
 
 def fail(message: str, code: int = 2) -> typing.NoReturn:
@@ -66,25 +78,23 @@ def check_overrides(argv: list[str], root: type = TrialConfig) -> None:
                  f"{', '.join(fields)}.")
 
 
+def hydra_argv(argv: list[str]) -> list[str]:
+    """The command line as Hydra wants it: --multirun/-m first (see flags_first), and ``sweep=<preset>``
+    read as ``+sweep=<preset>``: the root config leaves ``sweep`` out of its defaults, since only
+    ``lora_lab.sweep`` uses it, so Hydra on its own would insist on the ``+``."""
+    return [f"+{arg}" if arg.startswith("sweep=") else arg for arg in flags_first(argv)]
+
+
+def redact_url(url: str) -> str:
+    """A storage or tracking URL with any user and password replaced by ``***``, fit for printing and logging."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
 def flags_first(argv: list[str]) -> list[str]:
     """Move Hydra's --multirun/-m flag before the overrides, so the issue-style order
     ``+sweep=x --multirun hydra/launcher=local ...`` parses (Hydra's argparse rejects overrides after it)."""
     flags = [a for a in argv if a in ("--multirun", "-m")]
     return flags + [a for a in argv if a not in ("--multirun", "-m")]
-
-
-def quiet_libraries() -> None:
-    """Keep library chatter (hub lookups, deprecation notes) out of a sweep's output."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by lora_lab itself
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
-    warnings.filterwarnings("ignore", category=FutureWarning)

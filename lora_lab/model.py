@@ -44,10 +44,16 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def bf16_by_default() -> bool:
+    """The rule behind every 'auto' precision and dtype: bf16 on a CUDA device that supports it, else
+    fp32 (CPU matmuls in bf16 are slow on most CPUs, and fp16 without a GPU has no loss scaling)."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
 def resolve_dtype(name: str) -> torch.dtype:
-    """'auto' -> bf16 on a CUDA device that supports it, else fp32; other names map directly."""
+    """'auto' -> bf16 where bf16_by_default(), else fp32; other names map directly."""
     if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if bf16_by_default() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 

@@ -1192,7 +1192,7 @@ def _quiet() -> None:
 register_configs()
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="report")
+@hydra.main(version_base=None, config_path=cli.CONFIG_DIR, config_name="report")
 @cli.reports_errors
 def main(cfg: DictConfig) -> None:
     """Entry point of ``python -m lora_lab.report study=<name> [metric=..] [direction=..] [output_dir=..]``."""

@@ -56,8 +56,8 @@ class SweepFailedError(LoraLabError):
 def to_sweep_config(cfg: DictConfig) -> SweepConfig:
     """The typed sweep section of a composed config, with its checks run."""
     if cfg.get("sweep") is None:
-        presets = sorted(p.stem for p in (Path(__file__).parent.parent / "conf" / "sweep").glob("*.yaml"))
-        raise ConfigError("sweep", None, "a preset chosen with +sweep=<name>, one of: " + ", ".join(presets))
+        presets = sorted(p.stem for p in (Path(cli.CONFIG_DIR) / "sweep").glob("*.yaml"))
+        raise ConfigError("sweep", None, "a preset chosen with sweep=<name>, one of: " + ", ".join(presets))
     sweep = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SweepConfig), cfg.sweep))
     assert isinstance(sweep, SweepConfig)
     for name in sweep.derived:
@@ -534,7 +534,7 @@ def claim_gpu(worker: int) -> None:
 register_configs()
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="config")
+@hydra.main(version_base=None, config_path=cli.CONFIG_DIR, config_name="config")
 @cli.reports_errors
 def main(cfg: DictConfig) -> None:
     """Entry point of ``python -m lora_lab.sweep +sweep=<preset> [overrides]``."""
@@ -556,6 +556,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = cli.flags_first(sys.argv[1:])
+    sys.argv[1:] = cli.hydra_argv(sys.argv[1:])
     cli.check_overrides(sys.argv[1:])
     main()

@@ -27,8 +27,8 @@ from lora_lab.config import TrialConfig, register_configs, to_trial_config
 from lora_lab.data import TaskData, build_task_data
 from lora_lab.errors import TrialFailedError
 from lora_lab.evaluate import argmax_logits, exact_match, perplexity, token_accuracy
-from lora_lab.model import (attach_adapter, detach_adapter, device, load_base_model, load_tokenizer,
-                            save_adapter)
+from lora_lab.model import (attach_adapter, bf16_by_default, detach_adapter, device, load_base_model,
+                            load_tokenizer, save_adapter)
 
 
 @dataclass
@@ -149,7 +149,7 @@ def training_arguments(cfg: TrialConfig, output_dir: Path, show_progress: bool) 
     on_cuda = device().type == "cuda"
     precision = train.precision
     if precision == "auto":
-        precision = "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "fp32"
+        precision = "bf16" if bf16_by_default() else "fp32"
     return TrainingArguments(
         output_dir=str(output_dir), max_steps=train.max_steps if train.max_steps > 0 else -1,
         num_train_epochs=train.epochs, per_device_train_batch_size=train.batch_size,
@@ -252,7 +252,7 @@ def print_result(result: TrialResult) -> None:
 register_configs()
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="config")
+@hydra.main(version_base=None, config_path=cli.CONFIG_DIR, config_name="config")
 @cli.reports_errors
 def main(cfg: DictConfig) -> float:
     """Entry point of ``python -m lora_lab.train``: one trial, logged to MLflow as its own run."""
@@ -278,6 +278,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = cli.flags_first(sys.argv[1:])
+    sys.argv[1:] = cli.hydra_argv(sys.argv[1:])
     cli.check_overrides(sys.argv[1:])
     main()
