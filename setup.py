@@ -9,6 +9,8 @@ from setuptools import find_namespace_packages, setup
 
 SKIP = ["*__pycache__*"]
 PACKAGES = find_namespace_packages(include=["lora_lab", "lora_lab.*"], exclude=SKIP)
-CONF_PACKAGES = ["lora_lab.conf"] + [f"lora_lab.conf.{name}" for name in find_namespace_packages(where="conf", exclude=SKIP)]
+CONF_PACKAGES = ["lora_lab.conf"] + [
+    f"lora_lab.conf.{name}" for name in find_namespace_packages(where="conf", exclude=SKIP)
+]
 
 setup(packages=PACKAGES + CONF_PACKAGES)

@@ -159,7 +159,7 @@ def main() -> None:
     a, b = stats["lora_lab"], stats["plain"]
     medians_ratio = a["tokens_per_s"] / b["tokens_per_s"]
     # the headline: the median of the per-pair ratios (each pair ran back to back, so drift cancels)
-    pair_ratios = [rb["train"] / ra["train"] for ra, rb in zip(runs["lora_lab"], runs["plain"])]
+    pair_ratios = [rb["train"] / ra["train"] for ra, rb in zip(runs["lora_lab"], runs["plain"], strict=True)]
     ratio = median(pair_ratios)
     # On a shared machine a run is mostly slowed by other processes, never sped up: the fastest run of each
     # side is the least disturbed one, so its ratio is the steadiest estimate.

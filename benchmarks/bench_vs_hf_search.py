@@ -256,7 +256,7 @@ def main() -> None:
     summary = []
     for condition in ("no pruning", "median pruning"):
         lab, hf = results[(condition, "lora_lab")], results[(condition, "transformers")]
-        ratios = [a["wall_s"] / b["wall_s"] for a, b in zip(lab, hf)]
+        ratios = [a["wall_s"] / b["wall_s"] for a, b in zip(lab, hf, strict=True)]
         summary.append((condition, median([r["wall_s"] for r in lab]), median([r["wall_s"] for r in hf]),
                         median(ratios), ratios, median([r["best"] for r in lab]), median([r["best"] for r in hf]),
                         lab[-1]["pruned"], hf[-1]["pruned"]))

@@ -66,7 +66,7 @@ class TensorExamples(torch.utils.data.Dataset):
         index = torch.as_tensor(indices, dtype=torch.long)
         return self._rows(index, int(self.lengths[index].max()))
 
-    def collator(self) -> "PadToLongest":
+    def collator(self) -> PadToLongest:
         """The Trainer's data_collator for these examples (same pad token and side)."""
         return PadToLongest(self.pad_token_id, self.padding_side)
 
@@ -127,7 +127,7 @@ def cipher_key(seed: int) -> dict[str, str]:
     letters = list(string.ascii_lowercase)
     shuffled = letters[:]
     random.Random(seed).shuffle(shuffled)
-    return dict(zip(letters, shuffled))
+    return dict(zip(letters, shuffled, strict=True))
 
 
 def synthetic_records(cfg: DataConfig) -> tuple[list[dict[str, str]], list[dict[str, str]]]:

@@ -57,7 +57,7 @@ def exact_match(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reco
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            hits += sum(text.strip() == r["response"].strip() for text, r in zip(texts, batch))
+            hits += sum(text.strip() == r["response"].strip() for text, r in zip(texts, batch, strict=True))
     finally:
         tokenizer.padding_side = previous_side
         model.train(was_training)

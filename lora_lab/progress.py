@@ -26,7 +26,7 @@ class SweepProgress:
         self.current: dict[str, Any] = {}
         self.started = 0.0
 
-    def __enter__(self) -> "SweepProgress":
+    def __enter__(self) -> SweepProgress:
         if self.enabled:
             self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
             self.live.__enter__()

@@ -104,7 +104,7 @@ def test_task_data_labels_cover_exactly_the_response(data_cfg, tokenizer):
     assert len(task.train) == len(train_records) and len(task.eval) == len(eval_records)
     assert task.eval_records == eval_records
     for rows, records in ((task.train, train_records), (task.eval, eval_records)):
-        for row, record in zip(rows, records):
+        for row, record in zip(rows, records, strict=True):
             n_prompt = 1 + len(record["prompt"])  # BOS + one token per character
             labels = row["labels"]
             assert labels[:n_prompt] == [IGNORE_INDEX] * n_prompt

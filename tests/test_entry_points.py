@@ -25,26 +25,37 @@ def test_config_dir_is_the_checkouts_conf_when_run_from_the_repo():
     assert Path(cli.CONFIG_DIR).is_absolute()  # so a command composes the same from any directory
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["sweep=rank_alpha"], ["+sweep=rank_alpha"]),
-    (["+sweep=rank_alpha"], ["+sweep=rank_alpha"]),  # the documented form keeps working
-    (["sweep=targets,dropout", "-m"], ["-m", "+sweep=targets,dropout"]),
-    (["sweep=full", "sweep.n_trials=3", "sweep.sampler.name=random", "lora.r=4"],
-     ["+sweep=full", "sweep.n_trials=3", "sweep.sampler.name=random", "lora.r=4"]),
-    (["--config-dir", "/my/conf", "model=mine", "sweep=mine"], ["--config-dir", "/my/conf", "model=mine", "+sweep=mine"]),
-    (["~sweep", "hydra.searchpath=[file:///x]"], ["~sweep", "hydra.searchpath=[file:///x]"]),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["sweep=rank_alpha"], ["+sweep=rank_alpha"]),
+        (["+sweep=rank_alpha"], ["+sweep=rank_alpha"]),  # the documented form keeps working
+        (["sweep=targets,dropout", "-m"], ["-m", "+sweep=targets,dropout"]),
+        (
+            ["sweep=full", "sweep.n_trials=3", "sweep.sampler.name=random", "lora.r=4"],
+            ["+sweep=full", "sweep.n_trials=3", "sweep.sampler.name=random", "lora.r=4"],
+        ),
+        (
+            ["--config-dir", "/my/conf", "model=mine", "sweep=mine"],
+            ["--config-dir", "/my/conf", "model=mine", "+sweep=mine"],
+        ),
+        (["~sweep", "hydra.searchpath=[file:///x]"], ["~sweep", "hydra.searchpath=[file:///x]"]),
+    ],
+)
 def test_hydra_argv_reads_sweep_without_plus(argv, expected):
     assert cli.hydra_argv(argv) == expected
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("postgresql://postgres:s3cret@db.example:5432/optuna", "postgresql://***@db.example:5432/optuna"),
-    ("http://user:pw@mlflow.internal:5000", "http://***@mlflow.internal:5000"),
-    ("sqlite:////tmp/a@b/optuna.db", "sqlite://***@b/optuna.db"),  # an '@' in a path is redacted too: safe side
-    ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),
-    ("sweeps/rank_alpha/optuna.journal", "sweeps/rank_alpha/optuna.journal"),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("postgresql://postgres:s3cret@db.example:5432/optuna", "postgresql://***@db.example:5432/optuna"),
+        ("http://user:pw@mlflow.internal:5000", "http://***@mlflow.internal:5000"),
+        ("sqlite:////tmp/a@b/optuna.db", "sqlite://***@b/optuna.db"),  # an '@' in a path is redacted too: safe side
+        ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),
+        ("sweeps/rank_alpha/optuna.journal", "sweeps/rank_alpha/optuna.journal"),
+    ],
+)
 def test_redact_url_hides_credentials(url, expected):
     assert cli.redact_url(url) == expected
     assert "s3cret" not in cli.redact_url(url) and "pw@" not in cli.redact_url(url)
@@ -54,8 +65,10 @@ def test_import_noise_filter_drops_only_the_kernels_message(caplog):
     quiet.drop_import_noise()
     logger = logging.getLogger(quiet.BNB_CPU_OPS_LOGGER)
     with caplog.at_level(logging.WARNING):
-        logger.warning(quiet.BNB_KERNELS_MISSING + ": %s. Please make sure you already `pip install kernels`",
-                       "No module named 'kernels'")
+        logger.warning(
+            quiet.BNB_KERNELS_MISSING + ": %s. Please make sure you already `pip install kernels`",
+            "No module named 'kernels'",
+        )
         logger.warning("some other bitsandbytes warning")
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["some other bitsandbytes warning"]
@@ -68,15 +81,26 @@ def cli_processes(tmp_path_factory):
     stops), and a bare bitsandbytes import as the control for the noise check."""
     work = tmp_path_factory.mktemp("entry")
     commands = {
-        "trial": ["-m", "lora_lab.train", "train.max_steps=2", "train.eval_every=2", "train.eval_generate=0",
-                  "tracking.enabled=false", "quant=nf4", f"hydra.run.dir={work / 'run'}"],
+        "trial": [
+            "-m",
+            "lora_lab.train",
+            "train.max_steps=2",
+            "train.eval_every=2",
+            "train.eval_generate=0",
+            "tracking.enabled=false",
+            "quant=nf4",
+            f"hydra.run.dir={work / 'run'}",
+        ],
         "sweep_no_plus": ["-m", "lora_lab.sweep", "sweep=targets", "sweep.seeds=3", "--cfg", "job"],
         "sweep_plus": ["-m", "lora_lab.sweep", "+sweep=targets", "--cfg", "job"],
         "bnb_alone": ["-c", "import bitsandbytes.functional as F; print('avx512bf16', F.has_avx512bf16())"],
     }
-    procs = {name: subprocess.Popen([sys.executable, *args], cwd=work, env=_env(), stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-             for name, args in commands.items()}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, *args], cwd=work, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for name, args in commands.items()
+    }
     return {name: (proc.wait(timeout=600), *proc.communicate()) for name, proc in procs.items()}
 
 

@@ -55,7 +55,7 @@ def mlflow_server(tmp_path_factory):
         except Exception:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError("mlflow server did not start")
+                raise RuntimeError("mlflow server did not start") from None
             time.sleep(1)
     yield uri
     os.killpg(proc.pid, signal.SIGTERM)
