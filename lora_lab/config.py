@@ -17,6 +17,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from lora_lab import names
 from lora_lab.errors import ConfigError
 
 # Named target-module sets, resolved per model by ModelConfig.target_sets.
@@ -442,7 +443,7 @@ def register_configs() -> None:
     cs.store(name="schema_report", node=ReportConfig)
 
 
-TRIAL_GROUPS = ("model", "lora", "quant", "train", "data", "tracking")
+TRIAL_GROUPS = (*names.TRIAL_GROUPS, "tracking")
 """The config groups a TrialConfig holds (a composed config may also hold ``sweep``)."""
 
 

@@ -19,8 +19,9 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
 
 from lora_lab.config import ParamSpec, SweepConfig
 from lora_lab.errors import ConfigError
+from lora_lab.names import SEED_KEY, TRIAL_GROUPS
 
-SEED_PARAM = "train.seed"
+SEED_PARAM = SEED_KEY
 """Searched like any other value when a grid sweep repeats each configuration with several seeds."""
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -123,7 +124,7 @@ def resolve(sweep: SweepConfig, sampled: dict[str, Any]) -> dict[str, Any]:
 
 def is_config_field(name: str) -> bool:
     """Whether a searched or derived name addresses a config field (else it is a free variable)."""
-    return name.split(".", 1)[0] in ("model", "lora", "quant", "train", "data") and "." in name
+    return name.split(".", 1)[0] in TRIAL_GROUPS and "." in name
 
 
 def to_overrides(values: dict[str, Any]) -> list[str]:
