@@ -420,6 +420,23 @@ class ReportConfig:
     """'minimize' or 'maximize'; null means the sweep's (else minimize)."""
     output_dir: str = "reports"
     """The report goes to <output_dir>/<study>/."""
+    confidence: float = 0.95
+    """Level of the t confidence intervals in the tables (0.95: mean ± the 95% interval's half-width)."""
+    tie_rule: str = "welch"
+    """When a configuration 'cannot be told apart' from the best: 'welch' (Welch's t-test p >= tie_alpha),
+    'relative' (mean within tolerance x |best mean|) or 'absolute' (mean within tolerance of the best)."""
+    tie_alpha: float = 0.05
+    """Significance level of the welch rule: a larger value calls fewer configurations ties."""
+    tolerance: float = 0.01
+    """Tolerance of the relative (a fraction, 0.01 = 1%) and absolute (in metric units) rules."""
+    ui_url: Optional[str] = None
+    """MLflow UI address (http://host:5000) for run links; null: the tracking URI when it is http(s)."""
+
+    def __post_init__(self) -> None:
+        _check_range("confidence", self.confidence, low=0.5, high=0.999)
+        _check_choice("tie_rule", self.tie_rule, ("welch", "relative", "absolute"))
+        _check_range("tie_alpha", self.tie_alpha, low=0.001, high=0.5)
+        _check_range("tolerance", self.tolerance, low=0.0)
 
 
 @dataclass

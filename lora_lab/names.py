@@ -46,3 +46,9 @@ RETAIN_PREFIX = "taskA_"
 FORGET_PREFIX = "forget_"
 """How much worse the adapted model is on task A than the base was:
 ``forget_eval_loss`` (after minus before) and ``forget_exact_match`` (before minus after)."""
+
+# -- confirm stage and excluded runs ---------------------------------------------------------
+TAG_CONFIRM = "lora_lab.confirm"
+"""'true' on the runs of a non-grid sweep's confirm stage (top configurations re-run with fresh seeds)."""
+TAG_OUTCOME = "lora_lab.outcome"
+"""Set on a run that must not be averaged (interrupted, worker_lost, duplicate); the report lists it apart."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -21,8 +22,10 @@ import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from lora_lab import report
+from lora_lab import cli, report
 from lora_lab.config import ReportConfig
+from lora_lab.errors import ConfigError
+from lora_lab.report import findings, read, tables
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,17 +45,21 @@ CONFIGS = {
 }
 LABEL = {name: f"lora.r={r}, alpha_over_r={a}, lora.targets={t}" for name, (r, a, t, *_rest) in CONFIGS.items()}
 STEPS = (10, 20, 30)
+ZERO_SHOT, FULL_FT = 2.0, (0.4, 0.6)
+"""Baselines' eval_loss: the base untrained (one run) and full fine-tuning (two seeds)."""
+UI = "http://mlflow.example.org:5000"
 
 
 def _trial(client: MlflowClient, experiment_id: str, parent_id: str, study: str, number: int,
            r: int, a: int, targets: str, seed: int, state: str, metrics: dict[str, float],
-           history: list[tuple[int, float]], error: str | None = None, overrides: bool = True) -> str:
+           history: list[tuple[int, float]], error: str | None = None, overrides: bool = True,
+           extra_tags: dict[str, str] | None = None) -> str:
     """One trial run as lora_lab.sweep logs it."""
     values = {"lora.r": r, "alpha_over_r": a, "lora.targets": targets, "train.seed": seed,
               "lora.lora_alpha": a * r}
     tags = {"mlflow.parentRunId": parent_id, "lora_lab.kind": "trial", "lora_lab.study": study,
             "optuna.trial_number": str(number), "optuna.state": state,
-            "lora_lab.config_id": f"cfg-{r}-{a}-{targets}"}
+            "lora_lab.config_id": f"cfg-{r}-{a}-{targets}", **(extra_tags or {})}
     if overrides:
         tags["lora_lab.overrides"] = (f"lora.r={r} lora.targets={targets} train.seed={seed} "
                                       f"lora.lora_alpha={a * r}")
@@ -72,6 +79,19 @@ def _trial(client: MlflowClient, experiment_id: str, parent_id: str, study: str,
     return run.info.run_id
 
 
+def _baseline(client: MlflowClient, experiment_id: str, parent_id: str, study: str, kind: str, seed: int,
+              loss: float) -> str:
+    run = client.create_run(experiment_id, run_name=f"baseline-{kind}-{seed}", tags={
+        "mlflow.parentRunId": parent_id, "lora_lab.kind": "baseline", "lora_lab.baseline": kind,
+        "lora_lab.study": study})
+    now = int(time.time() * 1000)
+    client.log_batch(run.info.run_id, params=[Param("train.seed", str(seed))], metrics=[
+        Metric("eval_loss", loss, now, 30), Metric("exact_match", round(1 - loss / 2, 4), now, 30),
+        Metric("taskA_exact_match", 0.9, now, 30), Metric("trainable_params", 0 if kind == "zero_shot" else 90000, now, 30)])
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
 def _parent(client: MlflowClient, study: str) -> tuple[str, str]:
     experiment_id = client.create_experiment(study)
     run = client.create_run(experiment_id, run_name=study, tags={"lora_lab.kind": "sweep", "lora_lab.study": study})
@@ -84,15 +104,16 @@ def _parent(client: MlflowClient, study: str) -> tuple[str, str]:
 
 
 def populate(client: MlflowClient) -> dict[str, str]:
-    """Studies 'demo' (5 configs, 10 complete runs, 1 pruned, 1 failed), 'only_failed' (1 pruned,
-    1 failed) and 'empty_sweep' (a parent run and nothing else). Returns run ids by name."""
+    """Studies 'demo' (5 configs, 10 complete runs, 1 pruned, 1 failed, 1 excluded, 3 baseline runs),
+    'only_failed' (1 pruned, 1 failed) and 'empty_sweep' (a parent run and nothing else). Returns run ids."""
     ids: dict[str, str] = {}
     experiment_id, parent_id = _parent(client, "demo")
     number = 0
     for name, (r, a, targets, params, memory, speed, seeds) in CONFIGS.items():
         for seed, loss, eff in seeds:
             metrics = {"eval_loss": loss, "exact_match": round(1 - loss, 4), "trainable_params": params,
-                       "peak_memory_mb": memory, "tokens_per_s": speed, "effective_rank_mean": eff}
+                       "peak_memory_mb": memory, "tokens_per_s": speed * 12.5, "effective_rank_mean": eff,
+                       "taskA_exact_match": 0.9 - loss / 10, "forget_exact_match": loss / 10}
             history = [(10, loss + 0.5), (20, loss + 0.2), (30, loss)]
             ids[f"{name}/{seed}"] = _trial(client, experiment_id, parent_id, "demo", number, r, a, targets, seed,
                                            "COMPLETE", metrics, history)
@@ -101,6 +122,12 @@ def populate(client: MlflowClient) -> dict[str, str]:
                            {"eval_loss": 3.0, "trainable_params": 1000}, [(10, 3.5), (20, 3.0)])
     ids["failed"] = _trial(client, experiment_id, parent_id, "demo", number + 1, 8, 1, "all_linear", 3, "FAIL",
                            {}, [], error="RuntimeError: out of memory")
+    # finished, but its worker was lost and the trial re-run: never averaged (a 0.01 would be the best)
+    ids["excluded"] = _trial(client, experiment_id, parent_id, "demo", number + 2, 8, 2, "all_linear", 5,
+                             "COMPLETE", {"eval_loss": 0.01}, [(10, 0.01)], extra_tags={"lora_lab.outcome": "worker_lost"})
+    ids["zero_shot"] = _baseline(client, experiment_id, parent_id, "demo", "zero_shot", 0, ZERO_SHOT)
+    for seed, loss in enumerate(FULL_FT):
+        ids[f"full_ft/{seed}"] = _baseline(client, experiment_id, parent_id, "demo", "full_ft", seed, loss)
     # a second study sharing the experiment (sweep.experiment=demo): never mixed into demo's tables
     side = client.create_run(experiment_id, run_name="side", tags={"lora_lab.kind": "sweep", "lora_lab.study": "side"})
     ids["side"] = _trial(client, experiment_id, side.info.run_id, "side", 0, 4, 1, "qv", 0, "COMPLETE",
@@ -128,20 +155,22 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def demo(store):
-    """Runs of study 'demo' as the report reads them, and the complete ones."""
+    """Runs of study 'demo' as the report reads them, the complete trial runs and their config table."""
     client = store["client"]
     experiment = report.find_experiment(client, "demo")
     info = report.load_sweep_info(client, experiment, "demo")
     runs = report.assign_configs(report.load_runs(client, experiment, "demo"), info)
-    return {"info": info, "runs": runs, "done": report.completed(runs, "eval_loss")}
+    trials = runs[runs["kind"] == "trial"]
+    done = report.completed(trials, "eval_loss")
+    return {"info": info, "runs": runs, "trials": trials, "done": done,
+            "configs": report.config_table(done, "eval_loss", "minimize", info)}
 
 
 @pytest.fixture(scope="module")
 def built(store, tmp_path_factory):
-    """The demo report written once, for the tests that read its files."""
+    """The demo report written once (with a UI address for run links), for the tests that read its files."""
     out = tmp_path_factory.mktemp("reports")
-    path = report.build_report(ReportConfig(study="demo", output_dir=str(out)), store["client"])
-    return path
+    return report.build_report(ReportConfig(study="demo", output_dir=str(out), ui_url=UI), store["client"])
 
 
 def _cell(table: pd.DataFrame, **where) -> pd.Series:
@@ -154,15 +183,20 @@ def _cell(table: pd.DataFrame, **where) -> pd.Series:
 
 # -- reading -----------------------------------------------------------------------------------
 
-def test_load_runs_reads_states_params_and_configs(demo):
-    runs = demo["runs"]
-    assert len(runs) == 12
-    assert runs["state"].value_counts().to_dict() == {"COMPLETE": 10, "PRUNED": 1, "FAIL": 1}
-    assert sorted(runs["trial"]) == list(map(float, range(12)))
-    assert set(runs["config"]) == set(LABEL.values())
+def test_load_runs_reads_states_params_configs_and_baselines(demo):
+    runs, trials = demo["runs"], demo["trials"]
+    assert len(trials) == 13 and len(runs) == 16
+    assert trials["state"].value_counts().to_dict() == {"COMPLETE": 10, "PRUNED": 1, "FAIL": 1, "EXCLUDED": 1}
+    assert sorted(trials["trial"]) == list(map(float, range(13)))
+    assert set(trials["config"]) == set(LABEL.values())
+    assert trials["group"].nunique() == 5  # grouped by lora_lab.config_id
+    baselines = runs[runs["kind"] == "baseline"]
+    assert sorted(baselines["baseline"]) == ["full_ft", "full_ft", "zero_shot"]
+    assert set(baselines["config"]) == {"baseline: zero-shot (base model untrained)", "baseline: full fine-tuning"}
     assert demo["info"].objectives == [{"metric": "eval_loss", "direction": "minimize"}]
     assert demo["info"].derived == DERIVED
     assert len(demo["done"]) == 10 and set(demo["done"]["state"]) == {"COMPLETE"}
+    assert 0.01 not in demo["done"]["metrics.eval_loss"].tolist()  # the excluded run is not averaged
     assert demo["info"].parent_run_ids and len(demo["info"].parent_run_ids) == 1
 
 
@@ -172,7 +206,7 @@ def test_studies_sharing_an_experiment_stay_apart(store):
     side = report.load_runs(client, experiment, "side")
     assert side["run_id"].tolist() == [store["ids"]["side"]]
     assert report.load_sweep_info(client, experiment, "side").objectives == []
-    assert len(report.load_runs(client, experiment, None)) == 13  # no study filter: every trial run
+    assert len(report.load_runs(client, experiment, None)) == 17  # no study filter: every trial and baseline run
 
 
 def test_trial_state_from_tag_and_status():
@@ -183,6 +217,7 @@ def test_trial_state_from_tag_and_status():
     assert report.trial_state({}, "FAILED") == "FAIL"
     assert report.trial_state({"optuna.state": "COMPLETE"}, "KILLED") == "KILLED"  # status wins over tag
     assert report.trial_state({"optuna.state": "RUNNING"}, "RUNNING") == "RUNNING"
+    assert report.trial_state({"optuna.state": "COMPLETE", "lora_lab.outcome": "duplicate"}, "FINISHED") == "EXCLUDED"
 
 
 def test_objective_resolution_is_tolerant(demo):
@@ -191,67 +226,65 @@ def test_objective_resolution_is_tolerant(demo):
     assert report.resolve_objective("exact_match", None, info)[:2] == ("exact_match", "maximize")
     assert report.resolve_objective("wall_time_s", None, info)[:2] == ("wall_time_s", "minimize")
     assert report.resolve_objective(None, None, None)[:2] == ("eval_loss", "minimize")
-    assert report._parse_structured("[{'metric': 'exact_match', 'direction': 'maximize'}]") == [
+    assert read.parse_structured("[{'metric': 'exact_match', 'direction': 'maximize'}]") == [
         {"metric": "exact_match", "direction": "maximize"}]
-    assert report._parse_structured("not json") is None
+    assert read.parse_structured("not json") is None
     with pytest.raises(report.LoraLabError, match="direction"):
         report.resolve_objective("eval_loss", "down", info)
 
 
+def test_report_settings_are_checked():
+    with pytest.raises(ConfigError, match="tie_rule.*'welch', 'relative', 'absolute'"):
+        ReportConfig(study="demo", tie_rule="bayes")
+    with pytest.raises(ConfigError, match="confidence"):
+        ReportConfig(study="demo", confidence=95)
+
+
 # -- tables --------------------------------------------------------------------------------------
 
-def test_config_table_means_stds_and_best(demo):
-    table = report.config_table(demo["done"], "eval_loss", "minimize", demo["info"])
+def test_config_table_means_intervals_and_ties(demo):
+    table = demo["configs"]
     assert list(table["config"]) == [LABEL[c] for c in ("C4", "C3", "C5", "C2", "C1")]
     c3 = _cell(table, config=LABEL["C3"])
     assert c3["mean"] == pytest.approx(0.6) and c3["std"] == pytest.approx(0.1) and c3["n"] == 3
-    assert c3["seeds"] == "0,1,2"
+    assert c3["ci_half"] == pytest.approx(4.302652729749464 * 0.1 / math.sqrt(3))  # t(0.975, 2 df)
+    assert c3["seeds"] == "0,1,2" and c3["exact_match"] == pytest.approx(0.4)
     c4 = _cell(table, config=LABEL["C4"])
     assert c4["mean"] == pytest.approx(0.55) and math.isnan(c4["std"]) and c4["n"] == 1
+    assert math.isnan(c4["ci_half"])
     c1 = _cell(table, config=LABEL["C1"])  # the pruned seed (3.0) is not averaged in
     assert c1["mean"] == pytest.approx(1.1) and c1["std"] == pytest.approx(statistics.stdev([1.0, 1.2]))
     assert c1["n"] == 2 and c1["trainable_params"] == 1000
-    assert _cell(table, config=LABEL["C5"])["best_run_id"] is not None
+    assert c1["taskA_exact_match"] == pytest.approx(0.79) and c1["forget_exact_match"] == pytest.approx(0.11)
+    # the best has a single seed: Welch's test cannot compare anything with it
+    assert table["tie"].iloc[0] is True and table["tie"].iloc[1:].isna().all()
+    relative = report.config_table(demo["done"], "eval_loss", "minimize", demo["info"],
+                                   rule=report.TieRule("relative", tolerance=0.1))
+    assert relative.set_index("config")["tie"].to_dict() == {
+        LABEL["C4"]: True, LABEL["C3"]: True, LABEL["C5"]: False, LABEL["C2"]: False, LABEL["C1"]: False}
     maximize = report.config_table(demo["done"], "exact_match", "maximize", demo["info"])
     assert maximize["config"].iloc[0] == LABEL["C4"]
 
 
-def test_rank_alpha_table_exact(demo):
-    table = report.rank_alpha_table(demo["done"], "eval_loss", "minimize")
-    assert list(table.columns) == ["r", "alpha_over_r", "mean", "std", "n", "configs", "best"]
-    expected = {(4, 1): [1.0, 1.2], (4, 2): [0.9, 0.7], (8, 1): [0.6, 0.5, 0.7], (8, 2): [0.55, 0.65, 0.75]}
-    assert len(table) == 4
-    for (r, a), values in expected.items():
-        cell = _cell(table, r=r, alpha_over_r=a)
-        assert cell["mean"] == pytest.approx(statistics.mean(values))
-        assert cell["std"] == pytest.approx(statistics.stdev(values))
-        assert cell["n"] == len(values)
-    assert _cell(table, r=8, alpha_over_r=2)["configs"] == 2
-    assert table.loc[table["best"], ["r", "alpha_over_r"]].values.tolist() == [[8, 1]]
-
-
-def test_rank_alpha_falls_back_to_lora_alpha(demo):
-    done = demo["done"].assign(alpha_over_r=float("nan"))
-    table = report.rank_alpha_table(done, "eval_loss", "minimize")
-    assert "lora_alpha" in table.columns
-    assert sorted(zip(table["r"], table["lora_alpha"])) == [(4, 4), (4, 8), (8, 8), (8, 16)]
-    assert _cell(table, r=8, lora_alpha=8)["best"]
-
-
-def test_rank_targets_table_exact(demo):
-    table = report.rank_targets_table(demo["done"], "eval_loss", "minimize")
-    expected = {(4, "qv"): [1.0, 1.2, 0.9, 0.7], (8, "all_linear"): [0.6, 0.5, 0.7, 0.55], (8, "qv"): [0.65, 0.75]}
-    assert len(table) == 3  # (4, all_linear) was never run
-    for (r, targets), values in expected.items():
-        cell = _cell(table, r=r, targets=targets)
-        assert cell["mean"] == pytest.approx(statistics.mean(values))
-        assert cell["std"] == pytest.approx(statistics.stdev(values))
-        assert cell["n"] == len(values)
-    assert table.loc[table["best"], ["r", "targets"]].values.tolist() == [[8, "all_linear"]]
+def test_grid_cells_are_configurations_never_pools(demo):
+    grid = report.grid_table(demo["configs"], "r", "alpha_over_r")
+    assert len(grid) == 4
+    expected = {(4, 1): ("C1", 1), (4, 2): ("C2", 1), (8, 1): ("C3", 1), (8, 2): ("C4", 2)}
+    for (r, a), (name, configs) in expected.items():
+        cell = _cell(grid, r=r, alpha_over_r=a)
+        assert cell["config"] == LABEL[name] and cell["configs"] == configs
+        assert cell["n"] == len(CONFIGS[name][-1])  # seeds of that one configuration (C4: 1, not C4 + C5's 3)
+    assert grid.loc[grid["best"], ["r", "alpha_over_r"]].values.tolist() == [[8, 2]]
+    fixed_alpha = report.grid_table(demo["configs"], "r", "lora_alpha")
+    assert sorted(zip(fixed_alpha["r"], fixed_alpha["lora_alpha"])) == [(4, 4), (4, 8), (8, 8), (8, 16)]
+    targets = report.grid_table(demo["configs"], "r", "targets")
+    assert len(targets) == 3  # (4, all_linear) was never run
+    assert _cell(targets, r=4, targets="qv")["config"] == LABEL["C2"]
+    assert _cell(targets, r=8, targets="qv")["mean"] == pytest.approx(0.7)
 
 
 def test_pareto_front_against_each_cost(demo):
-    configs = report.config_table(demo["done"], "eval_loss", "minimize", demo["info"])
+    configs = demo["configs"]
     for cost, direction in (("trainable_params", "minimize"), ("peak_memory_mb", "minimize"),
                             ("tokens_per_s", "maximize")):
         front = report.pareto_front(configs, "mean", cost, "minimize", direction)
@@ -270,46 +303,48 @@ def test_pareto_front_handles_ties_and_maximize():
     assert front.loc[front["pareto"], "q"].tolist() == [0.1]
 
 
-def test_effective_rank_table_exact(demo):
-    table = report.effective_rank_table(demo["done"])
-    assert table["r"].tolist() == [4, 8]
-    assert table["mean"].tolist() == pytest.approx([3.0, 5.5])
-    assert table["std"].tolist() == pytest.approx([statistics.stdev([3.0, 3.2, 2.8, 3.0]),
-                                                   statistics.stdev([5, 6, 5, 6, 5, 6])])
-    assert table["n"].tolist() == [4, 6]
-    assert table["used"].tolist() == pytest.approx([0.75, 5.5 / 8])
+def test_effective_rank_per_configuration(demo):
+    table = tables.effective_rank_table(demo["done"])
+    by_config = table.set_index("config")
+    assert by_config.loc[LABEL["C3"], "mean"] == pytest.approx(16 / 3) and by_config.loc[LABEL["C3"], "n"] == 3
+    assert by_config.loc[LABEL["C4"], "n"] == 1 and by_config.loc[LABEL["C4"], "used"] == pytest.approx(6 / 8)
+    assert table["r"].tolist() == [4, 4, 8, 8, 8]
 
 
-def test_learning_curves_from_metric_history(store, demo):
-    curves = report.learning_curves(store["client"], demo["runs"][demo["runs"]["state"] != "FAIL"])
+def test_learning_curves_one_per_configuration(store, demo):
+    runs = demo["trials"][demo["trials"]["state"] != "FAIL"]
+    curves = read.learning_curves(store["client"], runs)
     complete = curves[curves["state"] == "COMPLETE"]
     assert complete["run_id"].nunique() == 10
     assert all(tuple(steps) == STEPS for steps in complete.groupby("run_id")["step"].apply(list))
     assert curves[curves["state"] == "PRUNED"]["eval_loss"].tolist() == [3.5, 3.0]
-    means = report.curves_by_rank(curves)
-    r4 = means[means["r"] == 4].set_index("step")
-    assert r4.loc[30, "mean"] == pytest.approx(statistics.mean([1.0, 1.2, 0.9, 0.7]))  # pruned run excluded
-    assert r4.loc[10, "mean"] == pytest.approx(statistics.mean([1.5, 1.7, 1.4, 1.2]))
-    assert r4.loc[10, "n"] == 4
+    means = tables.curves_by_config(curves)
+    assert means["group"].nunique() == 5
+    c1 = means[means["config"] == LABEL["C1"]].set_index("step")
+    assert c1.loc[10, "mean"] == pytest.approx(1.6) and c1.loc[10, "n"] == 2  # pruned seed excluded
+    assert c1.loc[30, "ci_high"] - c1.loc[30, "mean"] == pytest.approx(12.706204736174696 * 0.1)
+    early, last, rho = tables.step_rank_correlation(curves)
+    assert (early, last, rho) == (10, 30, pytest.approx(1.0))  # every curve is its final value + a constant
 
 
 def test_param_importance_uses_optuna(demo):
-    table, notes = report.param_importance(demo["done"], "eval_loss", demo["info"])
+    table, notes = tables.param_importance(demo["done"], "eval_loss", "minimize", demo["info"])
     assert set(table["param"]) == {"lora.r", "alpha_over_r", "lora.targets"}  # not the seed nor lora_alpha
     assert table["importance"].sum() == pytest.approx(1.0)
     assert notes == []
-    few, notes = report.param_importance(demo["done"].head(2), "eval_loss", demo["info"])
+    few, notes = tables.param_importance(demo["done"].head(2), "eval_loss", "minimize", demo["info"])
     assert few.empty and "at least" in notes[0]
     same = demo["done"][demo["done"]["r"] == 8]
-    table, notes = report.param_importance(same, "eval_loss", demo["info"])
+    table, notes = tables.param_importance(same, "eval_loss", "minimize", demo["info"])
     assert "lora.r" not in set(table["param"]) and any("'lora.r' took a single value" in n for n in notes)
 
 
-def test_best_command_from_tag_or_params(demo):
+def test_best_and_recommended_commands(demo):
     done = demo["done"]
     run = done[done["config"] == LABEL["C4"]].iloc[0]
     assert report.best_command(run) == ("python -m lora_lab.train lora.r=8 lora.targets=all_linear "
                                         "train.seed=0 lora.lora_alpha=16")
+    assert findings.train_overrides(run, seed=False) == ["lora.r=8", "lora.targets=all_linear", "lora.lora_alpha=16"]
     rebuilt = report.best_command(run.drop("overrides"))
     assert rebuilt == "python -m lora_lab.train lora.r=8 lora.targets=all_linear train.seed=0 lora.lora_alpha=16"
     bare = {"params.lora.r": "8", "params.lora.lora_alpha": "16.0", "params.lora.targets": "my set",
@@ -318,21 +353,43 @@ def test_best_command_from_tag_or_params(demo):
                                          'lora.targets="my set" lora.use_rslora=true train.seed=1')
 
 
+def test_numbers_for_people():
+    assert findings.fmt(21380.0) == "21,380" and findings.fmt(2.138e4) == "21,380"
+    assert findings.fmt(0.000012346) == "0.00001235" and findings.fmt(0.24371234) == "0.2437"
+    assert findings.fmt(float("nan")) == "" and findings.fmt(3.0) == "3" and findings.fmt(1234.5) == "1,234"
+
+
 def test_unfinished_listed_not_averaged(demo):
-    table = report.unfinished_table(demo["runs"], "eval_loss")
-    assert sorted(table["state"]) == ["FAIL", "PRUNED"]
+    table = tables.unfinished_table(demo["runs"], set(demo["done"]["run_id"]), "eval_loss")
+    assert sorted(table["state"]) == ["EXCLUDED (worker_lost)", "FAIL", "PRUNED"]  # complete baselines are not here
     failed = _cell(table, state="FAIL")
     assert failed["status"] == "FAILED" and failed["error"] == "RuntimeError: out of memory"
     assert _cell(table, state="PRUNED")["last eval_loss"] == 3.0
 
 
+def test_baselines_and_recovered_gain(demo):
+    baselines = demo["runs"][demo["runs"]["kind"] == "baseline"]
+    rows = findings.baseline_rows(baselines, ["eval_loss", "taskA_exact_match"], 0.95)
+    assert rows["baseline"].tolist() == ["zero_shot", "full_ft"] and rows["n"].tolist() == [1, 2]
+    assert rows["eval_loss"].tolist() == pytest.approx([2.0, 0.5])
+    gains = findings.recovered(demo["done"], baselines, demo["configs"]).set_index("config")
+    assert gains.loc[LABEL["C3"], "recovered"] == pytest.approx((2.0 - 0.6) / (2.0 - 0.5))
+    assert gains.loc[LABEL["C1"], "recovered"] == pytest.approx((2.0 - 1.1) / (2.0 - 0.5))
+    c3 = gains.loc[LABEL["C3"]]
+    assert c3["recovered_low"] < c3["recovered"] < c3["recovered_high"]
+    assert math.isnan(gains.loc[LABEL["C4"], "recovered_low"])  # one seed: no interval
+    no_full = baselines[baselines["baseline"] == "zero_shot"]
+    assert findings.recovered(demo["done"], no_full, demo["configs"]).empty
+
+
 # -- the written report --------------------------------------------------------------------------
 
-PLOTS = ["rank_alpha.png", "rank_targets.png", "pareto_trainable_params.png", "pareto_peak_memory_mb.png",
-         "pareto_tokens_per_s.png", "effective_rank.png", "learning_curves.png", "importance.png"]
-CSVS = ["rank_alpha.csv", "rank_targets.csv", "pareto_trainable_params.csv", "pareto_peak_memory_mb.csv",
-        "pareto_tokens_per_s.csv", "effective_rank.csv", "learning_curves.csv", "learning_curves_by_rank.csv",
-        "importance.csv", "configs.csv", "unfinished.csv", "runs.csv"]
+PLOTS = ["rank_alpha.png", "rank_lora_alpha.png", "rank_targets.png", "pareto_trainable_params.png",
+         "effective_rank.png", "learning_curves.png", "importance.png", "optuna_history.png", "optuna_slice.png",
+         "optuna_contour.png", "optuna_parallel.png"]
+CSVS = ["rank_alpha.csv", "rank_lora_alpha.csv", "rank_targets.csv", "pareto_trainable_params.csv",
+        "effective_rank.csv", "learning_curves.csv", "learning_curves_by_config.csv", "importance.csv",
+        "configs.csv", "unfinished.csv", "runs.csv", "baselines.csv", "recovered.csv", "findings.csv"]
 
 
 def test_report_files(built):
@@ -341,31 +398,48 @@ def test_report_files(built):
         assert data.startswith(b"\x89PNG") and len(data) > 5000, name
     for name in CSVS:
         assert (built / name).stat().st_size > 0, name
+    assert not (built / "pareto_peak_memory_mb.png").exists() and not (built / "pareto_tokens_per_s.png").exists()
     rank_alpha = pd.read_csv(built / "rank_alpha.csv")
     assert _cell(rank_alpha, r=8, alpha_over_r=1)["mean"] == pytest.approx(0.6)
+    found = pd.read_csv(built / "findings.csv").set_index("finding")["verdict"]
+    assert found["rsLoRA trains more stably than alpha/r at large r"] == "not measured in this sweep"
+    assert found["All linear layers beat q,v"] == "inconclusive"  # C4 has one seed: Welch cannot decide
+    assert pd.read_csv(built / "baselines.csv")["baseline"].tolist() == ["zero_shot", "full_ft"]
     assert not [p for p in built.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
 
-def test_report_markdown_and_html(built):
+def test_report_markdown_and_html(built, store):
     md = (built / "report.md").read_text()
     page = (built / "report.html").read_text()
-    command = "python -m lora_lab.train lora.r=8 lora.targets=all_linear train.seed=0 lora.lora_alpha=16"
-    assert command in md and command in page
-    assert (built / "best_command.txt").read_text().strip() == command
+    seedless = "python -m lora_lab.train lora.r=8 lora.targets=all_linear lora.lora_alpha=16"
+    assert md.index("## Recommendation") < md.index("## Summary") < md.index("## Findings")
+    assert seedless in md and seedless in page
+    assert (built / "recommended_command.txt").read_text().splitlines()[1] == seedless
+    assert (built / "best_command.txt").read_text().strip() == (
+        "python -m lora_lab.train lora.r=8 lora.targets=all_linear train.seed=0 lora.lora_alpha=16")
     assert "| r \\ alpha_over_r | 1 | 2 |" in md
-    assert "| r=8 | **0.6 ± 0.1 (n=3)** ★ | 0.65 ± 0.1 (n=3) [2 configs] |" in md
-    assert "| r=4 | 1.1 ± 0.14 (n=2) | 0.8 ± 0.14 (n=2) |" in md
+    assert "| r=8 | 0.6 ± 0.25 | **0.55 (1 seed) ★ (best of 2)** |" in md
+    assert "| r=4 | 1.1 ± 1.3 | 0.8 ± 1.3 |" in md
     assert "| r \\ targets | qv | all_linear |" in md  # declared order of the choices
-    assert "<td><strong>0.6 ± 0.1 (n=3)</strong> ★</td>" in page
-    for name in PLOTS:
-        assert f"]({name})" in md, name
-        assert f'<img src="{name}"' in page, name
-    assert "Trial runs: 12 (10 complete, 1 pruned, 1 failed); 10 averaged." in md
+    assert "Trial runs: 13 (10 complete, 1 pruned, 1 failed, 1 excluded); 10 averaged." in md
     assert "RuntimeError: out of memory" in md and "RuntimeError: out of memory" in page
     assert "3 of 5 configurations are Pareto-optimal" in md
     assert "**eval_loss** (minimize" in md and "the sweep's first objective" in md
-    tables = sum(1 for line in md.splitlines() if line.startswith("| ---"))
-    assert tables >= 9 and page.count("<table>") == tables
+    assert "extend the grid above it" in md and "Baseline runs: 3." in md
+    # numbers for people, no machine paths, run ids linked to the UI
+    assert "(n=1)" not in md and "e+0" not in md and "e-0" not in md and "| 5,000 |" in md
+    assert str(store["root"]) not in md and str(store["root"]) not in page and "sqlite store" in md
+    c3_run = store["ids"]["C3/1"]
+    experiment = store["client"].get_experiment_by_name("demo").experiment_id
+    assert f"({UI}/#/experiments/{experiment}/runs/{c3_run})" in md
+    assert f'href="{UI}/#/experiments/{experiment}/runs/{c3_run}"' in page
+    # self-contained HTML: every plot embedded, no relative image
+    for name in PLOTS:
+        assert f"]({name})" in md, name
+    assert page.count('<img src="data:image/png;base64,') == len(PLOTS)
+    assert not re.findall(r'src="(?!data:image/png;base64,)', page)
+    tables_md = sum(1 for line in md.splitlines() if line.startswith("| ---"))
+    assert tables_md >= 10 and page.count("<table>") == tables_md
 
 
 def test_report_replaces_previous_atomically(store, tmp_path):
@@ -427,11 +501,15 @@ def _cli(store, *args: str) -> subprocess.CompletedProcess:
 
 def test_cli_writes_report(store, tmp_path):
     out = tmp_path / "out"
-    result = _cli(store, "study=demo", f"output_dir={out}", "metric=exact_match")
+    result = _cli(store, "study=demo", f"output_dir={out}", "metric=exact_match", "tie_rule=relative",
+                  "tolerance=0.4")
     assert result.returncode == 0, result.stderr
     assert f"report: {out / 'demo' / 'report.md'}" in result.stdout
     md = (out / "demo" / "report.md").read_text()
-    assert "**exact_match** (maximize" in md
+    assert "**exact_match** (maximize" in md and "within 0.4 × |best mean|" in md
+    # C4 is best (0.45); C5 (0.3, 2,000 params) is within 40% of it and the cheapest such: recommended
+    assert (out / "demo" / "recommended_command.txt").read_text().splitlines()[1] == (
+        "python -m lora_lab.train lora.r=8 lora.targets=qv lora.lora_alpha=16")
     assert set(PLOTS) <= {p.name for p in (out / "demo").iterdir()}
     assert not (store["root"] / "outputs").exists() and not list(store["root"].glob("*.log"))
 
@@ -440,7 +518,7 @@ def test_errors_exit_2_with_one_paragraph(store, tmp_path, capsys):
     """The path the command line takes (cli.reports_errors), without paying for a second subprocess."""
     settings = ReportConfig(study="nope", output_dir=str(tmp_path))
     with pytest.raises(SystemExit) as exit_info:
-        report.cli.reports_errors(report.build_report)(settings, store["client"])
+        cli.reports_errors(report.build_report)(settings, store["client"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("lora_lab: error: no MLflow experiment named 'nope'") and "'demo'" in err

@@ -1,0 +1,40 @@
+"""The command line: ``python -m lora_lab.report study=<name> [metric=..] [tie_rule=..] [output_dir=..]``.
+
+Settings are the ReportConfig fields, composed by Hydra from conf/report.yaml."""
+
+from __future__ import annotations
+
+import os
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from lora_lab import cli
+from lora_lab.config import ReportConfig, register_configs
+from lora_lab.report.sections import build_report
+
+
+def _quiet() -> None:
+    """Keep MLflow's and Optuna's chatter out of the output (without importing model libraries)."""
+    import matplotlib
+
+    cli.quiet_libraries(model_libraries=False)
+    matplotlib.use("Agg")  # Optuna's matplotlib views go through pyplot: never open a window
+
+
+register_configs()
+
+
+@hydra.main(version_base=None, config_path=cli.CONFIG_DIR, config_name="report")
+@cli.reports_errors
+def main(cfg: DictConfig) -> None:
+    """Entry point of ``python -m lora_lab.report``."""
+    settings = OmegaConf.to_object(cfg)
+    assert isinstance(settings, ReportConfig)
+    _quiet()
+    target = build_report(settings)
+    print(f"report: {target / 'report.md'} (and report.html, CSVs, plots in {target}{os.sep})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""The report's plots (matplotlib, object API on the Agg canvas) and Optuna's own views of the study.
+
+Error bars and bands are t confidence intervals over the seeds of one configuration, drawn only where it
+has two or more seeds; a single seed is labelled "1 seed" instead.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from lora_lab.report.document import png_bytes
+from lora_lab.report.findings import fmt
+from lora_lab.report.read import number
+
+
+def figure(width: float = 6.4, height: float = 4.4) -> tuple[Figure, Any]:
+    """A figure on the Agg canvas (no pyplot, no display, no global state)."""
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
+def axis_order(values: Iterable[Any], choices: Optional[list[Any]] = None) -> list[Any]:
+    """Axis values in a natural order: numeric ascending, else the declared choices' order, else sorted."""
+    values = list(dict.fromkeys(values))
+    if all(not math.isnan(number(v)) for v in values):
+        return sorted(values, key=number)
+    if choices:
+        order = {str(c): i for i, c in enumerate(choices)}
+        return sorted(values, key=lambda v: (order.get(str(v), len(order)), str(v)))
+    return sorted(values, key=str)
+
+
+def gap_norm(gaps: np.ndarray) -> tuple[LogNorm, float]:
+    """A log colour scale over the gaps to the best cell, so cells a hair from the best stay distinct from
+    it and from each other; the best cell (gap 0) is drawn at the floor (half the smallest positive gap)."""
+    positive = gaps[np.isfinite(gaps) & (gaps > 0)]
+    floor = float(positive.min()) / 2 if len(positive) else 1e-6
+    top = float(positive.max()) if len(positive) else floor * 10
+    return LogNorm(vmin=floor, vmax=max(top, floor * 1.01)), floor
+
+
+def plot_grid(table: pd.DataFrame, row: str, col: str, metric: str, col_choices: Optional[list[Any]] = None) -> Figure:
+    """Heatmap of a grid table coloured by each cell's gap to the best on a log scale (dark = near the
+    best), annotated with mean ± interval half-width (or '1 seed'); best cell outlined, ties marked ≈."""
+    rows = axis_order(table[row])
+    cols = axis_order(table[col], col_choices)
+    best = float(table.loc[table["best"], "mean"].iloc[0]) if table["best"].any() else float(table["mean"].iloc[0])
+    gaps = np.full((len(rows), len(cols)), np.nan)
+    for _, cell in table.iterrows():
+        gaps[rows.index(cell[row]), cols.index(cell[col])] = abs(cell["mean"] - best)
+    norm, floor = gap_norm(gaps)
+    fig, ax = figure(1.8 + 1.3 * len(cols), 1.4 + 0.8 * len(rows))
+    cmap = colormaps["viridis"]
+    image = ax.imshow(np.ma.masked_invalid(np.maximum(gaps, floor)), cmap=cmap, norm=norm, aspect="auto")
+    fig.colorbar(image, ax=ax, label=f"|{metric} − best| (log scale)")
+    for _, cell in table.iterrows():
+        i, j = rows.index(cell[row]), cols.index(cell[col])
+        spread = "1 seed" if cell["n"] < 2 else f"±{fmt(cell['ci_half'], 2)} (n={int(cell['n'])})"
+        mark = " ★" if cell["best"] else (" ≈" if cell["tie"] is True else "")
+        red, green, blue, _ = cmap(norm(max(abs(cell["mean"] - best), floor)))
+        dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5  # white text on dark cells
+        ax.text(j, i, f"{fmt(cell['mean'], 4)}{mark}\n{spread}", ha="center", va="center", fontsize=7.5,
+                color="white" if dark else "black", fontweight="bold" if cell["best"] else "normal")
+        if cell["best"]:
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+    ax.set_xticks(range(len(cols)), [fmt(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [fmt(r) for r in rows])
+    ax.set_xlabel(col)
+    ax.set_ylabel(row)
+    ax.set_title(f"{metric}: best outlined (★), ≈ cannot be told apart from it")
+    return fig
+
+
+OFFSETS = ((6, 6), (6, -12), (-14, 6), (-14, -12))
+"""Where successive point numbers go around their points (points of offset), so neighbours do not overlap."""
+
+
+def plot_pareto(front: pd.DataFrame, metric: str, cost: str, label: str) -> Figure:
+    """Configurations' mean quality against a deterministic cost: Pareto-optimal points numbered (the
+    numbers index the table beside the plot) and joined; error bars are t intervals where n >= 2."""
+    fig, ax = figure()
+    for pareto, color, name in ((False, "tab:gray", "dominated"), (True, "tab:red", "Pareto-optimal")):
+        part = front[front["pareto"] == pareto]
+        many = part[part["n"] >= 2]
+        one = part[part["n"] < 2]
+        if len(many):
+            ax.errorbar(many[cost], many["mean"], yerr=many["ci_half"], fmt="o", color=color, capsize=2,
+                        alpha=1 if pareto else 0.6, label=name)
+        if len(one):
+            ax.plot(one[cost], one["mean"], "o" if not len(many) else "s", color=color, alpha=1 if pareto else 0.6,
+                    label=f"{name} (1 seed, no error bar)")
+    line = front[front["pareto"]].sort_values(cost)
+    ax.plot(line[cost], line["mean"], "-", color="tab:red", alpha=0.4)
+    for k, (_, point) in enumerate(line.iterrows()):
+        dx, dy = OFFSETS[k % len(OFFSETS)]
+        ax.annotate(str(k + 1), (point[cost], point["mean"]), xytext=(dx, dy), textcoords="offset points",
+                    fontsize=8, color="tab:red", fontweight="bold")
+    positive = front[cost][front[cost] > 0]
+    if len(positive) == len(front) and len(positive) and positive.max() / positive.min() > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(label)
+    ax.set_ylabel(f"{metric} (mean over seeds)")
+    ax.set_title(f"{metric} against {label} (numbers: table rows)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_effective_rank(table: pd.DataFrame) -> Figure:
+    """Each configuration's mean effective rank against its allotted rank, and the r = r line."""
+    fig, ax = figure()
+    many = table[table["n"] >= 2]
+    one = table[table["n"] < 2]
+    if len(many):
+        ax.errorbar(many["r"], many["mean"], yerr=many["ci_half"], fmt="o", color="tab:blue", capsize=2,
+                    alpha=0.7, label="configuration (mean, 95% CI over seeds)")
+    if len(one):
+        ax.plot(one["r"], one["mean"], "s", color="tab:blue", alpha=0.7, label="configuration (1 seed)")
+    ranks = sorted(table["r"].unique())
+    ax.plot(ranks, ranks, "--", color="tab:gray", label="full use (effective = allotted)")
+    if len(ranks) > 1 and ranks[0] > 0:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ranks, [fmt(r) for r in ranks])
+    ax.set_xlabel("allotted rank r")
+    ax.set_ylabel("effective rank (mean over adapted modules)")
+    ax.set_title("Rank allotted against rank used, per configuration")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_learning_curves(means: pd.DataFrame, metric: str = "eval_loss") -> Figure:
+    """One curve per configuration (mean over its seeds, shaded t interval where n >= 2), coloured by r."""
+    fig, ax = figure(7.2, 4.6)
+    ranks = sorted(means["r"].dropna().unique())
+    cmap = colormaps["viridis"]
+    color = {r: cmap(i / max(len(ranks) - 1, 1)) for i, r in enumerate(ranks)}
+    for _, curve in means.groupby("group", sort=False):
+        curve = curve.sort_values("step")
+        c = color.get(curve["r"].iloc[0], "tab:gray")
+        ax.plot(curve["step"], curve["mean"], "-", color=c, linewidth=1.2, alpha=0.85)
+        if (curve["n"] >= 2).any():
+            ax.fill_between(curve["step"], curve["ci_low"], curve["ci_high"], color=c, alpha=0.12, linewidth=0)
+    for r in ranks:
+        ax.plot([], [], "-", color=color[r], label=f"r={fmt(r)}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} during training: one line per configuration (band: 95% CI over seeds)")
+    positive = means["mean"][means["mean"] > 0]
+    if len(positive) == len(means) and len(positive) and positive.max() / positive.min() > 20:
+        ax.set_yscale("log")
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_importance(table: pd.DataFrame, metric: str) -> Figure:
+    """Horizontal bars of the fANOVA importances, largest on top."""
+    fig, ax = figure(6.4, 1.4 + 0.45 * len(table))
+    ordered = table.iloc[::-1]
+    ax.barh(ordered["param"], ordered["importance"], color="tab:blue")
+    for y, value in enumerate(ordered["importance"]):
+        ax.text(value, y, f" {value:.2f}", va="center", fontsize=8)
+    ax.set_xlim(0, max(1.0, float(table["importance"].max()) * 1.15))
+    ax.set_xlabel(f"importance for {metric} (fANOVA, sums to 1)")
+    ax.set_title("Parameter importance (depends on how the space is parameterised)")
+    return fig
+
+
+OPTUNA_VIEWS = (("optuna_history.png", "plot_optimization_history", "optimization history"),
+                ("optuna_slice.png", "plot_slice", "slice plot"),
+                ("optuna_contour.png", "plot_contour", "contour plot"),
+                ("optuna_parallel.png", "plot_parallel_coordinate", "parallel coordinates"))
+"""File name, ``optuna.visualization.matplotlib`` function and caption of each Optuna view."""
+
+
+def optuna_views(study, target_name: str) -> tuple[dict[str, tuple[str, bytes]], list[str]]:
+    """Optuna's own matplotlib views of the study: file name -> (caption, PNG bytes), and notes on any view
+    Optuna could not draw. Each figure is closed once rendered (these functions use pyplot)."""
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as views
+
+    out: dict[str, tuple[str, bytes]] = {}
+    notes: list[str] = []
+    for name, function, caption in OPTUNA_VIEWS:
+        if function == "plot_contour" and len(study.trials[0].params) < 2:
+            notes.append("Optuna's contour plot needs two searched values; this sweep varied one.")
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ExperimentalWarning, and plots of constant values
+                axes = getattr(views, function)(study, target_name=target_name)
+        except (ValueError, RuntimeError, TypeError, ImportError) as exc:
+            notes.append(f"Optuna could not draw its {caption}: {exc}")
+            continue
+        first = axes.flat[0] if isinstance(axes, np.ndarray) else axes
+        fig = first.figure
+        try:
+            out[name] = (caption, png_bytes(fig, dpi=100, bbox_inches="tight"))
+        finally:
+            plt.close(fig)
+    return out, notes

@@ -1,0 +1,278 @@
+"""The report's tables, computed from the runs read by :mod:`lora_lab.report.read`.
+
+"n" always counts the seeds of one configuration (runs sharing ``lora_lab.config_id``): a grid cell that
+holds several configurations (other searched values vary too) shows the best of them, never a pool.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from lora_lab import names
+from lora_lab.report.read import SweepInfo, number, sampled_keys
+from lora_lab.report.stats import TieRule, summarize
+
+EXTRA_METRICS = ("trainable_params", "total_params", "peak_memory_mb", "tokens_per_s", "effective_rank_mean",
+                 "eval_loss", "exact_match")
+"""Metrics averaged into every configuration's row beside the ranked one."""
+
+MAX_AXIS_VALUES = 8
+"""A numeric table axis with more distinct values (a float search) is binned to the nearest power of 2."""
+
+MIN_IMPORTANCE_TRIALS = 4
+"""Fewer complete trials than this give importances that mean nothing; the report says so instead."""
+
+
+def better_first(direction: str) -> bool:
+    """True when smaller is better (sort ascending)."""
+    return direction == "minimize"
+
+
+def forgetting_metrics(runs: pd.DataFrame) -> list[str]:
+    """The logged task-A (retain) and forgetting metrics, retain first."""
+    logged = [c[len("metrics."):] for c in runs.columns if c.startswith("metrics.") and runs[c].notna().any()]
+    return ([m for m in sorted(logged) if m.startswith(names.RETAIN_PREFIX)]
+            + [m for m in sorted(logged) if m.startswith(names.FORGET_PREFIX)])
+
+
+def config_table(runs: pd.DataFrame, metric: str, direction: str, info: Optional[SweepInfo] = None,
+                 confidence: float = 0.95, rule: Optional[TieRule] = None) -> pd.DataFrame:
+    """One row per configuration (group), best mean first: its searched values, the metric's mean, std, n
+    and t interval over its seeds, the seeds, the best seed's run, mean costs and other metrics, and
+    whether it can be told apart from the best configuration (``tie``: True / False / None = undecided,
+    with ``tie_stat``: the p-value of the welch rule or the gap of the tolerance rules)."""
+    column = f"metrics.{metric}"
+    if runs.empty or column not in runs:
+        return pd.DataFrame()
+    keys = sampled_keys(runs, info)
+    extras = [m for m in EXTRA_METRICS if m != metric] + forgetting_metrics(runs)
+    rows, samples = [], {}
+    for group, members in runs.groupby("group", sort=False):
+        values = pd.to_numeric(members[column], errors="coerce")
+        if values.notna().sum() == 0:
+            continue
+        best_idx = values.idxmin() if better_first(direction) else values.idxmax()
+        row: dict[str, Any] = {"config": members["config"].iloc[0], "group": group}
+        for key in keys:
+            row[key] = members[f"params.{names.SWEEP_PARAM_PREFIX}{key}"].iloc[0]
+        for key in ("r", "lora_alpha", "alpha_over_r", "targets", "use_rslora", "kind", "baseline"):
+            if key in members:
+                row[key] = members[key].iloc[0]
+        row.update(summarize(values, confidence))
+        row["seeds"] = ",".join(f"{s:g}" for s in sorted(members["seed"].dropna().unique()))
+        for extra in extras:
+            col = f"metrics.{extra}"
+            if col in members and members[col].notna().any():
+                row[extra] = float(pd.to_numeric(members[col], errors="coerce").mean())
+        row["best_run_id"] = members.loc[best_idx, "run_id"]
+        row["best_trial"] = members.loc[best_idx, "trial"]
+        rows.append(row)
+        samples[group] = values.dropna().to_numpy(float)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    # best mean first; among equal means the one measured on more seeds
+    table = table.sort_values(["mean", "n"], ascending=[better_first(direction), False], kind="stable")
+    table = table.reset_index(drop=True)
+    rule = rule or TieRule()
+    best = samples[table["group"].iloc[0]]
+    ties = [rule.tie(samples[g], best) for g in table["group"]]
+    table["tie"] = [True if i == 0 else t for i, (t, _) in enumerate(ties)]
+    table["tie_stat"] = [math.nan if i == 0 else s for i, (_, s) in enumerate(ties)]
+    return table
+
+
+def samples_of(runs: pd.DataFrame, metric: str) -> dict[str, np.ndarray]:
+    """The metric's values per configuration group."""
+    column = f"metrics.{metric}"
+    return {g: pd.to_numeric(m[column], errors="coerce").dropna().to_numpy(float)
+            for g, m in runs.groupby("group", sort=False)} if column in runs else {}
+
+
+def binned(values: pd.Series) -> tuple[pd.Series, bool]:
+    """Values of a numeric axis with many distinct values (a float search), rounded to the nearest power
+    of 2 so the table stays readable; categorical axes are returned as they are."""
+    numeric = pd.to_numeric(values, errors="coerce")
+    if values.nunique() <= MAX_AXIS_VALUES or numeric.isna().any() or (numeric <= 0).any():
+        return values, False
+    return numeric.map(lambda v: float(2 ** round(math.log2(v)))), True
+
+
+def grid_table(configs: pd.DataFrame, row: str, col: str) -> pd.DataFrame:
+    """A configuration table laid on a two-way grid (rank x alpha/r, rank x targets...).
+
+    Each cell is the best configuration with that pair of values (configs is best first), with its own
+    mean, interval, n and tie mark; 'configs' counts the configurations that share the cell. Numeric axes
+    with more than MAX_AXIS_VALUES values are binned to powers of 2."""
+    columns = [row, col, "config", "mean", "std", "n", "ci_low", "ci_high", "ci_half", "tie", "configs", "best"]
+    data = configs.dropna(subset=[row, col]).copy() if row in configs and col in configs else pd.DataFrame()
+    if data.empty:
+        return pd.DataFrame(columns=columns)
+    data[row], _ = binned(data[row])
+    data[col], _ = binned(data[col])
+    data["_order"] = range(len(data))
+    rows = []
+    for (a, b), cell in data.groupby([row, col], sort=True):
+        top = cell.sort_values("_order").iloc[0]
+        rows.append({row: a, col: b, **{k: top[k] for k in columns[2:10]}, "configs": len(cell),
+                     "best": bool(top["_order"] == 0)})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def pareto_front(table: pd.DataFrame, quality: str, cost: str, direction: str,
+                 cost_direction: str = "minimize") -> pd.DataFrame:
+    """``table`` with a boolean 'pareto' column: no other row is at least as good on both quality and cost
+    and strictly better on one. Rows missing either value are dropped. Sorted by cost, cheapest first."""
+    data = table.dropna(subset=[quality, cost]).copy()
+    q = data[quality].to_numpy(float) * (1 if direction == "minimize" else -1)
+    c = data[cost].to_numpy(float) * (1 if cost_direction == "minimize" else -1)
+    dominated = [bool(np.any((q <= q[i]) & (c <= c[i]) & ((q < q[i]) | (c < c[i])))) for i in range(len(data))]
+    data["pareto"] = [not d for d in dominated]
+    data["_c"] = c
+    return data.sort_values(["_c", quality], ascending=[True, direction == "minimize"]).drop(
+        columns="_c").reset_index(drop=True)
+
+
+def effective_rank_table(runs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Allotted rank against the effective rank the trained adapters use (effective_rank_mean), one row
+    per configuration: mean and interval over its seeds, n, and the share of the rank used."""
+    column = "metrics.effective_rank_mean"
+    out = ["config", "r", "mean", "ci_half", "n", "used"]
+    if column not in runs:
+        return pd.DataFrame(columns=out)
+    data = runs.dropna(subset=["r", column])
+    rows = [{"config": m["config"].iloc[0], "r": m["r"].iloc[0], **summarize(m[column], confidence)}
+            for _, m in data.groupby("group", sort=False)]
+    table = pd.DataFrame(rows, columns=["config", "r", "mean", "std", "n", "ci_low", "ci_high", "ci_half"])
+    table["used"] = table["mean"] / table["r"]
+    return table.sort_values(["r", "config"], kind="stable")[out].reset_index(drop=True)
+
+
+def curves_by_config(curves: pd.DataFrame, metric: str = "eval_loss", confidence: float = 0.95) -> pd.DataFrame:
+    """Mean learning curve of each configuration: mean, interval and n (seeds at that step) per step,
+    from its complete runs only."""
+    data = curves[curves["state"] == "COMPLETE"]
+    out = ["group", "config", "r", "step", "mean", "ci_low", "ci_high", "n"]
+    if data.empty:
+        return pd.DataFrame(columns=out)
+    rows = [{"group": g, "config": m["config"].iloc[0], "r": m["r"].iloc[0], "step": step,
+             **summarize(m[metric], confidence)}
+            for (g, step), m in data.groupby(["group", "step"], sort=True)]
+    return pd.DataFrame(rows)[out]
+
+
+def step_rank_correlation(curves: pd.DataFrame, metric: str = "eval_loss") -> tuple[float, float, float]:
+    """(first step at or past a third of training, last step, Spearman correlation of the configurations'
+    mean metric at the two): how early the final ranking is already settled."""
+    from lora_lab.report.stats import spearman
+
+    data = curves[curves["state"] == "COMPLETE"]
+    if data.empty or data["group"].nunique() < 3:
+        return math.nan, math.nan, math.nan
+    means = data.groupby(["group", "step"])[metric].mean().unstack("step")
+    steps = [s for s in means.columns if means[s].notna().all()]
+    if len(steps) < 2:
+        return math.nan, math.nan, math.nan
+    last = steps[-1]
+    early = next(s for s in steps if s >= last / 3)
+    if early == last:
+        return math.nan, math.nan, math.nan
+    return float(early), float(last), spearman(means[early], means[last])
+
+
+def unfinished_table(runs: pd.DataFrame, done_ids: set[str], metric: str) -> pd.DataFrame:
+    """Runs not averaged into the tables: pruned, failed, killed, excluded (``lora_lab.outcome``), still
+    running, and complete runs that did not log the metric; with their values and the logged error."""
+    rest = runs[~runs["run_id"].isin(done_ids) & ~((runs["kind"] == names.KIND_BASELINE)
+                                                   & (runs["state"] == "COMPLETE"))]
+    column = f"metrics.{metric}"
+    state = [s if s != "COMPLETE" else f"COMPLETE (no {metric})" for s in rest["state"]]
+    state = [f"{s} ({o})" if isinstance(o, str) and o else s for s, o in zip(state, rest["outcome"])]
+    table = pd.DataFrame({
+        "trial": rest["trial"], "run_id": rest["run_id"], "state": state,
+        "status": rest["status"], "config": rest["config"],
+        f"last {metric}": pd.to_numeric(rest[column], errors="coerce") if column in rest else math.nan,
+        "error": rest["error"].fillna("")})
+    return table.reset_index(drop=True)
+
+
+def rebuild_study(runs: pd.DataFrame, metric: str, direction: str, info: Optional[SweepInfo] = None):
+    """The complete trial runs as an in-memory Optuna study (``create_trial`` + ``add_trials``), so Optuna's
+    own importance evaluators and plots read the MLflow data; returns (study or None, notes).
+
+    Numeric values get a float distribution over their observed range, the others a categorical one.
+    Values with a single setting, the seed and derived fields are left out."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    notes: list[str] = []
+    keys = sampled_keys(runs, info, derived=False) if not runs.empty else []
+    distributions: dict[str, Any] = {}
+    converted: dict[str, pd.Series] = {}
+    for key in keys:
+        raw = runs[f"params.{names.SWEEP_PARAM_PREFIX}{key}"]
+        if raw.isna().any():
+            notes.append(f"'{key}' was not logged by every complete trial; left out.")
+            continue
+        if raw.nunique() < 2:
+            notes.append(f"'{key}' took a single value ({raw.iloc[0]}); left out.")
+            continue
+        numeric = raw.map(number)
+        if numeric.notna().all():
+            log = bool(info and info.space.get(key, {}).get("log")) and (numeric > 0).all()
+            distributions[key] = FloatDistribution(float(numeric.min()), float(numeric.max()), log=log)
+            converted[key] = numeric.astype(float)
+        else:
+            distributions[key] = CategoricalDistribution(sorted(raw.astype(str).unique()))
+            converted[key] = raw.astype(str)
+    if not distributions:
+        notes.append("No sampled value varied across the complete trials, so there is nothing to show.")
+        return None, notes
+    order = runs.sort_values(["trial", "start_time"], na_position="last")
+    trials = [optuna.trial.create_trial(
+        params={k: converted[k].loc[i] for k in distributions}, distributions=distributions,
+        value=float(order.loc[i, f"metrics.{metric}"])) for i in order.index]
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created in memory" line
+    try:
+        study = optuna.create_study(direction=direction)
+        study.add_trials(trials)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return study, notes
+
+
+def param_importance(runs: pd.DataFrame, metric: str, direction: str = "minimize",
+                     info: Optional[SweepInfo] = None, seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
+    """Importance of each sampled value for the metric, by Optuna's fANOVA evaluator over the complete runs
+    (seeds as separate trials). Returns the table (param, importance) and notes explaining anything
+    skipped; too few trials give only a note."""
+    import optuna
+
+    empty = pd.DataFrame(columns=["param", "importance"])
+    if len(runs) < MIN_IMPORTANCE_TRIALS:
+        return empty, [f"Parameter importance needs at least {MIN_IMPORTANCE_TRIALS} complete trials; "
+                       f"this sweep has {len(runs)}."]
+    study, notes = rebuild_study(runs, metric, direction, info)
+    if study is None:
+        return empty, notes
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scores = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
+    except ImportError as exc:  # fANOVA fits scikit-learn forests
+        notes.append(f"Optuna's fANOVA evaluator needs scikit-learn, which is missing here ({exc}).")
+        return empty, notes
+    except (ValueError, RuntimeError) as exc:
+        notes.append(f"Optuna could not compute importances: {exc}")
+        return empty, notes
+    if len(scores) == 1:
+        notes.append("Only one sampled value varied, so it carries all the importance by construction.")
+    table = pd.DataFrame({"param": list(scores), "importance": [float(v) for v in scores.values()]})
+    return table.sort_values("importance", ascending=False, kind="stable").reset_index(drop=True), notes
