@@ -350,11 +350,15 @@ def rslora_comparison(configs: pd.DataFrame, runs: pd.DataFrame, all_runs: pd.Da
     r = max(ranks)
     at_r = configs[configs["r"] == r]
     scale = "alpha_over_r" if at_r["alpha_over_r"].notna().any() else "lora_alpha"
-    common = at_r.groupby(scale)["use_rslora"].nunique()
-    top = max(common[common == 2].index) if (common == 2).any() else None
-    if top is None:
-        return Finding(name, NOT_MEASURED, f"at r={fmt(r)} no scale was run both with and without rsLoRA.")
-    pair = at_r[at_r[scale] == top]
+    if at_r[scale].notna().any():
+        common = at_r.groupby(scale)["use_rslora"].nunique()
+        top = max(common[common == 2].index) if (common == 2).any() else None
+        if top is None:
+            return Finding(name, NOT_MEASURED, f"at r={fmt(r)} no scale was run both with and without rsLoRA.")
+        pair = at_r[at_r[scale] == top]
+        where = f"r={fmt(r)}, {scale}={fmt(top)}"
+    else:
+        pair, where = at_r, f"r={fmt(r)}"
     samples = samples_of(runs, metric)
     parts, stds = [], {}
     for flag, label in ((True, "rsLoRA"), (False, "alpha/r")):
@@ -364,7 +368,6 @@ def rslora_comparison(configs: pd.DataFrame, runs: pd.DataFrame, all_runs: pd.Da
         stds[flag] = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
         parts.append(f"{label}: mean {fmt(row['mean'])}, seed std {fmt(stds[flag], 2) or 'n/a'} over "
                      f"{len(values)} seeds, {len(failed)} failed or pruned")
-    where = f"r={fmt(r)}, {scale}={fmt(top)}"
     if any(math.isnan(s) for s in stds.values()):
         return Finding(name, "inconclusive", f"at {where}: " + "; ".join(parts) + " (needs >= 2 seeds).")
     verdict = "holds" if stds[True] < stds[False] else "does not hold"
