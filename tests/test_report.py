@@ -523,3 +523,42 @@ def test_errors_exit_2_with_one_paragraph(store, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("lora_lab: error: no MLflow experiment named 'nope'") and "'demo'" in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+# -- a real sweep ----------------------------------------------------------------------------------
+
+TINY = ["data.n_train=96", "data.n_eval=16", "train.max_steps=6", "train.eval_every=3", "train.batch_size=16",
+        "train.eval_generate=4", "train.logging_steps=3", "tracking.log_adapter=false"]
+
+
+@pytest.mark.slow
+def test_report_of_a_real_sweep(tmp_path, monkeypatch):
+    """Two ranks x 2 seeds trained for real by lora_lab.sweep, then reported: n counts the seeds of each
+    configuration, intervals exist, the recommendation's command is one lora_lab.train accepts."""
+    from hydra import compose, initialize_config_dir
+
+    from lora_lab.config import register_configs
+    from lora_lab.sweep import Sweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    register_configs()
+    overrides = ["+sweep=rank_alpha", "sweep.study_name=tiny_report", "sweep.seeds=2", *TINY]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=overrides)
+        cfg.sweep.params["lora.r"].choices = [2, 4]
+        cfg.sweep.params["alpha_over_r"].choices = [1]
+        Sweep(cfg, overrides, console_progress=False).run()
+    path = report.build_report(ReportConfig(study="tiny_report", output_dir=str(tmp_path / "reports")),
+                               MlflowClient(tracking_uri=uri))
+    configs = pd.read_csv(path / "configs.csv")
+    assert sorted(configs["r"]) == [2, 4] and configs["n"].tolist() == [2, 2]
+    assert configs["ci_half"].notna().all()
+    command = (path / "recommended_command.txt").read_text().splitlines()[1]
+    assert command.startswith("python -m lora_lab.train ") and "train.seed" not in command
+    tied = configs[configs["tie"].astype(str) == "True"]  # the best and whatever Welch cannot tell from it
+    expected = int(tied.sort_values("trainable_params")["r"].iloc[0])
+    assert f"lora.r={expected} " in command
+    md = (path / "report.md").read_text()
+    assert md.split("## ")[1].startswith("Recommendation") and str(tmp_path) not in md
