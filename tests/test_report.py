@@ -29,9 +29,11 @@ from lora_lab.report import findings, read, tables
 
 REPO = Path(__file__).resolve().parent.parent
 
-SPACE = {"lora.r": {"type": "categorical", "choices": [4, 8]},
-         "alpha_over_r": {"type": "categorical", "choices": [1, 2]},
-         "lora.targets": {"type": "categorical", "choices": ["qv", "all_linear"]}}
+SPACE = {
+    "lora.r": {"type": "categorical", "choices": [4, 8]},
+    "alpha_over_r": {"type": "categorical", "choices": [1, 2]},
+    "lora.targets": {"type": "categorical", "choices": ["qv", "all_linear"]},
+}
 DERIVED = {"lora.lora_alpha": "alpha_over_r * lora.r"}
 
 # configuration -> (r, alpha/r, targets, trainable_params, peak_memory_mb, tokens_per_s,
@@ -50,26 +52,48 @@ ZERO_SHOT, FULL_FT = 2.0, (0.4, 0.6)
 UI = "http://mlflow.example.org:5000"
 
 
-def _trial(client: MlflowClient, experiment_id: str, parent_id: str, study: str, number: int,
-           r: int, a: int, targets: str, seed: int, state: str, metrics: dict[str, float],
-           history: list[tuple[int, float]], error: str | None = None, overrides: bool = True,
-           extra_tags: dict[str, str] | None = None) -> str:
+def _trial(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_id: str,
+    study: str,
+    number: int,
+    r: int,
+    a: int,
+    targets: str,
+    seed: int,
+    state: str,
+    metrics: dict[str, float],
+    history: list[tuple[int, float]],
+    error: str | None = None,
+    overrides: bool = True,
+    extra_tags: dict[str, str] | None = None,
+) -> str:
     """One trial run as lora_lab.sweep logs it."""
-    values = {"lora.r": r, "alpha_over_r": a, "lora.targets": targets, "train.seed": seed,
-              "lora.lora_alpha": a * r}
-    tags = {"mlflow.parentRunId": parent_id, "lora_lab.kind": "trial", "lora_lab.study": study,
-            "optuna.trial_number": str(number), "optuna.state": state,
-            "lora_lab.config_id": f"cfg-{r}-{a}-{targets}", **(extra_tags or {})}
+    values = {"lora.r": r, "alpha_over_r": a, "lora.targets": targets, "train.seed": seed, "lora.lora_alpha": a * r}
+    tags = {
+        "mlflow.parentRunId": parent_id,
+        "lora_lab.kind": "trial",
+        "lora_lab.study": study,
+        "optuna.trial_number": str(number),
+        "optuna.state": state,
+        "lora_lab.config_id": f"cfg-{r}-{a}-{targets}",
+        **(extra_tags or {}),
+    }
     if overrides:
-        tags["lora_lab.overrides"] = (f"lora.r={r} lora.targets={targets} train.seed={seed} "
-                                      f"lora.lora_alpha={a * r}")
+        tags["lora_lab.overrides"] = f"lora.r={r} lora.targets={targets} train.seed={seed} lora.lora_alpha={a * r}"
     if error:
         tags["lora_lab.error"] = error
     run = client.create_run(experiment_id, run_name=f"trial-{number:04d}", tags=tags)
     params = [Param(f"sweep.param.{k}", str(v)) for k, v in values.items()]
-    params += [Param("lora.r", str(r)), Param("lora.lora_alpha", str(float(a * r))),
-               Param("lora.targets", targets), Param("lora.target_modules", "None"),
-               Param("lora.lora_dropout", "0.0"), Param("train.seed", str(seed))]
+    params += [
+        Param("lora.r", str(r)),
+        Param("lora.lora_alpha", str(float(a * r))),
+        Param("lora.targets", targets),
+        Param("lora.target_modules", "None"),
+        Param("lora.lora_dropout", "0.0"),
+        Param("train.seed", str(seed)),
+    ]
     now = int(time.time() * 1000)
     logged = [Metric("eval_loss", v, now + i, step) for i, (step, v) in enumerate(history)]
     last = history[-1][0] if history else 0
@@ -79,15 +103,30 @@ def _trial(client: MlflowClient, experiment_id: str, parent_id: str, study: str,
     return run.info.run_id
 
 
-def _baseline(client: MlflowClient, experiment_id: str, parent_id: str, study: str, kind: str, seed: int,
-              loss: float) -> str:
-    run = client.create_run(experiment_id, run_name=f"baseline-{kind}-{seed}", tags={
-        "mlflow.parentRunId": parent_id, "lora_lab.kind": "baseline", "lora_lab.baseline": kind,
-        "lora_lab.study": study})
+def _baseline(
+    client: MlflowClient, experiment_id: str, parent_id: str, study: str, kind: str, seed: int, loss: float
+) -> str:
+    run = client.create_run(
+        experiment_id,
+        run_name=f"baseline-{kind}-{seed}",
+        tags={
+            "mlflow.parentRunId": parent_id,
+            "lora_lab.kind": "baseline",
+            "lora_lab.baseline": kind,
+            "lora_lab.study": study,
+        },
+    )
     now = int(time.time() * 1000)
-    client.log_batch(run.info.run_id, params=[Param("train.seed", str(seed))], metrics=[
-        Metric("eval_loss", loss, now, 30), Metric("exact_match", round(1 - loss / 2, 4), now, 30),
-        Metric("taskA_exact_match", 0.9, now, 30), Metric("trainable_params", 0 if kind == "zero_shot" else 90000, now, 30)])
+    client.log_batch(
+        run.info.run_id,
+        params=[Param("train.seed", str(seed))],
+        metrics=[
+            Metric("eval_loss", loss, now, 30),
+            Metric("exact_match", round(1 - loss / 2, 4), now, 30),
+            Metric("taskA_exact_match", 0.9, now, 30),
+            Metric("trainable_params", 0 if kind == "zero_shot" else 90000, now, 30),
+        ],
+    )
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
 
@@ -95,11 +134,17 @@ def _baseline(client: MlflowClient, experiment_id: str, parent_id: str, study: s
 def _parent(client: MlflowClient, study: str) -> tuple[str, str]:
     experiment_id = client.create_experiment(study)
     run = client.create_run(experiment_id, run_name=study, tags={"lora_lab.kind": "sweep", "lora_lab.study": study})
-    client.log_batch(run.info.run_id, params=[
-        Param("sweep.study_name", study),
-        Param("sweep.objectives", json.dumps([{"metric": "eval_loss", "direction": "minimize"}])),
-        Param("sweep.params", json.dumps(SPACE)), Param("sweep.derived", json.dumps(DERIVED)),
-        Param("sweep.seeds", "3")], tags=[RunTag("best_trial_number", "7")])
+    client.log_batch(
+        run.info.run_id,
+        params=[
+            Param("sweep.study_name", study),
+            Param("sweep.objectives", json.dumps([{"metric": "eval_loss", "direction": "minimize"}])),
+            Param("sweep.params", json.dumps(SPACE)),
+            Param("sweep.derived", json.dumps(DERIVED)),
+            Param("sweep.seeds", "3"),
+        ],
+        tags=[RunTag("best_trial_number", "7")],
+    )
     return experiment_id, run.info.run_id
 
 
@@ -111,32 +156,91 @@ def populate(client: MlflowClient) -> dict[str, str]:
     number = 0
     for name, (r, a, targets, params, memory, speed, seeds) in CONFIGS.items():
         for seed, loss, eff in seeds:
-            metrics = {"eval_loss": loss, "exact_match": round(1 - loss, 4), "trainable_params": params,
-                       "peak_memory_mb": memory, "tokens_per_s": speed * 12.5, "effective_rank_mean": eff,
-                       "taskA_exact_match": 0.9 - loss / 10, "forget_exact_match": loss / 10}
+            metrics = {
+                "eval_loss": loss,
+                "exact_match": round(1 - loss, 4),
+                "trainable_params": params,
+                "peak_memory_mb": memory,
+                "tokens_per_s": speed * 12.5,
+                "effective_rank_mean": eff,
+                "taskA_exact_match": 0.9 - loss / 10,
+                "forget_exact_match": loss / 10,
+            }
             history = [(10, loss + 0.5), (20, loss + 0.2), (30, loss)]
-            ids[f"{name}/{seed}"] = _trial(client, experiment_id, parent_id, "demo", number, r, a, targets, seed,
-                                           "COMPLETE", metrics, history)
+            ids[f"{name}/{seed}"] = _trial(
+                client, experiment_id, parent_id, "demo", number, r, a, targets, seed, "COMPLETE", metrics, history
+            )
             number += 1
-    ids["pruned"] = _trial(client, experiment_id, parent_id, "demo", number, 4, 1, "qv", 2, "PRUNED",
-                           {"eval_loss": 3.0, "trainable_params": 1000}, [(10, 3.5), (20, 3.0)])
-    ids["failed"] = _trial(client, experiment_id, parent_id, "demo", number + 1, 8, 1, "all_linear", 3, "FAIL",
-                           {}, [], error="RuntimeError: out of memory")
+    ids["pruned"] = _trial(
+        client,
+        experiment_id,
+        parent_id,
+        "demo",
+        number,
+        4,
+        1,
+        "qv",
+        2,
+        "PRUNED",
+        {"eval_loss": 3.0, "trainable_params": 1000},
+        [(10, 3.5), (20, 3.0)],
+    )
+    ids["failed"] = _trial(
+        client,
+        experiment_id,
+        parent_id,
+        "demo",
+        number + 1,
+        8,
+        1,
+        "all_linear",
+        3,
+        "FAIL",
+        {},
+        [],
+        error="RuntimeError: out of memory",
+    )
     # finished, but its worker was lost and the trial re-run: never averaged (a 0.01 would be the best)
-    ids["excluded"] = _trial(client, experiment_id, parent_id, "demo", number + 2, 8, 2, "all_linear", 5,
-                             "COMPLETE", {"eval_loss": 0.01}, [(10, 0.01)], extra_tags={"lora_lab.outcome": "worker_lost"})
+    ids["excluded"] = _trial(
+        client,
+        experiment_id,
+        parent_id,
+        "demo",
+        number + 2,
+        8,
+        2,
+        "all_linear",
+        5,
+        "COMPLETE",
+        {"eval_loss": 0.01},
+        [(10, 0.01)],
+        extra_tags={"lora_lab.outcome": "worker_lost"},
+    )
     ids["zero_shot"] = _baseline(client, experiment_id, parent_id, "demo", "zero_shot", 0, ZERO_SHOT)
     for seed, loss in enumerate(FULL_FT):
         ids[f"full_ft/{seed}"] = _baseline(client, experiment_id, parent_id, "demo", "full_ft", seed, loss)
     # a second study sharing the experiment (sweep.experiment=demo): never mixed into demo's tables
     side = client.create_run(experiment_id, run_name="side", tags={"lora_lab.kind": "sweep", "lora_lab.study": "side"})
-    ids["side"] = _trial(client, experiment_id, side.info.run_id, "side", 0, 4, 1, "qv", 0, "COMPLETE",
-                         {"eval_loss": 0.1}, [(10, 0.1)])
+    ids["side"] = _trial(
+        client, experiment_id, side.info.run_id, "side", 0, 4, 1, "qv", 0, "COMPLETE", {"eval_loss": 0.1}, [(10, 0.1)]
+    )
     experiment_id, parent_id = _parent(client, "only_failed")
-    _trial(client, experiment_id, parent_id, "only_failed", 0, 4, 1, "qv", 0, "PRUNED",
-           {"eval_loss": 2.0}, [(10, 2.0)])
-    _trial(client, experiment_id, parent_id, "only_failed", 1, 8, 1, "qv", 0, "FAIL", {}, [],
-           error="ValueError: objective eval_loss is nan")
+    _trial(client, experiment_id, parent_id, "only_failed", 0, 4, 1, "qv", 0, "PRUNED", {"eval_loss": 2.0}, [(10, 2.0)])
+    _trial(
+        client,
+        experiment_id,
+        parent_id,
+        "only_failed",
+        1,
+        8,
+        1,
+        "qv",
+        0,
+        "FAIL",
+        {},
+        [],
+        error="ValueError: objective eval_loss is nan",
+    )
     _parent(client, "empty_sweep")
     return ids
 
@@ -162,8 +266,13 @@ def demo(store):
     runs = report.assign_configs(report.load_runs(client, experiment, "demo"), info)
     trials = runs[runs["kind"] == "trial"]
     done = report.completed(trials, "eval_loss")
-    return {"info": info, "runs": runs, "trials": trials, "done": done,
-            "configs": report.config_table(done, "eval_loss", "minimize", info)}
+    return {
+        "info": info,
+        "runs": runs,
+        "trials": trials,
+        "done": done,
+        "configs": report.config_table(done, "eval_loss", "minimize", info),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +291,7 @@ def _cell(table: pd.DataFrame, **where) -> pd.Series:
 
 
 # -- reading -----------------------------------------------------------------------------------
+
 
 def test_load_runs_reads_states_params_configs_and_baselines(demo):
     runs, trials = demo["runs"], demo["trials"]
@@ -227,7 +337,8 @@ def test_objective_resolution_is_tolerant(demo):
     assert report.resolve_objective("wall_time_s", None, info)[:2] == ("wall_time_s", "minimize")
     assert report.resolve_objective(None, None, None)[:2] == ("eval_loss", "minimize")
     assert read.parse_structured("[{'metric': 'exact_match', 'direction': 'maximize'}]") == [
-        {"metric": "exact_match", "direction": "maximize"}]
+        {"metric": "exact_match", "direction": "maximize"}
+    ]
     assert read.parse_structured("not json") is None
     with pytest.raises(report.LoraLabError, match="direction"):
         report.resolve_objective("eval_loss", "down", info)
@@ -241,6 +352,7 @@ def test_report_settings_are_checked():
 
 
 # -- tables --------------------------------------------------------------------------------------
+
 
 def test_config_table_means_intervals_and_ties(demo):
     table = demo["configs"]
@@ -258,10 +370,16 @@ def test_config_table_means_intervals_and_ties(demo):
     assert c1["taskA_exact_match"] == pytest.approx(0.79) and c1["forget_exact_match"] == pytest.approx(0.11)
     # the best has a single seed: Welch's test cannot compare anything with it
     assert table["tie"].iloc[0] is True and table["tie"].iloc[1:].isna().all()
-    relative = report.config_table(demo["done"], "eval_loss", "minimize", demo["info"],
-                                   rule=report.TieRule("relative", tolerance=0.1))
+    relative = report.config_table(
+        demo["done"], "eval_loss", "minimize", demo["info"], rule=report.TieRule("relative", tolerance=0.1)
+    )
     assert relative.set_index("config")["tie"].to_dict() == {
-        LABEL["C4"]: True, LABEL["C3"]: True, LABEL["C5"]: False, LABEL["C2"]: False, LABEL["C1"]: False}
+        LABEL["C4"]: True,
+        LABEL["C3"]: True,
+        LABEL["C5"]: False,
+        LABEL["C2"]: False,
+        LABEL["C1"]: False,
+    }
     maximize = report.config_table(demo["done"], "exact_match", "maximize", demo["info"])
     assert maximize["config"].iloc[0] == LABEL["C4"]
 
@@ -276,7 +394,7 @@ def test_grid_cells_are_configurations_never_pools(demo):
         assert cell["n"] == len(CONFIGS[name][-1])  # seeds of that one configuration (C4: 1, not C4 + C5's 3)
     assert grid.loc[grid["best"], ["r", "alpha_over_r"]].values.tolist() == [[8, 2]]
     fixed_alpha = report.grid_table(demo["configs"], "r", "lora_alpha")
-    assert sorted(zip(fixed_alpha["r"], fixed_alpha["lora_alpha"])) == [(4, 4), (4, 8), (8, 8), (8, 16)]
+    assert sorted(zip(fixed_alpha["r"], fixed_alpha["lora_alpha"], strict=True)) == [(4, 4), (4, 8), (8, 8), (8, 16)]
     targets = report.grid_table(demo["configs"], "r", "targets")
     assert len(targets) == 3  # (4, all_linear) was never run
     assert _cell(targets, r=4, targets="qv")["config"] == LABEL["C2"]
@@ -285,8 +403,11 @@ def test_grid_cells_are_configurations_never_pools(demo):
 
 def test_pareto_front_against_each_cost(demo):
     configs = demo["configs"]
-    for cost, direction in (("trainable_params", "minimize"), ("peak_memory_mb", "minimize"),
-                            ("tokens_per_s", "maximize")):
+    for cost, direction in (
+        ("trainable_params", "minimize"),
+        ("peak_memory_mb", "minimize"),
+        ("tokens_per_s", "maximize"),
+    ):
         front = report.pareto_front(configs, "mean", cost, "minimize", direction)
         assert set(front.loc[front["pareto"], "config"]) == {LABEL["C2"], LABEL["C5"], LABEL["C4"]}, cost
     front = report.pareto_front(configs, "mean", "trainable_params", "minimize")
@@ -297,8 +418,12 @@ def test_pareto_front_handles_ties_and_maximize():
     table = pd.DataFrame({"q": [0.5, 0.5, 0.9, 0.1, 0.9], "c": [10, 10, 20, 5, float("nan")]})
     front = report.pareto_front(table, "q", "c", "maximize")
     assert len(front) == 4  # the row without a cost is dropped
-    assert sorted(zip(front["q"], front["c"], front["pareto"])) == [
-        (0.1, 5, True), (0.5, 10, True), (0.5, 10, True), (0.9, 20, True)]
+    assert sorted(zip(front["q"], front["c"], front["pareto"], strict=True)) == [
+        (0.1, 5, True),
+        (0.5, 10, True),
+        (0.5, 10, True),
+        (0.9, 20, True),
+    ]
     front = report.pareto_front(table, "q", "c", "minimize")
     assert front.loc[front["pareto"], "q"].tolist() == [0.1]
 
@@ -342,15 +467,22 @@ def test_param_importance_uses_optuna(demo):
 def test_best_and_recommended_commands(demo):
     done = demo["done"]
     run = done[done["config"] == LABEL["C4"]].iloc[0]
-    assert report.best_command(run) == ("python -m lora_lab.train lora.r=8 lora.targets=all_linear "
-                                        "train.seed=0 lora.lora_alpha=16")
+    assert report.best_command(run) == (
+        "python -m lora_lab.train lora.r=8 lora.targets=all_linear train.seed=0 lora.lora_alpha=16"
+    )
     assert findings.train_overrides(run, seed=False) == ["lora.r=8", "lora.targets=all_linear", "lora.lora_alpha=16"]
     rebuilt = report.best_command(run.drop("overrides"))
     assert rebuilt == "python -m lora_lab.train lora.r=8 lora.targets=all_linear train.seed=0 lora.lora_alpha=16"
-    bare = {"params.lora.r": "8", "params.lora.lora_alpha": "16.0", "params.lora.targets": "my set",
-            "params.train.seed": "1", "params.lora.use_rslora": "True"}
-    assert report.best_command(bare) == ('python -m lora_lab.train lora.r=8 lora.lora_alpha=16 '
-                                         'lora.targets="my set" lora.use_rslora=true train.seed=1')
+    bare = {
+        "params.lora.r": "8",
+        "params.lora.lora_alpha": "16.0",
+        "params.lora.targets": "my set",
+        "params.train.seed": "1",
+        "params.lora.use_rslora": "True",
+    }
+    assert report.best_command(bare) == (
+        'python -m lora_lab.train lora.r=8 lora.lora_alpha=16 lora.targets="my set" lora.use_rslora=true train.seed=1'
+    )
 
 
 def test_numbers_for_people():
@@ -384,12 +516,35 @@ def test_baselines_and_recovered_gain(demo):
 
 # -- the written report --------------------------------------------------------------------------
 
-PLOTS = ["rank_alpha.png", "rank_lora_alpha.png", "rank_targets.png", "pareto_trainable_params.png",
-         "effective_rank.png", "learning_curves.png", "importance.png", "optuna_history.png", "optuna_slice.png",
-         "optuna_contour.png", "optuna_parallel.png"]
-CSVS = ["rank_alpha.csv", "rank_lora_alpha.csv", "rank_targets.csv", "pareto_trainable_params.csv",
-        "effective_rank.csv", "learning_curves.csv", "learning_curves_by_config.csv", "importance.csv",
-        "configs.csv", "unfinished.csv", "runs.csv", "baselines.csv", "recovered.csv", "findings.csv"]
+PLOTS = [
+    "rank_alpha.png",
+    "rank_lora_alpha.png",
+    "rank_targets.png",
+    "pareto_trainable_params.png",
+    "effective_rank.png",
+    "learning_curves.png",
+    "importance.png",
+    "optuna_history.png",
+    "optuna_slice.png",
+    "optuna_contour.png",
+    "optuna_parallel.png",
+]
+CSVS = [
+    "rank_alpha.csv",
+    "rank_lora_alpha.csv",
+    "rank_targets.csv",
+    "pareto_trainable_params.csv",
+    "effective_rank.csv",
+    "learning_curves.csv",
+    "learning_curves_by_config.csv",
+    "importance.csv",
+    "configs.csv",
+    "unfinished.csv",
+    "runs.csv",
+    "baselines.csv",
+    "recovered.csv",
+    "findings.csv",
+]
 
 
 def test_report_files(built):
@@ -416,7 +571,8 @@ def test_report_markdown_and_html(built, store):
     assert seedless in md and seedless in page
     assert (built / "recommended_command.txt").read_text().splitlines()[1] == seedless
     assert (built / "best_command.txt").read_text().strip() == (
-        "python -m lora_lab.train lora.r=8 lora.targets=all_linear train.seed=0 lora.lora_alpha=16")
+        "python -m lora_lab.train lora.r=8 lora.targets=all_linear train.seed=0 lora.lora_alpha=16"
+    )
     assert "| r \\ alpha_over_r | 1 | 2 |" in md
     assert "| r=8 | 0.6 ± 0.25 | **0.55 (1 seed) ★ (best of 2)** |" in md
     assert "| r=4 | 1.1 ± 1.3 | 0.8 ± 1.3 |" in md
@@ -464,6 +620,7 @@ def test_report_replaces_previous_atomically(store, tmp_path):
 
 # -- errors --------------------------------------------------------------------------------------
 
+
 def test_unknown_study_names_existing_experiments(store, tmp_path):
     with pytest.raises(report.UnknownSweepError) as info:
         report.build_report(ReportConfig(study="nope", output_dir=str(tmp_path)), store["client"])
@@ -493,23 +650,30 @@ def test_unlogged_metric_is_an_error(store, tmp_path):
 
 # -- command line --------------------------------------------------------------------------------
 
+
 def _cli(store, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MLFLOW_TRACKING_URI": store["uri"]}
-    return subprocess.run([sys.executable, "-m", "lora_lab.report", *args], cwd=store["root"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "lora_lab.report", *args],
+        cwd=store["root"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_writes_report(store, tmp_path):
     out = tmp_path / "out"
-    result = _cli(store, "study=demo", f"output_dir={out}", "metric=exact_match", "tie_rule=relative",
-                  "tolerance=0.4")
+    result = _cli(store, "study=demo", f"output_dir={out}", "metric=exact_match", "tie_rule=relative", "tolerance=0.4")
     assert result.returncode == 0, result.stderr
     assert f"report: {out / 'demo' / 'report.md'}" in result.stdout
     md = (out / "demo" / "report.md").read_text()
     assert "**exact_match** (maximize" in md and "within 0.4 × |best mean|" in md
     # C4 is best (0.45); C5 (0.3, 2,000 params) is within 40% of it and the cheapest such: recommended
     assert (out / "demo" / "recommended_command.txt").read_text().splitlines()[1] == (
-        "python -m lora_lab.train lora.r=8 lora.targets=qv lora.lora_alpha=16")
+        "python -m lora_lab.train lora.r=8 lora.targets=qv lora.lora_alpha=16"
+    )
     assert set(PLOTS) <= {p.name for p in (out / "demo").iterdir()}
     assert not (store["root"] / "outputs").exists() and not list(store["root"].glob("*.log"))
 
@@ -527,8 +691,16 @@ def test_errors_exit_2_with_one_paragraph(store, tmp_path, capsys):
 
 # -- a real sweep ----------------------------------------------------------------------------------
 
-TINY = ["data.n_train=96", "data.n_eval=16", "train.max_steps=6", "train.eval_every=3", "train.batch_size=16",
-        "train.eval_generate=4", "train.logging_steps=3", "tracking.log_adapter=false"]
+TINY = [
+    "data.n_train=96",
+    "data.n_eval=16",
+    "train.max_steps=6",
+    "train.eval_every=3",
+    "train.batch_size=16",
+    "train.eval_generate=4",
+    "train.logging_steps=3",
+    "tracking.log_adapter=false",
+]
 
 
 @pytest.mark.slow
@@ -550,8 +722,9 @@ def test_report_of_a_real_sweep(tmp_path, monkeypatch):
         cfg.sweep.params["lora.r"].choices = [2, 4]
         cfg.sweep.params["alpha_over_r"].choices = [1]
         Sweep(cfg, overrides, console_progress=False).run()
-    path = report.build_report(ReportConfig(study="tiny_report", output_dir=str(tmp_path / "reports")),
-                               MlflowClient(tracking_uri=uri))
+    path = report.build_report(
+        ReportConfig(study="tiny_report", output_dir=str(tmp_path / "reports")), MlflowClient(tracking_uri=uri)
+    )
     configs = pd.read_csv(path / "configs.csv")
     assert sorted(configs["r"]) == [2, 4] and configs["n"].tolist() == [2, 2]
     assert configs["ci_half"].notna().all()

@@ -27,6 +27,7 @@ from lora_lab.report.read import read_sweep
 
 # -- intervals and tests against references ---------------------------------------------------------
 
+
 def test_t_interval_matches_reference():
     values = [0.5, 0.6, 0.7, 0.9]
     mean, sd = statistics.mean(values), statistics.stdev(values)
@@ -48,7 +49,7 @@ def test_welch_matches_reference():
     a, b = [1.0, 1.2, 1.1], [0.8, 0.85, 0.9, 0.7]
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     t = (statistics.mean(a) - statistics.mean(b)) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     assert stats.welch_p(a, b) == pytest.approx(2 * scipy_stats.t.sf(abs(t), df))
     assert math.isnan(stats.welch_p([1.0], b))  # one seed: no test
     assert stats.welch_p([1.0, 1.0], [1.0, 1.0, 1.0]) == 1.0  # no spread, same value: a tie
@@ -87,24 +88,38 @@ def test_bootstrap_interval_and_variance_explained():
 
 # -- constructed sweeps in a real MLflow store ----------------------------------------------------------
 
+
 def _sweep(client: MlflowClient, study: str, configs: dict[str, dict]) -> None:
     """A sweep as lora_lab.sweep logs it: configs maps a name to {"values": searched values, "params":
     trainable params, "loss": [per seed], "em": [per seed] (optional)}."""
     experiment_id = client.create_experiment(study)
     parent = client.create_run(experiment_id, run_name=study, tags={"lora_lab.kind": "sweep", "lora_lab.study": study})
     space = {k: {"type": "categorical"} for k in next(iter(configs.values()))["values"]}
-    client.log_batch(parent.info.run_id, params=[
-        Param("sweep.objectives", json.dumps([{"metric": "eval_loss", "direction": "minimize"}])),
-        Param("sweep.params", json.dumps(space))])
+    client.log_batch(
+        parent.info.run_id,
+        params=[
+            Param("sweep.objectives", json.dumps([{"metric": "eval_loss", "direction": "minimize"}])),
+            Param("sweep.params", json.dumps(space)),
+        ],
+    )
     number = 0
     now = int(time.time() * 1000)
     for name, spec in configs.items():
         for seed, loss in enumerate(spec["loss"]):
             values = dict(spec["values"])
-            run = client.create_run(experiment_id, run_name=f"trial-{number}", tags={
-                "mlflow.parentRunId": parent.info.run_id, "lora_lab.kind": "trial", "lora_lab.study": study,
-                "optuna.trial_number": str(number), "optuna.state": "COMPLETE", "lora_lab.config_id": name,
-                "lora_lab.overrides": " ".join(f"{k}={v}" for k, v in values.items()) + f" train.seed={seed}"})
+            run = client.create_run(
+                experiment_id,
+                run_name=f"trial-{number}",
+                tags={
+                    "mlflow.parentRunId": parent.info.run_id,
+                    "lora_lab.kind": "trial",
+                    "lora_lab.study": study,
+                    "optuna.trial_number": str(number),
+                    "optuna.state": "COMPLETE",
+                    "lora_lab.config_id": name,
+                    "lora_lab.overrides": " ".join(f"{k}={v}" for k, v in values.items()) + f" train.seed={seed}",
+                },
+            )
             params = [Param(f"sweep.param.{k}", str(v)) for k, v in values.items()]
             params += [Param(k, str(v)) for k, v in values.items()]
             params += [Param("sweep.param.train.seed", str(seed)), Param("train.seed", str(seed))]
@@ -125,33 +140,65 @@ def client(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     # the cheap configuration is 0.01 worse than the big one, well inside the seeds' spread
-    _sweep(client, "within_noise", {
-        "cheap": {"values": CHEAP, "params": 1000, "loss": [0.50, 0.53, 0.47], "em": [1.0, 1.0, 1.0]},
-        "big": {"values": BIG, "params": 4000, "loss": [0.49, 0.51, 0.47], "em": [1.0, 1.0, 1.0]}})
+    _sweep(
+        client,
+        "within_noise",
+        {
+            "cheap": {"values": CHEAP, "params": 1000, "loss": [0.50, 0.53, 0.47], "em": [1.0, 1.0, 1.0]},
+            "big": {"values": BIG, "params": 4000, "loss": [0.49, 0.51, 0.47], "em": [1.0, 1.0, 1.0]},
+        },
+    )
     # the cheap configuration is 0.2 worse with a spread of 0.02: clearly apart
-    _sweep(client, "clear_gap", {
-        "cheap": {"values": CHEAP, "params": 1000, "loss": [0.70, 0.72, 0.68], "em": [0.8, 0.9, 0.85]},
-        "mid": {"values": {"lora.r": 8}, "params": 2000, "loss": [0.60, 0.61, 0.59], "em": [0.8, 0.82, 0.84]},
-        "big": {"values": BIG, "params": 4000, "loss": [0.49, 0.50, 0.51], "em": [1.0, 1.0, 1.0]}})
+    _sweep(
+        client,
+        "clear_gap",
+        {
+            "cheap": {"values": CHEAP, "params": 1000, "loss": [0.70, 0.72, 0.68], "em": [0.8, 0.9, 0.85]},
+            "mid": {"values": {"lora.r": 8}, "params": 2000, "loss": [0.60, 0.61, 0.59], "em": [0.8, 0.82, 0.84]},
+            "big": {"values": BIG, "params": 4000, "loss": [0.49, 0.50, 0.51], "em": [1.0, 1.0, 1.0]},
+        },
+    )
     # quality falls from r=1 to r=4 and is flat after; the task's designed change touches 4 letter pairs
     swaps = {"data.swaps": 4}
-    _sweep(client, "saturating", {
-        f"r{r}": {"values": {"lora.r": r}, "params": 250 * r, "loss": loss, "fixed": swaps}
-        for r, loss in ((1, [1.0, 1.02, 0.98]), (2, [0.7, 0.72, 0.68]), (4, [0.50, 0.52, 0.48]),
-                        (8, [0.48, 0.50, 0.49]))})
+    _sweep(
+        client,
+        "saturating",
+        {
+            f"r{r}": {"values": {"lora.r": r}, "params": 250 * r, "loss": loss, "fixed": swaps}
+            for r, loss in (
+                (1, [1.0, 1.02, 0.98]),
+                (2, [0.7, 0.72, 0.68]),
+                (4, [0.50, 0.52, 0.48]),
+                (8, [0.48, 0.50, 0.49]),
+            )
+        },
+    )
     # all linear layers clearly better than q,v at r=4 and r=8; rsLoRA steadier than alpha/r at r=64
-    _sweep(client, "targets_rslora", {
-        f"{t}{r}{rs}": {"values": {"lora.r": r, "lora.targets": t, "lora.use_rslora": rs},
-                        "params": r * (700 if t == "all_linear" else 200), "loss": loss}
-        for t, r, rs, loss in (("qv", 4, False, [0.80, 0.82, 0.78]), ("all_linear", 4, False, [0.60, 0.61, 0.59]),
-                               ("qv", 8, False, [0.75, 0.76, 0.74]), ("all_linear", 8, False, [0.50, 0.52, 0.48]),
-                               ("all_linear", 64, True, [0.45, 0.46, 0.44]),
-                               ("all_linear", 64, False, [0.40, 0.70, 0.55]))})
+    _sweep(
+        client,
+        "targets_rslora",
+        {
+            f"{t}{r}{rs}": {
+                "values": {"lora.r": r, "lora.targets": t, "lora.use_rslora": rs},
+                "params": r * (700 if t == "all_linear" else 200),
+                "loss": loss,
+            }
+            for t, r, rs, loss in (
+                ("qv", 4, False, [0.80, 0.82, 0.78]),
+                ("all_linear", 4, False, [0.60, 0.61, 0.59]),
+                ("qv", 8, False, [0.75, 0.76, 0.74]),
+                ("all_linear", 8, False, [0.50, 0.52, 0.48]),
+                ("all_linear", 64, True, [0.45, 0.46, 0.44]),
+                ("all_linear", 64, False, [0.40, 0.70, 0.55]),
+            )
+        },
+    )
     return client
 
 
-def _configs(client: MlflowClient, study: str, metric: str = "eval_loss", direction: str = "minimize",
-             **settings) -> tuple[pd.DataFrame, object]:
+def _configs(
+    client: MlflowClient, study: str, metric: str = "eval_loss", direction: str = "minimize", **settings
+) -> tuple[pd.DataFrame, object]:
     config = ReportConfig(study=study, metric=metric, direction=direction, **settings)
     data = read_sweep(config, client)
     rule = stats.TieRule(config.tie_rule, config.tie_alpha, config.tolerance)
@@ -194,7 +241,8 @@ def test_written_report_leads_with_the_recommendation(client, tmp_path):
     assert "The best mean is `lora.r=16`" in first and "extend the grid below it" not in first
     assert (path / "recommended_command.txt").read_text() == (
         "# eval_loss: lora.r=4\npython -m lora_lab.train lora.r=4\n"
-        "# exact_match: lora.r=4\npython -m lora_lab.train lora.r=4\n")
+        "# exact_match: lora.r=4\npython -m lora_lab.train lora.r=4\n"
+    )
     assert "| lora.r=4 ≈ | 0.5 ± 0.075 | 3 |" in md
 
 
@@ -220,6 +268,8 @@ def test_targets_and_rslora_findings(client):
     assert "2,800 params: all_linear r=4 0.6 vs qv r=16" not in targets.evidence  # no qv run at r=16
     rslora = findings.rslora_comparison(configs, data.ranked, data.runs, "eval_loss", keys)
     assert rslora.verdict == "holds" and "r=64" in rslora.evidence
-    assert "rsLoRA: mean 0.45, seed std 0.01" in rslora.evidence and "alpha/r: mean 0.55, seed std 0.15" in rslora.evidence
+    assert (
+        "rsLoRA: mean 0.45, seed std 0.01" in rslora.evidence and "alpha/r: mean 0.55, seed std 0.15" in rslora.evidence
+    )
     none = findings.rslora_comparison(configs, data.ranked, data.runs, "eval_loss", ["lora.r"])
     assert none.verdict == findings.NOT_MEASURED

@@ -27,14 +27,47 @@ make on a machine without a GPU.
 from lora_lab.errors import LoraLabError
 from lora_lab.report.document import Doc, write_atomically
 from lora_lab.report.findings import best_command, recommend
-from lora_lab.report.read import (NoFinishedTrialsError, ReportError, SweepInfo, UnknownSweepError,
-                                  assign_configs, completed, find_experiment, load_runs, load_sweep_info,
-                                  read_sweep, resolve_objective, trial_state)
+from lora_lab.report.read import (
+    NoFinishedTrialsError,
+    ReportError,
+    SweepInfo,
+    UnknownSweepError,
+    assign_configs,
+    completed,
+    find_experiment,
+    load_runs,
+    load_sweep_info,
+    read_sweep,
+    resolve_objective,
+    trial_state,
+)
 from lora_lab.report.sections import build_report
 from lora_lab.report.stats import TieRule, summarize, welch_p
 from lora_lab.report.tables import config_table, grid_table, pareto_front
 
-__all__ = ["Doc", "LoraLabError", "NoFinishedTrialsError", "ReportError", "SweepInfo", "TieRule",
-           "UnknownSweepError", "assign_configs", "best_command", "build_report", "completed", "config_table",
-           "find_experiment", "grid_table", "load_runs", "load_sweep_info", "pareto_front", "read_sweep",
-           "recommend", "resolve_objective", "summarize", "trial_state", "welch_p", "write_atomically"]
+__all__ = [
+    "Doc",
+    "LoraLabError",
+    "NoFinishedTrialsError",
+    "ReportError",
+    "SweepInfo",
+    "TieRule",
+    "UnknownSweepError",
+    "assign_configs",
+    "best_command",
+    "build_report",
+    "completed",
+    "config_table",
+    "find_experiment",
+    "grid_table",
+    "load_runs",
+    "load_sweep_info",
+    "pareto_front",
+    "read_sweep",
+    "recommend",
+    "resolve_objective",
+    "summarize",
+    "trial_state",
+    "welch_p",
+    "write_atomically",
+]

@@ -14,9 +14,10 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -71,8 +72,10 @@ class Doc:
             elif kind == "bullets":
                 out += [f"- {item}" for item in value] + [""]
             elif kind == "table":
+
                 def row(cells: Iterable[str]) -> str:
                     return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
                 out += [row(value.columns), row("---" for _ in value.columns)]
                 out += [row(r) for r in value.itertuples(index=False)] + [""]
             elif kind == "image":
@@ -99,23 +102,32 @@ class Doc:
                 body.append("<ul>" + "".join(f"<li>{self.inline(i)}</li>" for i in value) + "</ul>")
             elif kind == "table":
                 head = "".join(f"<th>{self.inline(c)}</th>" for c in value.columns)
-                rows = "".join("<tr>" + "".join(f"<td>{self.inline(c)}</td>" for c in r) + "</tr>"
-                               for r in value.itertuples(index=False))
+                rows = "".join(
+                    "<tr>" + "".join(f"<td>{self.inline(c)}</td>" for c in r) + "</tr>"
+                    for r in value.itertuples(index=False)
+                )
                 body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
             elif kind == "image":
                 data = base64.b64encode(self.images[value[0]]).decode("ascii")
-                body.append(f'<p><img src="data:image/png;base64,{data}" alt="{html.escape(value[1])}" '
-                            f'title="{html.escape(value[0])}"></p>')
+                body.append(
+                    f'<p><img src="data:image/png;base64,{data}" alt="{html.escape(value[1])}" '
+                    f'title="{html.escape(value[0])}"></p>'
+                )
             elif kind == "code":
                 body.append(f"<pre><code>{html.escape(value)}</code></pre>")
-        style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
-                 "color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px}"
-                 "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
-                 "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-                 "pre{background:#f6f6f6;padding:.8em;overflow-x:auto}code{font-size:13px}")
-        return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                f"<title>{html.escape(self.title)}</title><style>{style}</style></head>\n<body>\n"
-                + "\n".join(body) + "\n</body></html>\n")
+        style = (
+            "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+            "color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px}"
+            "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
+            "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+            "pre{background:#f6f6f6;padding:.8em;overflow-x:auto}code{font-size:13px}"
+        )
+        return (
+            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(self.title)}</title><style>{style}</style></head>\n<body>\n"
+            + "\n".join(body)
+            + "\n</body></html>\n"
+        )
 
 
 def write_atomically(target: Path, files: dict[str, Any]) -> None:

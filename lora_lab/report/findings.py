@@ -16,7 +16,7 @@ import pandas as pd
 
 from lora_lab import names
 from lora_lab.report.read import SweepInfo, number
-from lora_lab.report.stats import TieRule, bootstrap_ci, summarize, variance_explained, welch_p
+from lora_lab.report.stats import bootstrap_ci, summarize, variance_explained, welch_p
 from lora_lab.report.tables import samples_of
 
 NOT_MEASURED = "not measured in this sweep"
@@ -44,6 +44,7 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 # -- commands --------------------------------------------------------------------------------------
 
+
 def _override_value(value: str) -> str:
     """A logged param value as a Hydra override value ('16.0' -> '16'; other strings quoted if needed)."""
     num = number(value)
@@ -67,12 +68,20 @@ def train_overrides(run: pd.Series | dict[str, Any], seed: bool = True) -> list[
         prefix = "params." + names.SWEEP_PARAM_PREFIX
         for key, value in run.items():
             if key.startswith(prefix) and isinstance(value, str):
-                name = key[len(prefix):]
+                name = key[len(prefix) :]
                 if name.split(".", 1)[0] in names.TRIAL_GROUPS and "." in name:
                     fields[name] = value
         if not fields:
-            for name in ("lora.r", "lora.lora_alpha", "lora.lora_dropout", "lora.targets", "lora.use_rslora",
-                         "lora.use_dora", "train.learning_rate", names.SEED_KEY):
+            for name in (
+                "lora.r",
+                "lora.lora_alpha",
+                "lora.lora_dropout",
+                "lora.targets",
+                "lora.use_rslora",
+                "lora.use_dora",
+                "train.learning_rate",
+                names.SEED_KEY,
+            ):
                 value = run.get(f"params.{name}")
                 if isinstance(value, str):
                     fields[name] = value
@@ -88,6 +97,7 @@ def best_command(run: pd.Series | dict[str, Any]) -> str:
 
 
 # -- the recommendation ---------------------------------------------------------------------------------
+
 
 @dataclass
 class Recommendation:
@@ -124,6 +134,7 @@ def recommended_command(runs: pd.DataFrame, rec: Recommendation) -> str:
 
 # -- warnings about the search ----------------------------------------------------------------------
 
+
 def searched_values(info: SweepInfo, configs: pd.DataFrame, key: str) -> list[float]:
     """The numeric values a searched parameter could take: its declared choices or range, else those seen."""
     spec = info.space.get(key, {})
@@ -147,11 +158,15 @@ def grid_edges(info: SweepInfo, configs: pd.DataFrame, keys: list[str]) -> list[
         if len(values) < 2 or math.isnan(value):
             continue
         if value <= values[0]:
-            out.append(f"The best configuration uses the smallest {key} searched ({fmt(value)}); a smaller "
-                       f"value may be as good or better: extend the grid below it.")
+            out.append(
+                f"The best configuration uses the smallest {key} searched ({fmt(value)}); a smaller "
+                f"value may be as good or better: extend the grid below it."
+            )
         elif value >= values[-1]:
-            out.append(f"The best configuration uses the largest {key} searched ({fmt(value)}); the optimum "
-                       f"may lie beyond it: extend the grid above it.")
+            out.append(
+                f"The best configuration uses the largest {key} searched ({fmt(value)}); the optimum "
+                f"may lie beyond it: extend the grid above it."
+            )
     return out
 
 
@@ -188,8 +203,12 @@ def baseline_rows(baselines: pd.DataFrame, metrics: list[str], confidence: float
     """One row per baseline kind: mean, interval and n of each metric over its runs."""
     rows = []
     for kind, members in baselines.groupby("baseline", sort=False):
-        row: dict[str, Any] = {"baseline": kind, "config": members["config"].iloc[0], "n": len(members),
-                               "run_id": members["run_id"].iloc[0]}
+        row: dict[str, Any] = {
+            "baseline": kind,
+            "config": members["config"].iloc[0],
+            "n": len(members),
+            "run_id": members["run_id"].iloc[0],
+        }
         for metric in metrics:
             col = f"metrics.{metric}"
             if col in members and members[col].notna().any():
@@ -204,8 +223,9 @@ def baseline_rows(baselines: pd.DataFrame, metrics: list[str], confidence: float
     return table.sort_values("baseline", key=lambda s: s.map(lambda b: order.get(b, 2))).reset_index(drop=True)
 
 
-def recovered(runs: pd.DataFrame, baselines: pd.DataFrame, configs: pd.DataFrame,
-              confidence: float = 0.95) -> pd.DataFrame:
+def recovered(
+    runs: pd.DataFrame, baselines: pd.DataFrame, configs: pd.DataFrame, confidence: float = 0.95
+) -> pd.DataFrame:
     """Share of full fine-tuning's gain over the zero-shot base each configuration recovers on eval loss:
     (zero_shot - lora) / (zero_shot - full_ft), with a bootstrap interval (scipy.stats.bootstrap, the
     configuration's and full fine-tuning's seeds resampled independently) where both have >= 2 seeds.
@@ -214,8 +234,12 @@ def recovered(runs: pd.DataFrame, baselines: pd.DataFrame, configs: pd.DataFrame
     cols = ["config", "recovered", "recovered_low", "recovered_high", "n"]
     if baselines.empty or column not in baselines:
         return pd.DataFrame(columns=cols)
-    zero = pd.to_numeric(baselines.loc[baselines["baseline"] == names.BASELINE_ZERO_SHOT, column], errors="coerce").dropna()
-    full = pd.to_numeric(baselines.loc[baselines["baseline"] == names.BASELINE_FULL_FT, column], errors="coerce").dropna()
+    zero = pd.to_numeric(
+        baselines.loc[baselines["baseline"] == names.BASELINE_ZERO_SHOT, column], errors="coerce"
+    ).dropna()
+    full = pd.to_numeric(
+        baselines.loc[baselines["baseline"] == names.BASELINE_FULL_FT, column], errors="coerce"
+    ).dropna()
     if zero.empty or full.empty or not zero.mean() > full.mean():
         return pd.DataFrame(columns=cols)
     z = float(zero.mean())
@@ -226,14 +250,23 @@ def recovered(runs: pd.DataFrame, baselines: pd.DataFrame, configs: pd.DataFrame
         if not len(values):
             continue
         point = (z - values.mean()) / (z - full.mean())
-        low, high = bootstrap_ci([values, full.to_numpy(float)], lambda a, b: (z - np.mean(a)) / (z - np.mean(b)),
-                                 confidence)
-        rows.append({"config": config["config"], "recovered": point, "recovered_low": low,
-                     "recovered_high": high, "n": len(values)})
+        low, high = bootstrap_ci(
+            [values, full.to_numpy(float)], lambda a, b: (z - np.mean(a)) / (z - np.mean(b)), confidence
+        )
+        rows.append(
+            {
+                "config": config["config"],
+                "recovered": point,
+                "recovered_low": low,
+                "recovered_high": high,
+                "n": len(values),
+            }
+        )
     return pd.DataFrame(rows, columns=cols)
 
 
 # -- the published findings --------------------------------------------------------------------------
+
 
 @dataclass
 class Finding:
@@ -264,33 +297,44 @@ def saturation(configs: pd.DataFrame, keys: list[str], swaps: Optional[float]) -
     if len(line) < 2:
         return Finding(name, NOT_MEASURED, "no two ranks share the best configuration's other values.")
     where = ", ".join(f"{k}={best[k]}" for k in keys if k != "lora.r" and k in best) or "the only setting"
-    values = "; ".join(f"r={fmt(row['r'])}: {fmt(row['mean'])}" + (f" ± {fmt(row['ci_half'], 2)}"
-                                                                    if not math.isnan(row["ci_half"]) else "")
-                       for _, row in line.iterrows())
+    values = "; ".join(
+        f"r={fmt(row['r'])}: {fmt(row['mean'])}"
+        + (f" ± {fmt(row['ci_half'], 2)}" if not math.isnan(row["ci_half"]) else "")
+        for _, row in line.iterrows()
+    )
     if line["tie"].isna().any():
-        return Finding(name, "inconclusive", f"at {where}: {values}; some ranks have a single seed, so the "
-                                              f"tie rule cannot decide (raise sweep.seeds).")
+        return Finding(
+            name,
+            "inconclusive",
+            f"at {where}: {values}; some ranks have a single seed, so the tie rule cannot decide (raise sweep.seeds).",
+        )
     ties = line["tie"].astype(bool).to_numpy()
     start = len(ties)
     while start > 0 and ties[start - 1]:
         start -= 1
     designed = f" The task's designed change touches data.swaps = {fmt(swaps)} letter pairs." if swaps else ""
     if start == len(ties):  # the best rank itself is below the largest: the largest differs from the best
-        return Finding(name, "does not hold", f"at {where}: {values}; the largest rank is worse than the best.{designed}")
+        return Finding(
+            name, "does not hold", f"at {where}: {values}; the largest rank is worse than the best.{designed}"
+        )
     r_sat = line["r"].iloc[start]
     relation = f" Saturation starts at r = {fmt(r_sat)}, r/swaps = {fmt(r_sat / swaps, 3)}." if swaps else ""
     if start == 0:
         return Finding(name, "holds", f"flat over every rank searched at {where}: {values}.{designed}{relation}")
-    return Finding(name, "holds", f"from r = {fmt(r_sat)} on every rank is within noise of the best at {where}: "
-                                  f"{values}.{designed}{relation}")
+    return Finding(
+        name,
+        "holds",
+        f"from r = {fmt(r_sat)} on every rank is within noise of the best at {where}: {values}.{designed}{relation}",
+    )
 
 
 def _targets_name(value: Any) -> str:
     return str(value).replace(" ", "")
 
 
-def targets_comparison(configs: pd.DataFrame, runs: pd.DataFrame, metric: str, direction: str,
-                       keys: list[str], alpha: float = 0.05) -> Finding:
+def targets_comparison(
+    configs: pd.DataFrame, runs: pd.DataFrame, metric: str, direction: str, keys: list[str], alpha: float = 0.05
+) -> Finding:
     """All linear layers against q,v at equal r and at (nearly) equal trainable parameters: holds when
     all_linear is better with Welch p < alpha at every rank run with both."""
     name = "All linear layers beat q,v"
@@ -313,8 +357,9 @@ def targets_comparison(configs: pd.DataFrame, runs: pd.DataFrame, metric: str, d
         total += 1
         undecided += math.isnan(p)
         wins += bool(better and not math.isnan(p) and p < alpha)
-        lines.append(f"r={fmt(a['r'])}: all_linear {fmt(a['mean'])} vs qv {fmt(q['mean'])} "
-                     f"(Welch p = {fmt(p, 2) or 'n/a'})")
+        lines.append(
+            f"r={fmt(a['r'])}: all_linear {fmt(a['mean'])} vs qv {fmt(q['mean'])} (Welch p = {fmt(p, 2) or 'n/a'})"
+        )
     params = []
     if "trainable_params" in configs:
         for _, a in al.iterrows():
@@ -325,19 +370,31 @@ def targets_comparison(configs: pd.DataFrame, runs: pd.DataFrame, metric: str, d
             q = pool.loc[(np.log(ratio)).abs().idxmin()]
             if abs(math.log(q["trainable_params"] / a["trainable_params"])) <= math.log(1.25):
                 p = welch_p(samples[a["group"]], samples[q["group"]])
-                params.append(f"{fmt(a['trainable_params'])} params: all_linear r={fmt(a['r'])} {fmt(a['mean'])} "
-                              f"vs qv r={fmt(q['r'])} {fmt(q['mean'])} (Welch p = {fmt(p, 2) or 'n/a'})")
+                params.append(
+                    f"{fmt(a['trainable_params'])} params: all_linear r={fmt(a['r'])} {fmt(a['mean'])} "
+                    f"vs qv r={fmt(q['r'])} {fmt(q['mean'])} (Welch p = {fmt(p, 2) or 'n/a'})"
+                )
     if not lines:
         return Finding(name, NOT_MEASURED, "no rank was run with both target sets and the same other values.")
     verdict = "holds" if wins == total else ("does not hold" if wins == 0 and not undecided else "inconclusive")
-    equal = ("; at equal trainable parameters (within 25%): " + "; ".join(params)) if params else (
-        "; equal trainable parameters: no pair within 25% of each other")
-    return Finding(name, verdict, f"at equal r, all_linear is better with Welch p < {alpha:g} in {wins} of {total}: "
-                                  + "; ".join(lines) + equal + ".")
+    equal = (
+        ("; at equal trainable parameters (within 25%): " + "; ".join(params))
+        if params
+        else ("; equal trainable parameters: no pair within 25% of each other")
+    )
+    return Finding(
+        name,
+        verdict,
+        f"at equal r, all_linear is better with Welch p < {alpha:g} in {wins} of {total}: "
+        + "; ".join(lines)
+        + equal
+        + ".",
+    )
 
 
-def rslora_comparison(configs: pd.DataFrame, runs: pd.DataFrame, all_runs: pd.DataFrame, metric: str,
-                      keys: list[str]) -> Finding:
+def rslora_comparison(
+    configs: pd.DataFrame, runs: pd.DataFrame, all_runs: pd.DataFrame, metric: str, keys: list[str]
+) -> Finding:
     """rsLoRA (alpha/sqrt(r)) against alpha/r at the largest rank and scale both were run with: mean, spread
     over seeds and failed runs."""
     name = "rsLoRA trains more stably than alpha/r at large r"
@@ -366,8 +423,10 @@ def rslora_comparison(configs: pd.DataFrame, runs: pd.DataFrame, all_runs: pd.Da
         values = samples[row["group"]]
         failed = all_runs[(all_runs["group"] == row["group"]) & all_runs["state"].isin(["FAIL", "PRUNED"])]
         stds[flag] = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-        parts.append(f"{label}: mean {fmt(row['mean'])}, seed std {fmt(stds[flag], 2) or 'n/a'} over "
-                     f"{len(values)} seeds, {len(failed)} failed or pruned")
+        parts.append(
+            f"{label}: mean {fmt(row['mean'])}, seed std {fmt(stds[flag], 2) or 'n/a'} over "
+            f"{len(values)} seeds, {len(failed)} failed or pruned"
+        )
     if any(math.isnan(s) for s in stds.values()):
         return Finding(name, "inconclusive", f"at {where}: " + "; ".join(parts) + " (needs >= 2 seeds).")
     verdict = "holds" if stds[True] < stds[False] else "does not hold"

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -70,8 +71,16 @@ def plot_grid(table: pd.DataFrame, row: str, col: str, metric: str, col_choices:
         mark = " ★" if cell["best"] else (" ≈" if cell["tie"] is True else "")
         red, green, blue, _ = cmap(norm(max(abs(cell["mean"] - best), floor)))
         dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5  # white text on dark cells
-        ax.text(j, i, f"{fmt(cell['mean'], 4)}{mark}\n{spread}", ha="center", va="center", fontsize=7.5,
-                color="white" if dark else "black", fontweight="bold" if cell["best"] else "normal")
+        ax.text(
+            j,
+            i,
+            f"{fmt(cell['mean'], 4)}{mark}\n{spread}",
+            ha="center",
+            va="center",
+            fontsize=7.5,
+            color="white" if dark else "black",
+            fontweight="bold" if cell["best"] else "normal",
+        )
         if cell["best"]:
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
     ax.set_xticks(range(len(cols)), [fmt(c) for c in cols])
@@ -95,17 +104,38 @@ def plot_pareto(front: pd.DataFrame, metric: str, cost: str, label: str) -> Figu
         many = part[part["n"] >= 2]
         one = part[part["n"] < 2]
         if len(many):
-            ax.errorbar(many[cost], many["mean"], yerr=many["ci_half"], fmt="o", color=color, capsize=2,
-                        alpha=1 if pareto else 0.6, label=name)
+            ax.errorbar(
+                many[cost],
+                many["mean"],
+                yerr=many["ci_half"],
+                fmt="o",
+                color=color,
+                capsize=2,
+                alpha=1 if pareto else 0.6,
+                label=name,
+            )
         if len(one):
-            ax.plot(one[cost], one["mean"], "o" if not len(many) else "s", color=color, alpha=1 if pareto else 0.6,
-                    label=f"{name} (1 seed, no error bar)")
+            ax.plot(
+                one[cost],
+                one["mean"],
+                "o" if not len(many) else "s",
+                color=color,
+                alpha=1 if pareto else 0.6,
+                label=f"{name} (1 seed, no error bar)",
+            )
     line = front[front["pareto"]].sort_values(cost)
     ax.plot(line[cost], line["mean"], "-", color="tab:red", alpha=0.4)
     for k, (_, point) in enumerate(line.iterrows()):
         dx, dy = OFFSETS[k % len(OFFSETS)]
-        ax.annotate(str(k + 1), (point[cost], point["mean"]), xytext=(dx, dy), textcoords="offset points",
-                    fontsize=8, color="tab:red", fontweight="bold")
+        ax.annotate(
+            str(k + 1),
+            (point[cost], point["mean"]),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            fontsize=8,
+            color="tab:red",
+            fontweight="bold",
+        )
     positive = front[cost][front[cost] > 0]
     if len(positive) == len(front) and len(positive) and positive.max() / positive.min() > 20:
         ax.set_xscale("log")
@@ -123,8 +153,16 @@ def plot_effective_rank(table: pd.DataFrame) -> Figure:
     many = table[table["n"] >= 2]
     one = table[table["n"] < 2]
     if len(many):
-        ax.errorbar(many["r"], many["mean"], yerr=many["ci_half"], fmt="o", color="tab:blue", capsize=2,
-                    alpha=0.7, label="configuration (mean, 95% CI over seeds)")
+        ax.errorbar(
+            many["r"],
+            many["mean"],
+            yerr=many["ci_half"],
+            fmt="o",
+            color="tab:blue",
+            capsize=2,
+            alpha=0.7,
+            label="configuration (mean, 95% CI over seeds)",
+        )
     if len(one):
         ax.plot(one["r"], one["mean"], "s", color="tab:blue", alpha=0.7, label="configuration (1 seed)")
     ranks = sorted(table["r"].unique())
@@ -178,10 +216,12 @@ def plot_importance(table: pd.DataFrame, metric: str) -> Figure:
     return fig
 
 
-OPTUNA_VIEWS = (("optuna_history.png", "plot_optimization_history", "optimization history"),
-                ("optuna_slice.png", "plot_slice", "slice plot"),
-                ("optuna_contour.png", "plot_contour", "contour plot"),
-                ("optuna_parallel.png", "plot_parallel_coordinate", "parallel coordinates"))
+OPTUNA_VIEWS = (
+    ("optuna_history.png", "plot_optimization_history", "optimization history"),
+    ("optuna_slice.png", "plot_slice", "slice plot"),
+    ("optuna_contour.png", "plot_contour", "contour plot"),
+    ("optuna_parallel.png", "plot_parallel_coordinate", "parallel coordinates"),
+)
 """File name, ``optuna.visualization.matplotlib`` function and caption of each Optuna view."""
 
 

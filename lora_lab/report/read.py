@@ -20,19 +20,30 @@ import pandas as pd
 from mlflow.entities import Experiment, Run
 from mlflow.tracking import MlflowClient
 
-from lora_lab import names
+from lora_lab import cli, names
 from lora_lab.config import LLAMA_TARGET_SETS, ReportConfig
 from lora_lab.errors import ConfigError, LoraLabError
 
-MAXIMIZED_METRICS = {"eval_token_accuracy", "exact_match", "tokens_per_s", f"{names.RETAIN_PREFIX}exact_match",
-                     f"{names.RETAIN_PREFIX}token_accuracy"}
+MAXIMIZED_METRICS = {
+    "eval_token_accuracy",
+    "exact_match",
+    "tokens_per_s",
+    f"{names.RETAIN_PREFIX}exact_match",
+    f"{names.RETAIN_PREFIX}token_accuracy",
+}
 """Metrics where larger is better, for a ``metric=`` given without ``direction=`` nor a matching objective."""
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "KILLED", "EXCLUDED", "RUNNING")
 """What a trial run can be in the report (see trial_state), in the order counts are given."""
 
-STATE_WORDS = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "KILLED": "killed",
-               "EXCLUDED": "excluded", "RUNNING": "running"}
+STATE_WORDS = {
+    "COMPLETE": "complete",
+    "PRUNED": "pruned",
+    "FAIL": "failed",
+    "KILLED": "killed",
+    "EXCLUDED": "excluded",
+    "RUNNING": "running",
+}
 
 
 class ReportError(LoraLabError):
@@ -67,11 +78,7 @@ def tracking_uri(client: Optional[MlflowClient] = None) -> str:
     """The client's tracking URI (else MLflow's current one) with any password removed, for error messages."""
     import mlflow
 
-    uri = str(getattr(client, "tracking_uri", None) or mlflow.get_tracking_uri())
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri
+    return cli.redact_url(str(getattr(client, "tracking_uri", None) or mlflow.get_tracking_uri()))
 
 
 def store_words(client: Optional[MlflowClient] = None) -> str:
@@ -125,7 +132,8 @@ def find_experiment(client: MlflowClient, name: str) -> Experiment:
         raise UnknownSweepError(
             f"no MLflow experiment named {name!r} at tracking URI {tracking_uri(client)} ({existing(client)}). "
             f"Pass study=<study name> (the experiment a sweep logs to) or experiment=<name>, and check "
-            f"MLFLOW_TRACKING_URI points at the store the sweep used.")
+            f"MLFLOW_TRACKING_URI points at the store the sweep used."
+        )
     return experiment
 
 
@@ -153,16 +161,20 @@ def parse_structured(text: Any) -> Any:
     return None
 
 
-def load_sweep_info(client: MlflowClient, experiment: Experiment, study: str,
-                    runs: Optional[list[Run]] = None) -> SweepInfo:
+def load_sweep_info(
+    client: MlflowClient, experiment: Experiment, study: str, runs: Optional[list[Run]] = None
+) -> SweepInfo:
     """Objectives, search space and derived fields from the study's parent run(s), where logged.
 
     Tolerant: a sweep without a parent run, or with params in an unexpected shape, gives an info with
     empty fields and the report falls back to defaults (eval_loss, minimize, every sampled param)."""
     runs = runs if runs is not None else search_all_runs(client, experiment.experiment_id)
     info = SweepInfo(study=study, experiment=experiment)
-    parents = [r for r in runs if r.data.tags.get(names.TAG_KIND) == names.KIND_SWEEP
-               and r.data.tags.get(names.TAG_STUDY, study) == study]
+    parents = [
+        r
+        for r in runs
+        if r.data.tags.get(names.TAG_KIND) == names.KIND_SWEEP and r.data.tags.get(names.TAG_STUDY, study) == study
+    ]
     parents.sort(key=lambda r: r.info.start_time or 0)
     info.parent_run_ids = [r.info.run_id for r in parents]
     for parent in parents:
@@ -222,8 +234,9 @@ def _is_missing(value: Any) -> bool:
     return value is None or value in ("None", "null", "") or (isinstance(value, float) and math.isnan(value))
 
 
-def load_runs(client: MlflowClient, experiment: Experiment, study: Optional[str] = None,
-              runs: Optional[list[Run]] = None) -> pd.DataFrame:
+def load_runs(
+    client: MlflowClient, experiment: Experiment, study: Optional[str] = None, runs: Optional[list[Run]] = None
+) -> pd.DataFrame:
     """One row per trial or baseline run of the experiment (of ``study`` when given), in MLflow's column style.
 
     Trial runs are those tagged ``lora_lab.kind=trial`` (or untagged and nested under a sweep parent run);
@@ -244,15 +257,23 @@ def load_runs(client: MlflowClient, experiment: Experiment, study: Optional[str]
         if study is not None and tags.get(names.TAG_STUDY, study) != study:
             continue
         row: dict[str, Any] = {
-            "run_id": run.info.run_id, "run_name": run.info.run_name, "kind": kind,
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name,
+            "kind": kind,
             "baseline": tags.get(names.TAG_BASELINE) if kind == names.KIND_BASELINE else None,
             "confirm": str(tags.get(names.TAG_CONFIRM, "")).lower() == "true",
-            "outcome": tags.get(names.TAG_OUTCOME), "status": run.info.status,
-            "state": trial_state(tags, run.info.status), "trial": number(tags.get(names.TAG_OPTUNA_TRIAL)),
-            "study": tags.get(names.TAG_STUDY), "config_id": tags.get(names.TAG_CONFIG_ID),
-            "overrides": tags.get(names.TAG_OVERRIDES), "error": tags.get(names.TAG_ERROR),
-            "worker": tags.get(names.TAG_WORKER), "peak_memory_kind": tags.get("peak_memory_kind"),
-            "start_time": run.info.start_time}
+            "outcome": tags.get(names.TAG_OUTCOME),
+            "status": run.info.status,
+            "state": trial_state(tags, run.info.status),
+            "trial": number(tags.get(names.TAG_OPTUNA_TRIAL)),
+            "study": tags.get(names.TAG_STUDY),
+            "config_id": tags.get(names.TAG_CONFIG_ID),
+            "overrides": tags.get(names.TAG_OVERRIDES),
+            "error": tags.get(names.TAG_ERROR),
+            "worker": tags.get(names.TAG_WORKER),
+            "peak_memory_kind": tags.get("peak_memory_kind"),
+            "start_time": run.info.start_time,
+        }
         row.update({f"params.{k}": v for k, v in run.data.params.items()})
         row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
         rows.append(row)
@@ -268,7 +289,7 @@ def load_runs(client: MlflowClient, experiment: Experiment, study: Optional[str]
     frame["alpha_over_r"] = column(f"params.{names.SWEEP_PARAM_PREFIX}alpha_over_r").map(number)
     explicit = column("params.lora.target_modules")
     targets = column("params.lora.targets")
-    frame["targets"] = [t if _is_missing(e) else e for t, e in zip(targets, explicit)]
+    frame["targets"] = [t if _is_missing(e) else e for t, e in zip(targets, explicit, strict=True)]
     frame["use_rslora"] = column("params.lora.use_rslora").map(lambda v: str(v).lower() == "true")
     seed = column(f"params.{names.SWEEP_PARAM_PREFIX}{names.SEED_KEY}").map(number)
     frame["seed"] = seed.fillna(column(f"params.{names.SEED_KEY}").map(number))
@@ -281,7 +302,7 @@ def sampled_keys(runs: pd.DataFrame, info: Optional[SweepInfo] = None, derived: 
 
     ``derived=False`` also leaves out derived config fields (functions of the others)."""
     prefix = "params." + names.SWEEP_PARAM_PREFIX
-    present = [c[len(prefix):] for c in runs.columns if c.startswith(prefix)]
+    present = [c[len(prefix) :] for c in runs.columns if c.startswith(prefix)]
     present = [k for k in present if k != names.SEED_KEY and runs[prefix + k].notna().any()]
     declared = list(info.space) + list(info.derived) if info else []
     ordered = [k for k in declared if k in present] + sorted(k for k in present if k not in declared)
@@ -290,8 +311,10 @@ def sampled_keys(runs: pd.DataFrame, info: Optional[SweepInfo] = None, derived: 
     return ordered
 
 
-BASELINE_LABELS = {names.BASELINE_ZERO_SHOT: "baseline: zero-shot (base model untrained)",
-                   names.BASELINE_FULL_FT: "baseline: full fine-tuning"}
+BASELINE_LABELS = {
+    names.BASELINE_ZERO_SHOT: "baseline: zero-shot (base model untrained)",
+    names.BASELINE_FULL_FT: "baseline: full fine-tuning",
+}
 
 
 def assign_configs(runs: pd.DataFrame, info: Optional[SweepInfo] = None) -> pd.DataFrame:
@@ -309,8 +332,11 @@ def assign_configs(runs: pd.DataFrame, info: Optional[SweepInfo] = None) -> pd.D
             labels.append(label)
             groups.append(label)
             continue
-        parts = [f"{k}={row[f'params.{names.SWEEP_PARAM_PREFIX}{k}']}" for k in keys
-                 if isinstance(row.get(f"params.{names.SWEEP_PARAM_PREFIX}{k}"), str)]
+        parts = [
+            f"{k}={row[f'params.{names.SWEEP_PARAM_PREFIX}{k}']}"
+            for k in keys
+            if isinstance(row.get(f"params.{names.SWEEP_PARAM_PREFIX}{k}"), str)
+        ]
         if parts:
             label = ", ".join(parts)
         elif isinstance(row.get("config_id"), str) and row["config_id"]:
@@ -325,8 +351,9 @@ def assign_configs(runs: pd.DataFrame, info: Optional[SweepInfo] = None) -> pd.D
     return runs
 
 
-def resolve_objective(metric: Optional[str], direction: Optional[str],
-                      info: Optional[SweepInfo] = None) -> tuple[str, str, str]:
+def resolve_objective(
+    metric: Optional[str], direction: Optional[str], info: Optional[SweepInfo] = None
+) -> tuple[str, str, str]:
     """The metric and direction of the tables, and where they came from.
 
     Explicit settings win; otherwise the sweep's first objective; otherwise eval_loss / minimize. A metric
@@ -374,9 +401,19 @@ def learning_curves(client: MlflowClient, runs: pd.DataFrame, metric: str = "eva
     for _, run in runs.iterrows():
         history = sorted(client.get_metric_history(run["run_id"], metric), key=lambda m: (m.step, m.timestamp))
         latest = {m.step: m.value for m in history}
-        rows += [{"run_id": run["run_id"], "trial": run["trial"], "state": run["state"],
-                  "group": run.get("group"), "config": run.get("config"), "r": run["r"], "step": step,
-                  metric: value} for step, value in latest.items()]
+        rows += [
+            {
+                "run_id": run["run_id"],
+                "trial": run["trial"],
+                "state": run["state"],
+                "group": run.get("group"),
+                "config": run.get("config"),
+                "r": run["r"],
+                "step": step,
+                metric: value,
+            }
+            for step, value in latest.items()
+        ]
     return pd.DataFrame(rows, columns=["run_id", "trial", "state", "group", "config", "r", "step", metric])
 
 
@@ -396,19 +433,23 @@ def no_finished_error(client: MlflowClient, runs: pd.DataFrame, info: SweepInfo,
         return UnknownSweepError(
             f"experiment {info.experiment.name!r} holds no trial runs of study {info.study!r} "
             f"(runs tagged lora_lab.kind=trial; {len(info.parent_run_ids)} sweep parent run(s) found). "
-            f"Has the sweep started? Other {existing(client)}.")
+            f"Has the sweep started? Other {existing(client)}."
+        )
     complete = runs[runs["state"] == "COMPLETE"]
     if len(complete):
-        logged = sorted({c[len("metrics."):] for c in complete.columns
-                         if c.startswith("metrics.") and complete[c].notna().any()})
+        logged = sorted(
+            {c[len("metrics.") :] for c in complete.columns if c.startswith("metrics.") and complete[c].notna().any()}
+        )
         return NoFinishedTrialsError(
             f"no complete trial of study {info.study!r} logged the metric {metric!r} ({count_text(runs)}); "
-            f"metrics they logged: {', '.join(logged) or 'none'}. Choose one with metric=<name>.")
+            f"metrics they logged: {', '.join(logged) or 'none'}. Choose one with metric=<name>."
+        )
     errors = [e for e in runs["error"].dropna() if e]
     first = f" The first error: {errors[0]}" if errors else ""
     return NoFinishedTrialsError(
         f"study {info.study!r} has no finished trial yet ({count_text(runs)}), so there is nothing to "
-        f"average; pruned and failed trials are never averaged in.{first}")
+        f"average; pruned and failed trials are never averaged in.{first}"
+    )
 
 
 @dataclass
@@ -471,5 +512,16 @@ def read_sweep(settings: ReportConfig, client: MlflowClient) -> SweepData:
         raise no_finished_error(client, trials, info, metric)
     ranked = done[done["confirm"]] if done["confirm"].any() else done
     baselines = runs[(runs["kind"] == names.KIND_BASELINE) & (runs["state"] == "COMPLETE")]
-    return SweepData(client, settings, info, runs, done, ranked.copy(), baselines.copy(), metric, direction,
-                     source, ui_base(settings.ui_url, client))
+    return SweepData(
+        client,
+        settings,
+        info,
+        runs,
+        done,
+        ranked.copy(),
+        baselines.copy(),
+        metric,
+        direction,
+        source,
+        ui_base(settings.ui_url, client),
+    )

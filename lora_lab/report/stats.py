@@ -7,8 +7,9 @@ Every interval and test comes from ``scipy.stats``; this module only decides wha
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -30,8 +31,14 @@ def summarize(values: Sequence[float] | pd.Series, confidence: float = 0.95) -> 
     values, and the interval collapses to the mean when every value is equal."""
     x = _values(values)
     n = int(len(x))
-    out = {"mean": float(np.mean(x)) if n else math.nan, "std": math.nan, "n": n,
-           "ci_low": math.nan, "ci_high": math.nan, "ci_half": math.nan}
+    out = {
+        "mean": float(np.mean(x)) if n else math.nan,
+        "std": math.nan,
+        "n": n,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+        "ci_half": math.nan,
+    }
     if n >= 2:
         out["std"] = float(np.std(x, ddof=1))
         sem = float(stats.sem(x))
@@ -71,13 +78,17 @@ class TieRule:
 
     def describe(self, confidence: float | None = None) -> str:
         if self.rule == "welch":
-            return (f"Welch's t-test between its seeds and the best configuration's seeds gives p ≥ {self.alpha:g} "
-                    f"(two-sided; needs at least 2 seeds on each side)")
+            return (
+                f"Welch's t-test between its seeds and the best configuration's seeds gives p ≥ {self.alpha:g} "
+                f"(two-sided; needs at least 2 seeds on each side)"
+            )
         if self.rule == "relative":
             return f"its mean lies within {self.tolerance:.3g} × |best mean| ({self.tolerance * 100:.3g}%) of the best mean"
         return f"its mean lies within {self.tolerance:g} of the best mean"
 
-    def tie(self, values: pd.Series | Sequence[float], best: pd.Series | Sequence[float]) -> tuple[Optional[bool], float]:
+    def tie(
+        self, values: pd.Series | Sequence[float], best: pd.Series | Sequence[float]
+    ) -> tuple[Optional[bool], float]:
         """(True when the sample cannot be told apart from the best's, the p-value or gap behind it).
 
         The welch rule answers None (undecided) when a side has a single seed; the tolerance rules compare
@@ -93,8 +104,13 @@ class TieRule:
         return bool(gap <= limit + 1e-12), gap
 
 
-def bootstrap_ci(samples: Sequence[Sequence[float]], statistic: Callable[..., float], confidence: float = 0.95,
-                 n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    samples: Sequence[Sequence[float]],
+    statistic: Callable[..., float],
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic(*samples)`` with each sample resampled on its own
     (``scipy.stats.bootstrap``, independent samples); (NaN, NaN) when a sample has fewer than two values
     or the statistic is undefined on the resamples."""
@@ -102,9 +118,16 @@ def bootstrap_ci(samples: Sequence[Sequence[float]], statistic: Callable[..., fl
     if any(len(d) < 2 for d in data):
         return math.nan, math.nan
     try:
-        result = stats.bootstrap(data, statistic, paired=False, vectorized=False, n_resamples=n_resamples,
-                                 confidence_level=confidence, method="percentile",
-                                 rng=np.random.default_rng(seed))
+        result = stats.bootstrap(
+            data,
+            statistic,
+            paired=False,
+            vectorized=False,
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
     except (ValueError, ZeroDivisionError, FloatingPointError):
         return math.nan, math.nan
     low, high = result.confidence_interval

@@ -17,8 +17,15 @@ from lora_lab import names
 from lora_lab.report.read import SweepInfo, number, sampled_keys
 from lora_lab.report.stats import TieRule, summarize
 
-EXTRA_METRICS = ("trainable_params", "total_params", "peak_memory_mb", "tokens_per_s", "effective_rank_mean",
-                 "eval_loss", "exact_match")
+EXTRA_METRICS = (
+    "trainable_params",
+    "total_params",
+    "peak_memory_mb",
+    "tokens_per_s",
+    "effective_rank_mean",
+    "eval_loss",
+    "exact_match",
+)
 """Metrics averaged into every configuration's row beside the ranked one."""
 
 MAX_AXIS_VALUES = 8
@@ -35,13 +42,20 @@ def better_first(direction: str) -> bool:
 
 def forgetting_metrics(runs: pd.DataFrame) -> list[str]:
     """The logged task-A (retain) and forgetting metrics, retain first."""
-    logged = [c[len("metrics."):] for c in runs.columns if c.startswith("metrics.") and runs[c].notna().any()]
-    return ([m for m in sorted(logged) if m.startswith(names.RETAIN_PREFIX)]
-            + [m for m in sorted(logged) if m.startswith(names.FORGET_PREFIX)])
+    logged = [c[len("metrics.") :] for c in runs.columns if c.startswith("metrics.") and runs[c].notna().any()]
+    return [m for m in sorted(logged) if m.startswith(names.RETAIN_PREFIX)] + [
+        m for m in sorted(logged) if m.startswith(names.FORGET_PREFIX)
+    ]
 
 
-def config_table(runs: pd.DataFrame, metric: str, direction: str, info: Optional[SweepInfo] = None,
-                 confidence: float = 0.95, rule: Optional[TieRule] = None) -> pd.DataFrame:
+def config_table(
+    runs: pd.DataFrame,
+    metric: str,
+    direction: str,
+    info: Optional[SweepInfo] = None,
+    confidence: float = 0.95,
+    rule: Optional[TieRule] = None,
+) -> pd.DataFrame:
     """One row per configuration (group), best mean first: its searched values, the metric's mean, std, n
     and t interval over its seeds, the seeds, the best seed's run, mean costs and other metrics, and
     whether it can be told apart from the best configuration (``tie``: True / False / None = undecided,
@@ -90,8 +104,14 @@ def config_table(runs: pd.DataFrame, metric: str, direction: str, info: Optional
 def samples_of(runs: pd.DataFrame, metric: str) -> dict[str, np.ndarray]:
     """The metric's values per configuration group."""
     column = f"metrics.{metric}"
-    return {g: pd.to_numeric(m[column], errors="coerce").dropna().to_numpy(float)
-            for g, m in runs.groupby("group", sort=False)} if column in runs else {}
+    return (
+        {
+            g: pd.to_numeric(m[column], errors="coerce").dropna().to_numpy(float)
+            for g, m in runs.groupby("group", sort=False)
+        }
+        if column in runs
+        else {}
+    )
 
 
 def binned(values: pd.Series) -> tuple[pd.Series, bool]:
@@ -119,13 +139,21 @@ def grid_table(configs: pd.DataFrame, row: str, col: str) -> pd.DataFrame:
     rows = []
     for (a, b), cell in data.groupby([row, col], sort=True):
         top = cell.sort_values("_order").iloc[0]
-        rows.append({row: a, col: b, **{k: top[k] for k in columns[2:10]}, "configs": len(cell),
-                     "best": bool(top["_order"] == 0)})
+        rows.append(
+            {
+                row: a,
+                col: b,
+                **{k: top[k] for k in columns[2:10]},
+                "configs": len(cell),
+                "best": bool(top["_order"] == 0),
+            }
+        )
     return pd.DataFrame(rows, columns=columns)
 
 
-def pareto_front(table: pd.DataFrame, quality: str, cost: str, direction: str,
-                 cost_direction: str = "minimize") -> pd.DataFrame:
+def pareto_front(
+    table: pd.DataFrame, quality: str, cost: str, direction: str, cost_direction: str = "minimize"
+) -> pd.DataFrame:
     """``table`` with a boolean 'pareto' column: no other row is at least as good on both quality and cost
     and strictly better on one. Rows missing either value are dropped. Sorted by cost, cheapest first."""
     data = table.dropna(subset=[quality, cost]).copy()
@@ -134,8 +162,11 @@ def pareto_front(table: pd.DataFrame, quality: str, cost: str, direction: str,
     dominated = [bool(np.any((q <= q[i]) & (c <= c[i]) & ((q < q[i]) | (c < c[i])))) for i in range(len(data))]
     data["pareto"] = [not d for d in dominated]
     data["_c"] = c
-    return data.sort_values(["_c", quality], ascending=[True, direction == "minimize"]).drop(
-        columns="_c").reset_index(drop=True)
+    return (
+        data.sort_values(["_c", quality], ascending=[True, direction == "minimize"])
+        .drop(columns="_c")
+        .reset_index(drop=True)
+    )
 
 
 def effective_rank_table(runs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
@@ -146,8 +177,10 @@ def effective_rank_table(runs: pd.DataFrame, confidence: float = 0.95) -> pd.Dat
     if column not in runs:
         return pd.DataFrame(columns=out)
     data = runs.dropna(subset=["r", column])
-    rows = [{"config": m["config"].iloc[0], "r": m["r"].iloc[0], **summarize(m[column], confidence)}
-            for _, m in data.groupby("group", sort=False)]
+    rows = [
+        {"config": m["config"].iloc[0], "r": m["r"].iloc[0], **summarize(m[column], confidence)}
+        for _, m in data.groupby("group", sort=False)
+    ]
     table = pd.DataFrame(rows, columns=["config", "r", "mean", "std", "n", "ci_low", "ci_high", "ci_half"])
     table["used"] = table["mean"] / table["r"]
     return table.sort_values(["r", "config"], kind="stable")[out].reset_index(drop=True)
@@ -160,9 +193,16 @@ def curves_by_config(curves: pd.DataFrame, metric: str = "eval_loss", confidence
     out = ["group", "config", "r", "step", "mean", "ci_low", "ci_high", "n"]
     if data.empty:
         return pd.DataFrame(columns=out)
-    rows = [{"group": g, "config": m["config"].iloc[0], "r": m["r"].iloc[0], "step": step,
-             **summarize(m[metric], confidence)}
-            for (g, step), m in data.groupby(["group", "step"], sort=True)]
+    rows = [
+        {
+            "group": g,
+            "config": m["config"].iloc[0],
+            "r": m["r"].iloc[0],
+            "step": step,
+            **summarize(m[metric], confidence),
+        }
+        for (g, step), m in data.groupby(["group", "step"], sort=True)
+    ]
     return pd.DataFrame(rows)[out]
 
 
@@ -188,16 +228,23 @@ def step_rank_correlation(curves: pd.DataFrame, metric: str = "eval_loss") -> tu
 def unfinished_table(runs: pd.DataFrame, done_ids: set[str], metric: str) -> pd.DataFrame:
     """Runs not averaged into the tables: pruned, failed, killed, excluded (``lora_lab.outcome``), still
     running, and complete runs that did not log the metric; with their values and the logged error."""
-    rest = runs[~runs["run_id"].isin(done_ids) & ~((runs["kind"] == names.KIND_BASELINE)
-                                                   & (runs["state"] == "COMPLETE"))]
+    rest = runs[
+        ~runs["run_id"].isin(done_ids) & ~((runs["kind"] == names.KIND_BASELINE) & (runs["state"] == "COMPLETE"))
+    ]
     column = f"metrics.{metric}"
     state = [s if s != "COMPLETE" else f"COMPLETE (no {metric})" for s in rest["state"]]
-    state = [f"{s} ({o})" if isinstance(o, str) and o else s for s, o in zip(state, rest["outcome"])]
-    table = pd.DataFrame({
-        "trial": rest["trial"], "run_id": rest["run_id"], "state": state,
-        "status": rest["status"], "config": rest["config"],
-        f"last {metric}": pd.to_numeric(rest[column], errors="coerce") if column in rest else math.nan,
-        "error": rest["error"].fillna("")})
+    state = [f"{s} ({o})" if isinstance(o, str) and o else s for s, o in zip(state, rest["outcome"], strict=True)]
+    table = pd.DataFrame(
+        {
+            "trial": rest["trial"],
+            "run_id": rest["run_id"],
+            "state": state,
+            "status": rest["status"],
+            "config": rest["config"],
+            f"last {metric}": pd.to_numeric(rest[column], errors="coerce") if column in rest else math.nan,
+            "error": rest["error"].fillna(""),
+        }
+    )
     return table.reset_index(drop=True)
 
 
@@ -234,9 +281,14 @@ def rebuild_study(runs: pd.DataFrame, metric: str, direction: str, info: Optiona
         notes.append("No sampled value varied across the complete trials, so there is nothing to show.")
         return None, notes
     order = runs.sort_values(["trial", "start_time"], na_position="last")
-    trials = [optuna.trial.create_trial(
-        params={k: converted[k].loc[i] for k in distributions}, distributions=distributions,
-        value=float(order.loc[i, f"metrics.{metric}"])) for i in order.index]
+    trials = [
+        optuna.trial.create_trial(
+            params={k: converted[k].loc[i] for k in distributions},
+            distributions=distributions,
+            value=float(order.loc[i, f"metrics.{metric}"]),
+        )
+        for i in order.index
+    ]
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created in memory" line
     try:
@@ -247,8 +299,9 @@ def rebuild_study(runs: pd.DataFrame, metric: str, direction: str, info: Optiona
     return study, notes
 
 
-def param_importance(runs: pd.DataFrame, metric: str, direction: str = "minimize",
-                     info: Optional[SweepInfo] = None, seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
+def param_importance(
+    runs: pd.DataFrame, metric: str, direction: str = "minimize", info: Optional[SweepInfo] = None, seed: int = 0
+) -> tuple[pd.DataFrame, list[str]]:
     """Importance of each sampled value for the metric, by Optuna's fANOVA evaluator over the complete runs
     (seeds as separate trials). Returns the table (param, importance) and notes explaining anything
     skipped; too few trials give only a note."""
@@ -256,8 +309,9 @@ def param_importance(runs: pd.DataFrame, metric: str, direction: str = "minimize
 
     empty = pd.DataFrame(columns=["param", "importance"])
     if len(runs) < MIN_IMPORTANCE_TRIALS:
-        return empty, [f"Parameter importance needs at least {MIN_IMPORTANCE_TRIALS} complete trials; "
-                       f"this sweep has {len(runs)}."]
+        return empty, [
+            f"Parameter importance needs at least {MIN_IMPORTANCE_TRIALS} complete trials; this sweep has {len(runs)}."
+        ]
     study, notes = rebuild_study(runs, metric, direction, info)
     if study is None:
         return empty, notes
@@ -265,7 +319,8 @@ def param_importance(runs: pd.DataFrame, metric: str, direction: str = "minimize
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             scores = optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed)
+            )
     except ImportError as exc:  # fANOVA fits scikit-learn forests
         notes.append(f"Optuna's fANOVA evaluator needs scikit-learn, which is missing here ({exc}).")
         return empty, notes
