@@ -105,7 +105,9 @@ def _sweep(client: MlflowClient, study: str, configs: dict[str, dict]) -> None:
     number = 0
     now = int(time.time() * 1000)
     for name, spec in configs.items():
-        for seed, loss in enumerate(spec["loss"]):
+        losses = [(seed, loss, False) for seed, loss in enumerate(spec["loss"])]
+        losses += [(100 + seed, loss, True) for seed, loss in enumerate(spec.get("confirm", []))]
+        for seed, loss, confirm in losses:
             values = dict(spec["values"])
             run = client.create_run(
                 experiment_id,
@@ -118,6 +120,7 @@ def _sweep(client: MlflowClient, study: str, configs: dict[str, dict]) -> None:
                     "optuna.state": "COMPLETE",
                     "lora_lab.config_id": name,
                     "lora_lab.overrides": " ".join(f"{k}={v}" for k, v in values.items()) + f" train.seed={seed}",
+                    **({"lora_lab.confirm": "true"} if confirm else {}),
                 },
             )
             params = [Param(f"sweep.param.{k}", str(v)) for k, v in values.items()]
@@ -126,7 +129,7 @@ def _sweep(client: MlflowClient, study: str, configs: dict[str, dict]) -> None:
             params += [Param(k, str(v)) for k, v in spec.get("fixed", {}).items()]
             metrics = [Metric("eval_loss", loss, now, 10), Metric("trainable_params", spec["params"], now, 10)]
             if "em" in spec:
-                metrics.append(Metric("exact_match", spec["em"][seed], now, 10))
+                metrics.append(Metric("exact_match", spec["em"][seed % 100], now, 10))
             client.log_batch(run.info.run_id, metrics=metrics, params=params)
             client.set_terminated(run.info.run_id, "FINISHED")
             number += 1
@@ -191,6 +194,15 @@ def client(tmp_path_factory):
                 ("all_linear", 64, True, [0.45, 0.46, 0.44]),
                 ("all_linear", 64, False, [0.40, 0.70, 0.55]),
             )
+        },
+    )
+    # a non-grid search: A looked best on one lucky seed, the confirm stage's fresh seeds put B first
+    _sweep(
+        client,
+        "confirmed",
+        {
+            "A": {"values": {"lora.r": 8}, "params": 2000, "loss": [0.40], "confirm": [0.60, 0.62, 0.58]},
+            "B": {"values": {"lora.r": 4}, "params": 1000, "loss": [0.50], "confirm": [0.50, 0.51, 0.49]},
         },
     )
     return client
@@ -273,3 +285,11 @@ def test_targets_and_rslora_findings(client):
     )
     none = findings.rslora_comparison(configs, data.ranked, data.runs, "eval_loss", ["lora.r"])
     assert none.verdict == findings.NOT_MEASURED
+
+
+def test_confirm_stage_decides_the_ranking(client):
+    configs, data = _configs(client, "confirmed")
+    assert data.confirmed and len(data.done) == 8 and len(data.ranked) == 6
+    assert configs["group"].tolist() == ["B", "A"] and configs["n"].tolist() == [3, 3]
+    assert configs["mean"].tolist() == [pytest.approx(0.5), pytest.approx(0.6)]
+    assert findings.recommend(configs, "eval_loss", "minimize").chosen["group"] == "B"

@@ -87,7 +87,7 @@ def plot_grid(table: pd.DataFrame, row: str, col: str, metric: str, col_choices:
     ax.set_yticks(range(len(rows)), [fmt(r) for r in rows])
     ax.set_xlabel(col)
     ax.set_ylabel(row)
-    ax.set_title(f"{metric}: best outlined (★), ≈ cannot be told apart from it")
+    ax.set_title(f"{metric}: ★ best, ≈ within noise of it", fontsize=10)
     return fig
 
 
@@ -246,6 +246,9 @@ def optuna_views(study, target_name: str) -> tuple[dict[str, tuple[str, bytes]],
             continue
         first = axes.flat[0] if isinstance(axes, np.ndarray) else axes
         fig = first.figure
+        if isinstance(axes, np.ndarray):  # one panel per searched value (pair): room for their labels
+            rows, cols = axes.shape if axes.ndim == 2 else (1, axes.size)
+            fig.set_size_inches(max(6.4, 3.0 * cols), max(4.0, 2.8 * rows))
         try:
             out[name] = (caption, png_bytes(fig, dpi=100, bbox_inches="tight"))
         finally:
