@@ -25,6 +25,18 @@ def test_config_dir_is_the_checkouts_conf_when_run_from_the_repo():
     assert Path(cli.CONFIG_DIR).is_absolute()  # so a command composes the same from any directory
 
 
+def test_every_command_reads_its_configs_from_config_dir():
+    """An installed wheel has no ../conf: a @hydra.main with a relative config_path fails outside a checkout."""
+    mains = {}
+    for path in sorted((REPO / "lora_lab").rglob("*.py")):
+        for line in path.read_text().splitlines():
+            if line.lstrip().startswith("@hydra.main("):
+                mains[str(path.relative_to(REPO))] = line.strip()
+    assert {"lora_lab/train.py", "lora_lab/sweep.py"} <= set(mains)
+    wrong = {name: line for name, line in mains.items() if "config_path=cli.CONFIG_DIR" not in line}
+    assert wrong == {}
+
+
 @pytest.mark.parametrize(
     "argv, expected",
     [
