@@ -293,3 +293,20 @@ def test_confirm_stage_decides_the_ranking(client):
     assert configs["group"].tolist() == ["B", "A"] and configs["n"].tolist() == [3, 3]
     assert configs["mean"].tolist() == [pytest.approx(0.5), pytest.approx(0.6)]
     assert findings.recommend(configs, "eval_loss", "minimize").chosen["group"] == "B"
+
+
+def test_tie_cells_read_as_yes_or_no():
+    assert [stats.is_tie(v) for v in (True, np.bool_(True), False, np.bool_(False), None, float("nan"))] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
+    # a table where every cell is decided has a numpy bool column: still read right
+    table = pd.DataFrame(
+        {"group": ["a", "b"], "trainable_params": [10, 5], "r": [2, 1], "mean": [0.1, 0.2], "tie": [True, True]}
+    )
+    assert table["tie"].dtype == bool
+    assert findings.recommend(table, "eval_loss", "minimize").chosen["group"] == "b"

@@ -16,7 +16,7 @@ import pandas as pd
 
 from lora_lab import names
 from lora_lab.report.read import SweepInfo, number
-from lora_lab.report.stats import bootstrap_ci, summarize, variance_explained, welch_p
+from lora_lab.report.stats import bootstrap_ci, is_tie, summarize, variance_explained, welch_p
 from lora_lab.report.tables import samples_of
 
 NOT_MEASURED = "not measured in this sweep"
@@ -120,7 +120,7 @@ def recommend(configs: pd.DataFrame, metric: str, direction: str) -> Recommendat
     the fewest trainable parameters (else the smallest r) among those that cannot be told apart from the
     best, the better mean breaking equal costs. Undecided configurations are never chosen."""
     cost = "trainable_params" if "trainable_params" in configs and configs["trainable_params"].notna().all() else "r"
-    tied = configs[configs["tie"].map(lambda t: t is True or t == True)]  # noqa: E712 (numpy bools)
+    tied = configs[configs["tie"].map(is_tie)]
     tied = tied.assign(_order=range(len(tied))).sort_values([cost, "_order"], kind="stable").drop(columns="_order")
     undecided = int(configs["tie"].isna().sum())
     return Recommendation(metric, direction, configs.iloc[0], tied.iloc[0], tied, undecided, cost)

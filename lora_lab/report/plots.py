@@ -22,6 +22,7 @@ from matplotlib.patches import Rectangle
 from lora_lab.report.document import png_bytes
 from lora_lab.report.findings import fmt
 from lora_lab.report.read import number
+from lora_lab.report.stats import is_tie
 
 
 def figure(width: float = 6.4, height: float = 4.4) -> tuple[Figure, Any]:
@@ -68,7 +69,7 @@ def plot_grid(table: pd.DataFrame, row: str, col: str, metric: str, col_choices:
     for _, cell in table.iterrows():
         i, j = rows.index(cell[row]), cols.index(cell[col])
         spread = "1 seed" if cell["n"] < 2 else f"±{fmt(cell['ci_half'], 2)} (n={int(cell['n'])})"
-        mark = " ★" if cell["best"] else (" ≈" if cell["tie"] is True else "")
+        mark = " ★" if cell["best"] else (" ≈" if is_tie(cell["tie"]) else "")
         red, green, blue, _ = cmap(norm(max(abs(cell["mean"] - best), floor)))
         dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5  # white text on dark cells
         ax.text(

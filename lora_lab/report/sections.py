@@ -20,7 +20,7 @@ from lora_lab.report import findings, plots, tables
 from lora_lab.report.document import Doc, write_atomically
 from lora_lab.report.findings import NOT_MEASURED, Recommendation, fmt
 from lora_lab.report.read import STATE_WORDS, SweepData, count_text, learning_curves, read_sweep, store_words
-from lora_lab.report.stats import TieRule
+from lora_lab.report.stats import TieRule, is_tie
 
 Files = dict[str, Any]
 """File name -> text, bytes or DataFrame (CSV), as write_atomically takes them."""
@@ -40,7 +40,7 @@ def spread(mean: float, half: float, n: int) -> str:
 
 
 def mark(row: pd.Series, first: bool) -> str:
-    return " ★" if first else (" ≈" if row.get("tie") is True else "")
+    return " ★" if first else (" ≈" if is_tie(row.get("tie")) else "")
 
 
 def display(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:

@@ -64,6 +64,12 @@ def welch_p(a: Sequence[float] | pd.Series, b: Sequence[float] | pd.Series) -> f
     return float(stats.ttest_ind(x, y, equal_var=False).pvalue)
 
 
+def is_tie(value: object) -> bool:
+    """A ``tie`` cell of a config table read as a yes/no: True (Python's or numpy's) is a tie; False,
+    None and NaN (undecided) are not."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) and bool(value)
+
+
 @dataclass(frozen=True)
 class TieRule:
     """How 'cannot be told apart from the best' is decided, stated in words for the report."""
