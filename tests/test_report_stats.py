@@ -89,11 +89,12 @@ def test_bootstrap_interval_and_variance_explained():
 # -- constructed sweeps in a real MLflow store ----------------------------------------------------------
 
 
-def _sweep(client: MlflowClient, study: str, configs: dict[str, dict]) -> None:
+def _sweep(client: MlflowClient, study: str, configs: dict[str, dict], storage: str | None = None) -> None:
     """A sweep as lora_lab.sweep logs it: configs maps a name to {"values": searched values, "params":
-    trainable params, "loss": [per seed], "em": [per seed] (optional)}."""
+    trainable params, "loss": [per seed], "em": [per seed] (optional), "confirm": [confirm-stage losses]}."""
     experiment_id = client.create_experiment(study)
-    parent = client.create_run(experiment_id, run_name=study, tags={"lora_lab.kind": "sweep", "lora_lab.study": study})
+    tags = {"lora_lab.kind": "sweep", "lora_lab.study": study, **({"optuna.storage": storage} if storage else {})}
+    parent = client.create_run(experiment_id, run_name=study, tags=tags)
     space = {k: {"type": "categorical"} for k in next(iter(configs.values()))["values"]}
     client.log_batch(
         parent.info.run_id,
@@ -310,3 +311,37 @@ def test_tie_cells_read_as_yes_or_no():
     )
     assert table["tie"].dtype == bool
     assert findings.recommend(table, "eval_loss", "minimize").chosen["group"] == "b"
+
+
+def test_optuna_views_from_the_sweeps_own_storage(client, tmp_path):
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    journal = tmp_path / "optuna.journal"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    study = optuna.create_study(study_name="stored", storage=storage)
+    space = {"lora.r": FloatDistribution(1, 64), "lora.lora_dropout": FloatDistribution(0, 0.3)}
+    for r, dropout, loss in ((4, 0.0, 0.52), (8, 0.1, 0.41), (16, 0.2, 0.45), (32, 0.3, 0.47)):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lora.r": r, "lora.lora_dropout": dropout}, distributions=space, value=loss
+            )
+        )
+    _sweep(
+        client,
+        "stored",
+        {
+            "a": {"values": {"lora.r": 4}, "params": 1000, "loss": [0.50, 0.54]},
+            "b": {"values": {"lora.r": 8}, "params": 2000, "loss": [0.40, 0.42]},
+        },
+        storage=str(journal),
+    )
+    opened = tables.stored_study(str(journal), "stored")
+    assert [t.value for t in opened.trials] == [0.52, 0.41, 0.45, 0.47]
+    assert tables.stored_study(str(tmp_path / "elsewhere.journal"), "stored") is None  # another machine's file
+    assert not (tmp_path / "elsewhere.journal").exists()  # and none created
+    assert tables.stored_study("postgresql://***@db.example/optuna", "stored") is None  # credentials redacted
+    path = report.build_report(ReportConfig(study="stored", output_dir=str(tmp_path / "out")), client)
+    md = (path / "report.md").read_text()
+    assert "of the sweep's own Optuna study, opened from its storage" in md
+    assert (path / "optuna_contour.png").read_bytes().startswith(b"\x89PNG")  # two values in the stored study

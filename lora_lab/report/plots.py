@@ -228,20 +228,25 @@ OPTUNA_VIEWS = (
 
 def optuna_views(study, target_name: str) -> tuple[dict[str, tuple[str, bytes]], list[str]]:
     """Optuna's own matplotlib views of the study: file name -> (caption, PNG bytes), and notes on any view
-    Optuna could not draw. Each figure is closed once rendered (these functions use pyplot)."""
+    Optuna could not draw. A multi-objective study is shown on its first objective. Each figure is closed
+    once rendered (these functions use pyplot)."""
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as views
+    from optuna.trial import TrialState
 
     out: dict[str, tuple[str, bytes]] = {}
     notes: list[str] = []
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    names = {k for t in complete for k in t.params}
     for name, function, caption in OPTUNA_VIEWS:
-        if function == "plot_contour" and len(study.trials[0].params) < 2:
+        if function == "plot_contour" and len(names) < 2:
             notes.append("Optuna's contour plot needs two searched values; this sweep varied one.")
             continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # ExperimentalWarning, and plots of constant values
-                axes = getattr(views, function)(study, target_name=target_name)
+                axes = getattr(views, function)(study, target=target, target_name=target_name)
         except (ValueError, RuntimeError, TypeError, ImportError) as exc:
             notes.append(f"Optuna could not draw its {caption}: {exc}")
             continue

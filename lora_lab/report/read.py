@@ -72,6 +72,8 @@ class SweepInfo:
     """Config fields computed from sampled values; not independent, so left out of importances."""
     sweep: dict[str, str] = field(default_factory=dict)
     """Every ``sweep.*`` param of the first parent run, as logged (sampler, seeds, base_overrides...)."""
+    storage: Optional[str] = None
+    """The Optuna storage the sweep logged on its parent run (``optuna.storage``, credentials redacted)."""
 
 
 def tracking_uri(client: Optional[MlflowClient] = None) -> str:
@@ -181,6 +183,7 @@ def load_sweep_info(
         data = {**parent.data.tags, **parent.data.params}
         if not info.sweep:
             info.sweep = {k: v for k, v in parent.data.params.items() if k.startswith("sweep.")}
+        info.storage = info.storage or parent.data.tags.get(names.TAG_OPTUNA_STORAGE)
         objectives = parse_structured(data.get("sweep.objectives"))
         if isinstance(objectives, dict):
             objectives = [objectives]

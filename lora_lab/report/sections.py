@@ -429,13 +429,17 @@ def section_importance(data: SweepData, doc: Doc, files: Files) -> None:
         )
         doc.table(display(importance, {"param": "parameter", "importance": "importance"}))
         doc.image("importance.png", "parameter importance", plots.plot_importance(importance, data.metric))
-    study, study_notes = tables.rebuild_study(data.ranked, data.metric, data.direction, data.info)
+    name = data.info.sweep.get("sweep.study_name") or data.info.study
+    study, study_notes = tables.stored_study(data.info.storage, name), []
+    source = "the sweep's own Optuna study, opened from its storage"
+    target = data.info.objectives[0]["metric"] if data.info.objectives else data.metric
+    if study is None:
+        study, study_notes = tables.rebuild_study(data.ranked, data.metric, data.direction, data.info)
+        source = "the study rebuilt from the MLflow runs (each seed a trial, in trial order), as its storage is not reachable from here"
+        target = data.metric
     if study is not None:
-        views, view_notes = plots.optuna_views(study, data.metric)
-        doc.para(
-            "Optuna's own views (optuna.visualization.matplotlib) of the study rebuilt from the MLflow runs "
-            "(each seed a trial, in trial order)."
-        )
+        views, view_notes = plots.optuna_views(study, target)
+        doc.para(f"Optuna's own views (optuna.visualization.matplotlib) of {source}.")
         for name, (caption, png) in views.items():
             doc.image(name, caption, png)
         notes += view_notes

@@ -7,6 +7,7 @@ Every interval and test comes from ``scipy.stats``; this module only decides wha
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -61,7 +62,9 @@ def welch_p(a: Sequence[float] | pd.Series, b: Sequence[float] | pd.Series) -> f
         return math.nan
     if np.ptp(x) == 0 and np.ptp(y) == 0:
         return 1.0 if x[0] == y[0] else 0.0
-    return float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+    with warnings.catch_warnings():  # a sample of equal values (exact match 1.0 on every seed) is fine here
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_ind(x, y, equal_var=False).pvalue)
 
 
 def is_tie(value: object) -> bool:

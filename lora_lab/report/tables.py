@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -297,6 +298,41 @@ def rebuild_study(runs: pd.DataFrame, metric: str, direction: str, info: Optiona
     finally:
         optuna.logging.set_verbosity(verbosity)
     return study, notes
+
+
+def stored_study(storage: Optional[str], study_name: str):
+    """The sweep's own Optuna study, when the storage it logged (the parent run's ``optuna.storage`` tag)
+    opens from here: a journal or sqlite file that exists, or a database that answers within 5 s. None
+    otherwise (a redacted URL, another machine's file); nothing is ever created."""
+    import optuna
+
+    if not storage or "***" in storage:
+        return None
+    try:
+        if storage.endswith(".journal"):
+            path = Path(storage.removeprefix("journal:///").removeprefix("journal://"))
+            if not path.is_file():
+                return None
+            opened = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        elif storage.startswith("sqlite:///"):
+            if not Path(storage.removeprefix("sqlite:///")).is_file():
+                return None
+            opened = optuna.storages.RDBStorage(storage, skip_table_creation=True)
+        elif storage.startswith("postgresql"):
+            opened = optuna.storages.RDBStorage(
+                storage, skip_table_creation=True, engine_kwargs={"connect_args": {"connect_timeout": 5}}
+            )
+        else:
+            return None
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            study = optuna.load_study(study_name=study_name, storage=opened)
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+    except Exception:  # any failure to open means: not available here (the report falls back)
+        return None
+    return study if study.get_trials(deepcopy=False) else None
 
 
 def param_importance(
