@@ -309,6 +309,9 @@ class SamplerConfig:
     """Sampler seed, so a sweep is reproducible."""
     n_startup_trials: int = 8
     """tpe/cmaes: random trials before the model-based search starts."""
+    population_size: int = 50
+    """nsgaii: trials per generation; the first generation is random, so a study needs well over
+    this many trials before NSGA-II's selection does anything (Optuna's default is 50)."""
 
 
 @dataclass
@@ -320,9 +323,10 @@ class PrunerConfig:
     n_startup_trials: int = 4
     """median: trials that run to the end before pruning starts."""
     n_warmup_steps: int = 0
-    """median: steps of each trial before it can be pruned."""
+    """median: optimizer steps of each trial before it can be pruned (evaluations are reported at
+    their global step)."""
     min_resource: int = 1
-    """hyperband / successive_halving: evaluations a trial gets before the first cut."""
+    """hyperband / successive_halving: optimizer steps a trial gets before the first cut."""
     reduction_factor: int = 3
     """hyperband / successive_halving: 1/reduction_factor of the trials go on at each rung."""
 
@@ -343,6 +347,17 @@ class ParamSpec:
     """int/float: grid spacing."""
     log: bool = False
     """int/float: sample on a log scale."""
+
+
+@dataclass
+class BaselineConfig:
+    """A reference run kept out of the search: trained (or evaluated) once per seed next to the
+    sweep's trials, with the same base overrides plus its own."""
+
+    name: str = MISSING
+    """Label of the baseline (MLflow tag ``lora_lab.baseline``), e.g. 'zero_shot' or 'full_ft'."""
+    overrides: list[str] = field(default_factory=list)
+    """Hydra overrides applied on top of the sweep's, e.g. ['lora.r=8', 'train.learning_rate=2e-3']."""
 
 
 @dataclass
@@ -372,8 +387,14 @@ class SweepConfig:
     """Optuna storage URL (sqlite:///..., postgresql://..., or a path ending in .journal for a
     journal file); null means the journal file sweeps/<study_name>/optuna.journal (or
     sweeps/<study_name>/optuna.db where a study was started in that sqlite file)."""
-    baselines: list[dict[str, Any]] = field(default_factory=list)
-    """Parameter sets enqueued before sampling starts, e.g. [{lora.r: 8, alpha_over_r: 2}]."""
+    baselines: list[BaselineConfig] = field(default_factory=list)
+    """Reference runs outside the search, each run once per seed before it, e.g.
+    [{name: default_lora, overrides: []}] (the sweep's config with no sampled value)."""
+    confirm_top_k: int = 0
+    """After a non-grid search: re-run the k best configurations with fresh seeds (MLflow tag
+    ``lora_lab.confirm=true``), since the best of many noisy trials is biased optimistic."""
+    confirm_seeds: int = 2
+    """Fresh seeds per confirmed configuration (train.seed continues after the search's seeds)."""
     experiment: Optional[str] = None
     """MLflow experiment; null means the study name."""
     worker: int = 0
@@ -394,6 +415,12 @@ class SweepConfig:
         _check_range("sweep.seeds", self.seeds, low=1)
         if self.n_trials is not None:
             _check_range("sweep.n_trials", self.n_trials, low=1)
+        _check_range("sweep.sampler.population_size", self.sampler.population_size, low=2)
+        _check_range("sweep.confirm_top_k", self.confirm_top_k, low=0)
+        _check_range("sweep.confirm_seeds", self.confirm_seeds, low=1)
+        names = [b.name for b in self.baselines]
+        if len(set(names)) != len(names):
+            raise ConfigError("sweep.baselines", names, "baselines with distinct names")
         for name, spec in self.params.items():
             _check_choice(f"sweep.params.{name}.type", spec.type, ("categorical", "int", "float"))
             if spec.type == "categorical" and not spec.choices:

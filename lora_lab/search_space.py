@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import itertools
 import json
 import math
 import operator
@@ -22,7 +23,8 @@ from lora_lab.errors import ConfigError
 from lora_lab.names import SEED_KEY, TRIAL_GROUPS
 
 SEED_PARAM = SEED_KEY
-"""Searched like any other value when a grid sweep repeats each configuration with several seeds."""
+"""The config field that tells the seeds of one configuration apart (never searched: every
+configuration runs with each of ``sweep.seeds`` seeds)."""
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
            ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
@@ -44,21 +46,38 @@ def distribution(name: str, spec: ParamSpec) -> BaseDistribution:
 
 
 def distributions(sweep: SweepConfig) -> dict[str, BaseDistribution]:
-    """Every searched dimension, including the seed when a grid repeats configurations."""
-    dists = {name: distribution(name, spec) for name, spec in sweep.params.items()}
-    if sweep.sampler.name == "grid" and sweep.seeds > 1:
-        dists[SEED_PARAM] = CategoricalDistribution(list(range(sweep.seeds)))
-    return dists
+    """Every searched dimension (the seed is not one: see ``SEED_PARAM``)."""
+    return {name: distribution(name, spec) for name, spec in sweep.params.items()}
 
 
 def grid(sweep: SweepConfig) -> dict[str, list[Any]]:
-    """The grid for Optuna's GridSampler: every categorical choice of every parameter."""
+    """Every categorical choice of every parameter."""
     return {name: list(dist.choices) for name, dist in distributions(sweep).items()}
 
 
 def grid_size(sweep: SweepConfig) -> int:
-    """Number of grid points (seeds included)."""
+    """Number of grid points (configurations; each runs ``sweep.seeds`` times)."""
     return math.prod(len(choices) for choices in grid(sweep).values())
+
+
+def grid_points(sweep: SweepConfig) -> list[dict[str, Any]]:
+    """The grid's points in a fixed order (the first parameter varies slowest)."""
+    space = grid(sweep)
+    return [dict(zip(space, values)) for values in itertools.product(*space.values())]
+
+
+def space_size(sweep: SweepConfig) -> int | None:
+    """How many distinct configurations the search space holds: finite when every parameter is
+    categorical (or an int range), None otherwise."""
+    size = 1
+    for dist in distributions(sweep).values():
+        if isinstance(dist, CategoricalDistribution):
+            size *= len(dist.choices)
+        elif isinstance(dist, IntDistribution):
+            size *= (dist.high - dist.low) // dist.step + 1
+        else:
+            return None
+    return size
 
 
 def suggest(trial: optuna.Trial, sweep: SweepConfig) -> dict[str, Any]:

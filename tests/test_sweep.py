@@ -43,14 +43,18 @@ def run_sweep(tracking_uri, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     register_configs()
 
-    def run(overrides: list[str], choices: dict[str, list] | None = None):
+    def run(overrides: list[str], choices: dict[str, list] | None = None, before_run=None, **kwargs):
         """``choices`` narrows a preset's categorical params (dotted names cannot be overridden on
-        Hydra's command line; users write their own preset file instead)."""
+        Hydra's command line; users write their own preset file instead); ``before_run(sweep)`` runs
+        between setup() and run()."""
         with initialize_config_dir(config_dir=CONF, version_base=None):
-            cfg = compose("config", overrides=overrides + TINY)
+            cfg = compose("config", overrides=TINY + overrides)
             for name, values in (choices or {}).items():
                 cfg.sweep.params[name].choices = values
-            sweep = Sweep(cfg, overrides + TINY, console_progress=False)
+            sweep = Sweep(cfg, TINY + overrides, console_progress=False, **kwargs)
+            sweep.setup()
+            if before_run is not None:
+                before_run(sweep)
             summary = sweep.run()
         return sweep, summary
 
@@ -98,8 +102,11 @@ def test_trial_config_from_value_overrides_equals_a_full_compose(tracking_uri, t
         # a config group choice, or a value the schema rejects, goes through Hydra's own composition
         assert sweep._apply_value_overrides(["quant=nf4"]) is None
         assert sweep._apply_value_overrides(["lora.r=many"]) is None
-        cfg, _, overrides = sweep.compose_trial({**values, "lora.r": 4})
-        assert cfg.lora.r == 4 and overrides == sweep.base_overrides + search_space.to_overrides({**values, "lora.r": 4})
+        trial_overrides = search_space.to_overrides({**values, "lora.r": 4}) + ["train.seed=3"]
+        cfg, _, overrides = sweep.compose_trial(trial_overrides)
+        assert cfg.lora.r == 4 and cfg.train.seed == 3 and overrides == sweep.base_overrides + trial_overrides
+        # a key the schema does not have is left to Hydra's own composition (and its error)
+        assert sweep._apply_value_overrides(["lora.no_such_field=1"]) is None
 
 
 def test_search_space_types_and_bad_declarations():
@@ -121,11 +128,14 @@ def test_search_space_types_and_bad_declarations():
                     sampler=SamplerConfig(name="grid"))
 
 
-def test_seeds_join_the_grid_and_share_a_config_id():
-    sweep = SweepConfig(study_name="s", params={"lora.r": ParamSpec(choices=[2, 4])}, seeds=3,
-                        sampler=SamplerConfig(name="grid"))
-    assert search_space.grid(sweep) == {"lora.r": [2, 4], "train.seed": [0, 1, 2]}
-    assert search_space.grid_size(sweep) == 6
+def test_seeds_are_not_a_searched_dimension_and_share_a_config_id():
+    sweep = SweepConfig(study_name="s", params={"lora.r": ParamSpec(choices=[2, 4]), "x": ParamSpec(choices=[1, 2, 3])},
+                        seeds=3, sampler=SamplerConfig(name="grid"))
+    assert search_space.grid(sweep) == {"lora.r": [2, 4], "x": [1, 2, 3]}
+    assert search_space.grid_size(sweep) == 6 and len(search_space.grid_points(sweep)) == 6
+    assert search_space.grid_points(sweep)[:2] == [{"lora.r": 2, "x": 1}, {"lora.r": 2, "x": 2}]
+    assert search_space.space_size(sweep) == 6
+    assert search_space.space_size(SweepConfig(study_name="s", params={"y": ParamSpec(type="float", low=0, high=1)})) is None
     assert search_space.config_id({"lora.r": 2, "train.seed": 0}) == search_space.config_id({"lora.r": 2, "train.seed": 2})
     assert search_space.config_id({"lora.r": 2}) != search_space.config_id({"lora.r": 4})
 
@@ -211,22 +221,60 @@ def test_default_storage_is_a_journal_file_unless_a_sqlite_study_exists(tmp_path
     assert storage_url(SweepConfig(study_name="old")) == "sqlite:///sweeps/old/optuna.db"  # resumed where it began
 
 
-def test_median_pruner_prunes_a_bad_trial(run_sweep):
+def test_median_pruner_prunes_a_bad_trial_at_its_steps(run_sweep):
+    """Two configurations enqueued with Optuna's own API (they go through the sampler's path): a
+    good one, then one so bad that the median pruner stops it. Evaluations are reported at their
+    optimizer step (the Trainer also evaluates at the last step, 13)."""
     overrides = ["+sweep=full", "sweep.study_name=prune", "sweep.n_trials=2", "sweep.sampler.name=random",
-                 "sweep.pruner.n_startup_trials=1",
-                 "sweep.baselines=[{lora.r: 8, alpha_over_r: 2.0, lora.lora_dropout: 0.0, lora.targets: all_linear,"
-                 " train.learning_rate: 0.02, lora.use_rslora: false},"
-                 " {lora.r: 1, alpha_over_r: 0.25, lora.lora_dropout: 0.0, lora.targets: qv,"
-                 " train.learning_rate: 0.0001, lora.use_rslora: false}]",
-                 "train.max_steps=12", "train.eval_every=3"]
-    sweep, summary = run_sweep(overrides)
-    states = [t.state for t in sweep.study.get_trials()]
-    assert states == [TrialState.COMPLETE, TrialState.PRUNED]
+                 "sweep.pruner.n_startup_trials=1", "sweep.baselines=[]", "train.max_steps=13", "train.eval_every=3"]
+    good = {"lora.r": 8, "alpha_over_r": 2.0, "lora.lora_dropout": 0.0, "lora.targets": "all_linear",
+            "train.learning_rate": 0.02, "lora.use_rslora": False}
+    bad = {"lora.r": 1, "alpha_over_r": 0.25, "lora.lora_dropout": 0.0, "lora.targets": "qv",
+           "train.learning_rate": 0.0001, "lora.use_rslora": False}
+
+    def enqueue(sweep):
+        sweep.study.enqueue_trial(good)
+        sweep.study.enqueue_trial(bad)
+
+    sweep, summary = run_sweep(overrides, before_run=enqueue)
+    first, second = sweep.study.get_trials()
+    assert (first.state, second.state) == (TrialState.COMPLETE, TrialState.PRUNED)
+    assert sorted(first.intermediate_values) == [3, 6, 9, 12, 13]  # optimizer steps, not evaluation counts
+    assert max(second.intermediate_values) < 12
     runs = trial_runs("prune")
     pruned = runs.iloc[1]
     assert pruned["status"] == "KILLED" and pruned["tags.optuna.state"] == "PRUNED"
     history = MlflowClient().get_metric_history(pruned["run_id"], "eval_loss")
     assert max(m.step for m in history) < 12  # stopped before the end
+
+
+def test_pruning_reporter_never_prunes_a_fully_trained_trial():
+    """A real pruner over a real trial: an evaluation at the last step is reported but cannot prune,
+    one at an earlier step can, and one after training (``trainer.evaluate()``) is not reported."""
+    from transformers import TrainerControl, TrainerState
+
+    from lora_lab.sweep import PruningReporter
+
+    study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    done = study.ask()
+    for step in (3, 6):
+        done.report(0.1, step)
+    study.tell(done, 0.1)
+    trial = study.ask()
+    reporter = PruningReporter(trial, "eval_loss")
+    state, control = TrainerState(), TrainerControl()
+    state.max_steps = 6
+    reporter.on_train_begin(None, state, control)
+    state.global_step = 6
+    reporter.on_evaluate(None, state, control, metrics={"eval_loss": 9.0})
+    assert reporter.pruned_at is None and not control.should_training_stop and trial.should_prune()
+    state.global_step = 3
+    reporter.on_evaluate(None, state, control, metrics={"eval_loss": 9.0})
+    assert reporter.pruned_at == 3 and control.should_training_stop
+    reporter.on_train_end(None, state, control)
+    state.global_step = 7
+    reporter.on_evaluate(None, state, control, metrics={"eval_loss": 9.0})
+    assert sorted(study.trials[1].intermediate_values) == [3, 6]
 
 
 def test_multi_objective_sweep_records_the_pareto_set(run_sweep):
@@ -242,11 +290,14 @@ def test_multi_objective_sweep_records_the_pareto_set(run_sweep):
         assert (t.number in pareto) == (not dominated)
     tags = MlflowClient().get_run(summary.parent_run_id).data.tags
     assert set(map(int, tags["pareto_trial_numbers"].split(","))) == pareto
+    # best_* is the Pareto member best on the first objective
+    lead = min((t for t in complete if t.number in pareto), key=lambda t: (t.values, t.number))
+    assert tags["best_trial_number"] == str(lead.number)
 
 
 def test_journal_storage_and_seed_repeats(run_sweep, tmp_path):
     journal = tmp_path / "study.journal"
-    overrides = ["+sweep=full", "sweep.study_name=journal_t", "sweep.n_trials=2", "sweep.seeds=2",
+    overrides = ["+sweep=full", "sweep.study_name=journal_t", "sweep.n_trials=1", "sweep.seeds=2",
                  "sweep.sampler.name=random", "sweep.pruner.name=none", "sweep.baselines=[]",
                  f"sweep.storage={journal}"]
     sweep, summary = run_sweep(overrides)
