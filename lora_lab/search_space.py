@@ -163,6 +163,7 @@ def to_overrides(values: dict[str, Any]) -> list[str]:
 
 
 def config_id(values: dict[str, Any]) -> str:
-    """Identifier shared by the seeds of one configuration (every value but the seed)."""
+    """Identifier shared by the seeds of one configuration: a hash of its sampled values (derived
+    values follow from them; a seed among the values is left out)."""
     key = {k: v for k, v in sorted(values.items()) if k != SEED_PARAM}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]

@@ -159,13 +159,15 @@ def make_pruner(sweep: SweepConfig) -> optuna.pruners.BasePruner:
 # -- which process holds a trial -----------------------------------------------------------------
 
 def process_start(pid: int) -> str | None:
-    """When a process started (clock ticks since boot, from /proc), or None when it is gone or the
-    system has no /proc: with the pid it tells a live worker from a pid reused by another process."""
+    """When a process started (clock ticks since boot, from /proc), or None when it is gone (or a
+    zombie) or the system has no /proc: with the pid it tells a live worker from a pid reused by
+    another process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def worker_identity() -> dict[str, Any]:
@@ -181,11 +183,11 @@ def worker_gone(trial: FrozenTrial) -> bool:
         return False
     if int(pid) == os.getpid():
         return False
+    if not Path("/proc").is_dir():
+        return not _pid_alive(int(pid))
     started = process_start(int(pid))
-    if started is None:
-        return not Path("/proc").is_dir() and not _pid_alive(int(pid))
     recorded = trial.user_attrs.get(names.ATTR_WORKER_START)
-    return recorded is not None and started != recorded
+    return started is None or (recorded is not None and started != recorded)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -262,6 +264,9 @@ class SlotBook:
 
     def live(self) -> bool:
         return any(standing(t) == LIVE for t in self.trials())
+
+    def running(self) -> bool:
+        return any(t.state == TrialState.RUNNING for t in self.trials())
 
     def duplicate_of(self, number: int, slot_id: str) -> FrozenTrial | None:
         """Another trial that holds the slot before this one: one with a result, or one waiting or

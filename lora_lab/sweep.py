@@ -270,8 +270,7 @@ class Sweep:
                                          seed, {}, baseline=b.name) for b in self.sweep.baselines for seed in seeds]
         if self.is_grid:
             points = search_space.grid_points(self.sweep)[: self.n_configs]
-            self.search.fixed = [Slot(search_space.config_id(search_space.resolve(self.sweep, p)), seed, p)
-                                 for p in points for seed in seeds]
+            self.search.fixed = [Slot(search_space.config_id(p), seed, p) for p in points for seed in seeds]
         self.study.set_user_attr(names.ATTR_PLAN, {
             "sampler": self.sweep.sampler.name, "configurations": self.n_configs, "seeds": seeds,
             "slots": len(self.search.fixed) if self.is_grid else self.n_configs * len(seeds)})
@@ -425,17 +424,16 @@ class Sweep:
             state.slot = Slot(attrs.get(names.TAG_CONFIG_ID, ""), int(attrs.get(names.TAG_SEED, 0)), {},
                               baseline=attrs.get(names.TAG_BASELINE, ""))
             return False
+        enqueued = names.TAG_SLOT in attrs
         sampled = search_space.suggest(trial, self.sweep)  # an enqueued trial gets its fixed values back
-        if names.TAG_SLOT not in attrs:
-            trial.set_user_attr(names.TAG_CONFIG_ID, search_space.config_id(sampled))  # counts even if resolving fails
-        state.values = search_space.resolve(self.sweep, sampled)
-        if names.TAG_SLOT in attrs:
+        if enqueued:
             state.slot = Slot(attrs[names.TAG_CONFIG_ID], int(attrs[names.TAG_SEED]), sampled)
-            return False
-        state.slot = Slot(search_space.config_id(state.values), self.base_seed, sampled)
-        for key, value in state.slot.user_attrs().items():
-            trial.set_user_attr(key, value)
-        return True
+        else:
+            state.slot = Slot(search_space.config_id(sampled), self.base_seed, sampled)
+            for key, value in state.slot.user_attrs().items():
+                trial.set_user_attr(key, value)
+        state.values = search_space.resolve(self.sweep, sampled)  # derived values: may fail, after the slot is known
+        return not enqueued
 
     def _claim(self, phase: Phase, trial: optuna.Trial, state: Attempt, sampled: bool) -> str | None:
         """None when this trial is the one to run its slot; else why not (duplicate, surplus)."""
@@ -600,7 +598,7 @@ class Sweep:
         assert self.confirm is not None
         plan = self.confirm.study.user_attrs.get(names.ATTR_PLAN)
         if plan is None:
-            if self.search.book.live():
+            if self.search.book.running():
                 return False  # trials still run on other workers; the last worker to finish confirms
             complete = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                         if names.TAG_CONFIG_ID in t.user_attrs]
@@ -678,7 +676,7 @@ class Sweep:
             status = track.status_for(error)
         elif self.all_failed:
             status = "FAILED"
-        elif any(phase.book.live() for phase in self._phases()):
+        elif any(phase.book.running() for phase in self._phases()):
             return  # other workers still run trials: the last one ends the parent run
         else:
             status = "FINISHED"

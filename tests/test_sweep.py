@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 from pathlib import Path
 
 import mlflow
@@ -325,3 +327,116 @@ def test_failing_trials_are_recorded_and_an_all_failed_sweep_errors(run_sweep):
     assert runs["tags.lora_lab.error"].str.contains("lora.targets").all()
     parent = mlflow.search_runs(experiment_names=["all_fail"], filter_string="tags.`lora_lab.kind` = 'sweep'")
     assert parent["status"].tolist() == ["FAILED"]
+
+
+# -- exactly once: seeds, samplers, failures, baselines --------------------------------------------
+
+def _slots(study: optuna.Study, state=TrialState.COMPLETE) -> list[str]:
+    return sorted(t.user_attrs["lora_lab.slot"] for t in study.get_trials() if t.state == state)
+
+
+@pytest.mark.slow
+def test_raising_seeds_on_an_existing_grid_runs_only_the_new_seeds(run_sweep):
+    overrides = ["+sweep=targets", "sweep.study_name=more_seeds"]
+    choices = {"lora.r": [2], "lora.targets": ["qv", "mlp"]}
+    sweep, first = run_sweep(overrides, choices)
+    assert first.counts == {"COMPLETE": 2}
+    before = {t.number: t.user_attrs["lora_lab.slot"] for t in sweep.study.get_trials()}
+    sweep, second = run_sweep(overrides + ["sweep.seeds=3"], choices)
+    assert second.counts == {"COMPLETE": 6}
+    trials = sweep.study.get_trials()
+    assert {t.number: t.user_attrs["lora_lab.slot"] for t in trials if t.number in before} == before  # kept
+    slots = _slots(sweep.study)
+    assert len(set(slots)) == 6 and sorted(s.split("/")[1] for s in slots) == ["0", "0", "1", "1", "2", "2"]
+    runs = trial_runs("more_seeds")
+    assert len(runs) == 6 and sorted(runs["params.train.seed"].astype(int)) == [0, 0, 1, 1, 2, 2]
+    assert sweep.study.user_attrs["lora_lab.plan"]["seeds"] == [0, 1, 2]
+    _, third = run_sweep(overrides + ["sweep.seeds=3"], choices)  # nothing missing: nothing runs
+    assert third.counts == {"COMPLETE": 6} and len(trial_runs("more_seeds")) == 6
+
+
+@pytest.mark.slow
+def test_raising_n_trials_outside_a_grid_samples_only_new_configurations(run_sweep):
+    overrides = ["+sweep=full", "sweep.study_name=more_trials", "sweep.sampler.name=random",
+                 "sweep.pruner.name=none", "sweep.baselines=[]"]
+    sweep, first = run_sweep(overrides + ["sweep.n_trials=1"])
+    assert first.counts == {"COMPLETE": 1}
+    sweep, second = run_sweep(overrides + ["sweep.n_trials=2"])
+    assert second.counts == {"COMPLETE": 2}
+    assert len({t.user_attrs["lora_lab.config_id"] for t in sweep.study.get_trials()}) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["cmaes", "qmc", "nsgaii"])
+def test_every_sampler_runs_past_its_start(run_sweep, sampler):
+    """CMA-ES and NSGA-II fail only once past their random start (CMA-ES needs the ``cmaes``
+    package): each runs past its start-up phase (one random trial for CMA-ES, a generation of two
+    for NSGA-II)."""
+    preset = "pareto" if sampler == "nsgaii" else "full"
+    n_trials = 3 if sampler == "nsgaii" else 2
+    overrides = [f"+sweep={preset}", f"sweep.study_name=sampler_{sampler}", f"sweep.sampler.name={sampler}",
+                 "sweep.sampler.n_startup_trials=1", "sweep.sampler.population_size=2", f"sweep.n_trials={n_trials}",
+                 "sweep.pruner.name=none", "sweep.baselines=[]"]
+    sweep, summary = run_sweep(overrides)
+    assert summary.counts.get("COMPLETE") == n_trials and not summary.counts.get("FAIL")
+    if sampler == "nsgaii":
+        complete = [t for t in sweep.study.get_trials() if t.state == TrialState.COMPLETE]
+        assert max(sweep.study.sampler.get_trial_generation(sweep.study, t) for t in complete) >= 1
+
+
+def test_pareto_preset_population_fits_its_trials():
+    register_configs()
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        sweep = to_sweep_config(compose("config", overrides=["+sweep=pareto"]))
+    assert sweep.sampler.population_size * 2 <= sweep.n_trials  # at least one generation past random
+
+
+@pytest.mark.slow
+def test_an_error_while_resolving_derived_values_is_shown_and_recorded(run_sweep, capsys):
+    """A derived expression that fails for one grid point fails that trial before it has a config:
+    its cause still reaches the console and an MLflow run; the other point runs."""
+    overrides = ["+sweep=targets", "sweep.study_name=derived_err", "sweep.derived={lora.lora_alpha: '8 / (lora.r - 2)'}"]
+    sweep, summary = run_sweep(overrides, {"lora.r": [2, 4], "lora.targets": ["qv"]})
+    assert summary.counts == {"COMPLETE": 1, "FAIL": 1}
+    assert "ZeroDivisionError" in capsys.readouterr().err
+    runs = mlflow.search_runs(experiment_names=["derived_err"], filter_string="tags.`lora_lab.kind` = 'trial'")
+    failed = runs[runs["status"] == "FAILED"]
+    assert len(failed) == 1 and failed["tags.lora_lab.error"].str.contains("ZeroDivisionError").all()
+    assert failed["tags.lora_lab.outcome"].tolist() == ["error"]
+
+
+@pytest.mark.slow
+def test_baselines_run_once_per_seed_outside_the_search_and_confirm_reruns_the_best(run_sweep):
+    overrides = ["+sweep=full", "sweep.study_name=base_conf", "sweep.sampler.name=random", "sweep.pruner.name=none",
+                 "sweep.n_trials=2", "sweep.seeds=2", "sweep.confirm_top_k=1", "sweep.confirm_seeds=1",
+                 "sweep.baselines=[{name: small, overrides: ['lora.r=1']}]"]
+    sweep, summary = run_sweep(overrides)
+    assert summary.counts == {"COMPLETE": 4} and summary.baselines == {"COMPLETE": 2}
+    assert summary.confirmations == {"COMPLETE": 1}
+    runs = mlflow.search_runs(experiment_names=["base_conf"])
+    baselines = runs[runs["tags.lora_lab.kind"] == "baseline"]
+    assert sorted(baselines["params.train.seed"].astype(int)) == [0, 1]
+    assert set(baselines["tags.lora_lab.baseline"]) == {"small"} and set(baselines["params.lora.r"]) == {"1"}
+    confirm = runs[runs["tags.lora_lab.confirm"] == "true"]
+    search = runs[(runs["tags.lora_lab.kind"] == "trial") & (runs["tags.lora_lab.confirm"] != "true")]
+    means = search.groupby("tags.lora_lab.config_id")["metrics.eval_loss"].mean()
+    assert confirm["tags.lora_lab.config_id"].tolist() == [means.idxmin()]  # the best configuration ...
+    assert confirm["params.train.seed"].tolist() == ["2"]  # ... with a seed the search did not use
+    assert len(sweep.study.get_trials()) == 4  # neither baselines nor confirmations feed the sampler
+
+
+@pytest.mark.slow
+def test_an_all_failed_sweep_exits_non_zero_with_the_first_cause(tracking_uri, tmp_path):
+    """The command line: every trial fails; each failure and then the first cause are printed, and
+    the exit code is not 0."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "lora_lab.sweep", "+sweep=targets", "sweep.study_name=cli_fail",
+         "lora.target_modules=[no_such_module]", *TINY], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(Path(CONF).parent)})
+    assert done.returncode not in (0, None)
+    output = done.stdout + done.stderr
+    assert "every trial of study 'cli_fail' failed" in done.stderr and "no_such_module" in done.stderr
+    assert output.count("no_such_module") >= 4  # each failed trial's line, then the summary
+    assert "Traceback" not in output
