@@ -15,8 +15,7 @@ import operator
 from typing import Any
 
 import optuna
-from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
-                                  IntDistribution)
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from lora_lab.config import ParamSpec, SweepConfig
 from lora_lab.errors import ConfigError
@@ -26,10 +25,25 @@ SEED_PARAM = SEED_KEY
 """The config field that tells the seeds of one configuration apart (never searched: every
 configuration runs with each of ``sweep.seeds`` seeds)."""
 
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
-_FUNCTIONS = {"min": min, "max": max, "round": round, "int": int, "float": float, "abs": abs,
-              "sqrt": math.sqrt, "log2": math.log2}
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_FUNCTIONS = {
+    "min": min,
+    "max": max,
+    "round": round,
+    "int": int,
+    "float": float,
+    "abs": abs,
+    "sqrt": math.sqrt,
+    "log2": math.log2,
+}
 
 
 def distribution(name: str, spec: ParamSpec) -> BaseDistribution:
@@ -37,8 +51,11 @@ def distribution(name: str, spec: ParamSpec) -> BaseDistribution:
     if spec.type == "categorical":
         for choice in spec.choices:
             if not (choice is None or isinstance(choice, (bool, int, float, str))):
-                raise ConfigError(f"sweep.params.{name}.choices", list(spec.choices),
-                                  "scalars only (name target-module sets, e.g. all_linear, not lists)")
+                raise ConfigError(
+                    f"sweep.params.{name}.choices",
+                    list(spec.choices),
+                    "scalars only (name target-module sets, e.g. all_linear, not lists)",
+                )
         return CategoricalDistribution(list(spec.choices))
     if spec.type == "int":
         return IntDistribution(int(spec.low), int(spec.high), log=spec.log, step=int(spec.step or 1))
@@ -63,7 +80,7 @@ def grid_size(sweep: SweepConfig) -> int:
 def grid_points(sweep: SweepConfig) -> list[dict[str, Any]]:
     """The grid's points in a fixed order (the first parameter varies slowest)."""
     space = grid(sweep)
-    return [dict(zip(space, values)) for values in itertools.product(*space.values())]
+    return [dict(zip(space, values, strict=True)) for values in itertools.product(*space.values())]
 
 
 def space_size(sweep: SweepConfig) -> int | None:
@@ -107,21 +124,28 @@ def _evaluate(node: ast.AST, values: dict[str, Any], expression: str) -> Any:
             name = ".".join([node.id, *reversed(parts)])
             if name in values:
                 return values[name]
-            raise ConfigError("sweep.derived", expression,
-                              f"expressions over the sampled names ({', '.join(values) or 'none'}); "
-                              f"'{name}' is not one of them")
+            raise ConfigError(
+                "sweep.derived",
+                expression,
+                f"expressions over the sampled names ({', '.join(values) or 'none'}); '{name}' is not one of them",
+            )
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        return _BINARY[type(node.op)](_evaluate(node.left, values, expression),
-                                      _evaluate(node.right, values, expression))
+        return _BINARY[type(node.op)](
+            _evaluate(node.left, values, expression), _evaluate(node.right, values, expression)
+        )
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         value = _evaluate(node.operand, values, expression)
         return -value if isinstance(node.op, ast.USub) else value
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS
-            and not node.keywords):
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in _FUNCTIONS
+        and not node.keywords
+    ):
         return _FUNCTIONS[node.func.id](*(_evaluate(arg, values, expression) for arg in node.args))
-    raise ConfigError("sweep.derived", expression,
-                      "arithmetic (+ - * / // % **), numbers, sampled names and "
-                      + ", ".join(_FUNCTIONS))
+    raise ConfigError(
+        "sweep.derived", expression, "arithmetic (+ - * / // % **), numbers, sampled names and " + ", ".join(_FUNCTIONS)
+    )
 
 
 def evaluate_expression(expression: str, values: dict[str, Any]) -> Any:

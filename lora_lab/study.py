@@ -16,9 +16,10 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import optuna
@@ -74,6 +75,7 @@ class Slot:
 
 # -- storage -----------------------------------------------------------------------------------
 
+
 def storage_url(sweep: SweepConfig) -> str:
     """The study's storage: as given, or a journal file under sweeps/<study>/ (a study started in
     a sqlite file there, ``optuna.db``, stays in it).
@@ -105,13 +107,17 @@ def open_storage(url: str, on_stale_trial: Callable | None = None) -> optuna.sto
         path = url.removeprefix("journal:///").removeprefix("journal://")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
-    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval_s(),
-                                      grace_period=3 * heartbeat_interval_s(),
-                                      heartbeat_stale_trial_callback=on_stale_trial,
-                                      engine_kwargs={"pool_pre_ping": True})
+    return optuna.storages.RDBStorage(
+        url,
+        heartbeat_interval=heartbeat_interval_s(),
+        grace_period=3 * heartbeat_interval_s(),
+        heartbeat_stale_trial_callback=on_stale_trial,
+        engine_kwargs={"pool_pre_ping": True},
+    )
 
 
 # -- sampler and pruner --------------------------------------------------------------------------
+
 
 def sampler_seed(base: int, worker: int, n_existing: int) -> int:
     """A sampler seed of its own for every worker, and for every restart: ``base + worker`` on a
@@ -132,15 +138,17 @@ def make_sampler(sweep: SweepConfig, worker: int = 0, n_existing: int = 0) -> op
     if name in ("grid", "random"):
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=sweep.sampler.n_startup_trials,
-                                            warn_independent_sampling=False)
+        return optuna.samplers.CmaEsSampler(
+            seed=seed, n_startup_trials=sweep.sampler.n_startup_trials, warn_independent_sampling=False
+        )
     if name == "nsgaii":
         return optuna.samplers.NSGAIISampler(population_size=sweep.sampler.population_size, seed=seed)
     if name == "qmc":
         return optuna.samplers.QMCSampler(seed=base, scramble=True, warn_independent_sampling=False)
     # constant_liar: a running trial counts as a bad result, so parallel workers spread out
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=sweep.sampler.n_startup_trials,
-                                      multivariate=True, constant_liar=True)
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=sweep.sampler.n_startup_trials, multivariate=True, constant_liar=True
+    )
 
 
 def make_pruner(sweep: SweepConfig) -> optuna.pruners.BasePruner:
@@ -158,6 +166,7 @@ def make_pruner(sweep: SweepConfig) -> optuna.pruners.BasePruner:
 
 # -- which process holds a trial -----------------------------------------------------------------
 
+
 def process_start(pid: int) -> str | None:
     """When a process started (clock ticks since boot, from /proc), or None when it is gone (or a
     zombie) or the system has no /proc: with the pid it tells a live worker from a pid reused by
@@ -172,8 +181,11 @@ def process_start(pid: int) -> str | None:
 
 def worker_identity() -> dict[str, Any]:
     """Trial user attrs naming this process, so another worker can tell when it is gone."""
-    return {names.ATTR_WORKER_HOST: socket.gethostname(), names.ATTR_WORKER_PID: os.getpid(),
-            names.ATTR_WORKER_START: process_start(os.getpid())}
+    return {
+        names.ATTR_WORKER_HOST: socket.gethostname(),
+        names.ATTR_WORKER_PID: os.getpid(),
+        names.ATTR_WORKER_START: process_start(os.getpid()),
+    }
 
 
 def worker_gone(trial: FrozenTrial) -> bool:
@@ -210,11 +222,12 @@ class Heartbeat:
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         storage = self.storage
         if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
             trial_id = storage.get_trial_id_from_study_id_trial_number(
-                storage.get_study_id_from_name(self.study_name), self.number)
+                storage.get_study_id_from_name(self.study_name), self.number
+            )
             storage.record_heartbeat(trial_id)
             interval = storage.get_heartbeat_interval()
 
@@ -237,6 +250,7 @@ class Heartbeat:
 
 # -- the book of slots ------------------------------------------------------------------------
 
+
 class SlotBook:
     """One Optuna study seen as slots: which are done, held or missing, and who may run which."""
 
@@ -248,8 +262,11 @@ class SlotBook:
 
     def held(self) -> set[str]:
         """Slots with a result or a trial waiting or running for them."""
-        return {t.user_attrs[names.TAG_SLOT] for t in self.trials()
-                if names.TAG_SLOT in t.user_attrs and standing(t) in (DONE, LIVE)}
+        return {
+            t.user_attrs[names.TAG_SLOT]
+            for t in self.trials()
+            if names.TAG_SLOT in t.user_attrs and standing(t) in (DONE, LIVE)
+        }
 
     def enqueue_missing(self, planned: list[Slot]) -> list[Slot]:
         """Enqueue the planned slots that no trial holds; returns them."""

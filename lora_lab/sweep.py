@@ -20,9 +20,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import hydra
 import optuna
@@ -40,15 +41,39 @@ from lora_lab import cli, names, search_space, track
 from lora_lab.config import BaselineConfig, SweepConfig, TrialConfig, register_configs, to_trial_config
 from lora_lab.errors import ConfigError, LoraLabError
 from lora_lab.progress import SweepProgress
-from lora_lab.study import (DONE, Heartbeat, Slot, SlotBook, make_pruner, make_sampler, open_storage,
-                            outcome, standing, storage_url, worker_identity)
+from lora_lab.study import (
+    DONE,
+    Heartbeat,
+    Slot,
+    SlotBook,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    outcome,
+    standing,
+    storage_url,
+    worker_identity,
+)
 from lora_lab.train import ResourceCache, TrialResult, run_trial
 
-__all__ = ["Sweep", "SweepSummary", "SweepFailedError", "to_sweep_config", "storage_url", "open_storage",
-           "make_sampler", "make_pruner", "main"]
+__all__ = [
+    "Sweep",
+    "SweepSummary",
+    "SweepFailedError",
+    "to_sweep_config",
+    "storage_url",
+    "open_storage",
+    "make_sampler",
+    "make_pruner",
+    "main",
+]
 
-PRUNING_SIGNAL = {"eval_loss": "eval_loss", "perplexity": "eval_loss",
-                  "eval_token_accuracy": "eval_token_accuracy", "exact_match": "eval_token_accuracy"}
+PRUNING_SIGNAL = {
+    "eval_loss": "eval_loss",
+    "perplexity": "eval_loss",
+    "eval_token_accuracy": "eval_token_accuracy",
+    "exact_match": "eval_token_accuracy",
+}
 """Objective -> the evaluation metric reported during training that stands in for it when pruning."""
 
 PARENT_WAIT_S = 120.0
@@ -200,8 +225,13 @@ class Attempt:
 class Sweep:
     """One study's run: plans its slots, samples, trains and logs trials, keeps the parent run current."""
 
-    def __init__(self, cfg: DictConfig, base_overrides: list[str], console_progress: bool = True,
-                 trial_callbacks: list[TrainerCallback] | None = None):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        base_overrides: list[str],
+        console_progress: bool = True,
+        trial_callbacks: list[TrainerCallback] | None = None,
+    ):
         """Reads the config only. ``trial_callbacks`` are added to every trial's Trainer (early
         stopping, custom logging, fault injection in tests)."""
         self.cfg = cfg
@@ -214,8 +244,7 @@ class Sweep:
         self.interrupts = INTERRUPTS
         self.trial_root = Path("sweeps") / self.sweep.study_name / "trials"
         signal_metric = PRUNING_SIGNAL.get(self.objectives[0].metric)
-        self.pruning_signal = (signal_metric if len(self.objectives) == 1 and self.sweep.pruner.name != "none"
-                               else None)
+        self.pruning_signal = signal_metric if len(self.objectives) == 1 and self.sweep.pruner.name != "none" else None
         self.is_grid = self.sweep.sampler.name == "grid"
         self.ready = False
         self.stopped = False
@@ -228,8 +257,12 @@ class Sweep:
             try:
                 import cmaes  # noqa: F401  (Optuna's CMA-ES sampler needs it)
             except ImportError:
-                raise ConfigError("sweep.sampler.name", "cmaes", "cmaes once the 'cmaes' package is installed "
-                                  "(pip install cmaes), or tpe, random, grid, nsgaii, qmc") from None
+                raise ConfigError(
+                    "sweep.sampler.name",
+                    "cmaes",
+                    "cmaes once the 'cmaes' package is installed "
+                    "(pip install cmaes), or tpe, random, grid, nsgaii, qmc",
+                ) from None
 
     def setup(self) -> None:
         """Open the studies, the experiment and the parent run; enqueue the missing slots."""
@@ -238,15 +271,20 @@ class Sweep:
         self.raw_storage = open_storage(self.storage, self._on_stale_trial)
         name = self.sweep.study_name
         directions = [o.direction for o in self.objectives]
-        first = optuna.create_study(study_name=name, storage=self.raw_storage, directions=directions,
-                                    load_if_exists=True)
+        first = optuna.create_study(
+            study_name=name, storage=self.raw_storage, directions=directions, load_if_exists=True
+        )
         sampler = make_sampler(self.sweep, self.sweep.worker, len(first.get_trials(deepcopy=False)))
-        self.study = optuna.load_study(study_name=name, storage=self.raw_storage, sampler=sampler,
-                                       pruner=make_pruner(self.sweep))
+        self.study = optuna.load_study(
+            study_name=name, storage=self.raw_storage, sampler=sampler, pruner=make_pruner(self.sweep)
+        )
         self.search = Phase("search", self.study, SlotBook(self.study), samples=not self.is_grid)
         self.baselines = self._side_phase("baseline", names.BASELINE_STUDY_SUFFIX) if self.sweep.baselines else None
-        self.confirm = (self._side_phase("confirm", names.CONFIRM_STUDY_SUFFIX)
-                        if self.sweep.confirm_top_k and not self.is_grid else None)
+        self.confirm = (
+            self._side_phase("confirm", names.CONFIRM_STUDY_SUFFIX)
+            if self.sweep.confirm_top_k and not self.is_grid
+            else None
+        )
         self._base_composed = compose(config_name="config", overrides=self.base_overrides)
         self.base_seed = int(self._base_composed.train.seed)
         self.experiment_id = track.ensure_experiment(self.client, self.sweep.experiment or name)
@@ -257,8 +295,12 @@ class Sweep:
         self.ready = True
 
     def _side_phase(self, kind: str, suffix: str) -> Phase:
-        study = optuna.create_study(study_name=self.sweep.study_name + suffix, storage=self.raw_storage,
-                                    directions=[o.direction for o in self.objectives], load_if_exists=True)
+        study = optuna.create_study(
+            study_name=self.sweep.study_name + suffix,
+            storage=self.raw_storage,
+            directions=[o.direction for o in self.objectives],
+            load_if_exists=True,
+        )
         return Phase(kind, study, SlotBook(study))
 
     def _plan(self) -> None:
@@ -266,14 +308,23 @@ class Sweep:
         missing slots are enqueued (again after an interruption)."""
         seeds = [self.base_seed + i for i in range(self.sweep.seeds)]
         if self.baselines is not None:
-            self.baselines.fixed = [Slot(search_space.config_id({"baseline": b.name, "overrides": b.overrides}),
-                                         seed, {}, baseline=b.name) for b in self.sweep.baselines for seed in seeds]
+            self.baselines.fixed = [
+                Slot(search_space.config_id({"baseline": b.name, "overrides": b.overrides}), seed, {}, baseline=b.name)
+                for b in self.sweep.baselines
+                for seed in seeds
+            ]
         if self.is_grid:
             points = search_space.grid_points(self.sweep)[: self.n_configs]
             self.search.fixed = [Slot(search_space.config_id(p), seed, p) for p in points for seed in seeds]
-        self.study.set_user_attr(names.ATTR_PLAN, {
-            "sampler": self.sweep.sampler.name, "configurations": self.n_configs, "seeds": seeds,
-            "slots": len(self.search.fixed) if self.is_grid else self.n_configs * len(seeds)})
+        self.study.set_user_attr(
+            names.ATTR_PLAN,
+            {
+                "sampler": self.sweep.sampler.name,
+                "configurations": self.n_configs,
+                "seeds": seeds,
+                "slots": len(self.search.fixed) if self.is_grid else self.n_configs * len(seeds),
+            },
+        )
         for phase in self._phases():
             self._reconcile(phase)
 
@@ -303,13 +354,20 @@ class Sweep:
             if self.sweep.worker == 0 or time.monotonic() > deadline:
                 break
             time.sleep(1.0)
-        run = self.client.create_run(self.experiment_id, run_name=self.sweep.study_name, tags={
-            names.TAG_KIND: names.KIND_SWEEP, names.TAG_STUDY: self.sweep.study_name,
-            names.TAG_OPTUNA_STORAGE: _redact(self.storage)})
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=self.sweep.study_name,
+            tags={
+                names.TAG_KIND: names.KIND_SWEEP,
+                names.TAG_STUDY: self.sweep.study_name,
+                names.TAG_OPTUNA_STORAGE: cli.redact_url(self.storage),
+            },
+        )
         run_id = run.info.run_id
         sweep_node = OmegaConf.to_container(self.cfg.sweep, resolve=True)
-        params = [Param(f"sweep.{k}", json.dumps(v) if isinstance(v, (dict, list)) else str(v))
-                  for k, v in sweep_node.items()]
+        params = [
+            Param(f"sweep.{k}", json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in sweep_node.items()
+        ]
         params.append(Param("sweep.base_overrides", " ".join(self.base_overrides)))
         self.client.log_batch(run_id, params=[Param(p.key, p.value[:6000]) for p in params])
         self.client.log_text(run_id, OmegaConf.to_yaml(self.cfg), "sweep_config.yaml")
@@ -360,8 +418,10 @@ class Sweep:
             verdict = self._one_trial(phase, phase.study.ask())
             unused = unused + 1 if verdict in (names.OUTCOME_DUPLICATE, names.OUTCOME_SURPLUS) else 0
             if unused >= MAX_UNUSED_PROPOSALS:
-                self._say(f"{phase.kind}: the sampler proposed {unused} configurations in a row that the study "
-                          "already holds; stopping (is the search space exhausted?)")
+                self._say(
+                    f"{phase.kind}: the sampler proposed {unused} configurations in a row that the study "
+                    "already holds; stopping (is the search space exhausted?)"
+                )
                 break
             self._show_done()
 
@@ -384,7 +444,7 @@ class Sweep:
         done = sorted((t for t in phase.book.trials() if standing(t) == DONE), key=lambda t: t.number)
         errors = [t.state == TrialState.FAIL for t in done]
         if self.sweep.max_failures:
-            recent = errors[-self.sweep.max_failures:]
+            recent = errors[-self.sweep.max_failures :]
             return len(recent) == self.sweep.max_failures and all(recent)
         return len(errors) >= FAILURES_WITHOUT_SUCCESS and all(errors)
 
@@ -421,8 +481,12 @@ class Sweep:
         if names.TAG_SLOT not in attrs and not phase.samples:
             return False  # asked when the last waiting trial was just taken by another worker: no slot
         if phase.kind == "baseline":
-            state.slot = Slot(attrs.get(names.TAG_CONFIG_ID, ""), int(attrs.get(names.TAG_SEED, 0)), {},
-                              baseline=attrs.get(names.TAG_BASELINE, ""))
+            state.slot = Slot(
+                attrs.get(names.TAG_CONFIG_ID, ""),
+                int(attrs.get(names.TAG_SEED, 0)),
+                {},
+                baseline=attrs.get(names.TAG_BASELINE, ""),
+            )
             return False
         enqueued = names.TAG_SLOT in attrs
         sampled = search_space.suggest(trial, self.sweep)  # an enqueued trial gets its fixed values back
@@ -463,26 +527,37 @@ class Sweep:
         state.run = self._start_run(phase, trial, state)
         trial_cfg, composed, overrides = self.compose_trial(extra)
         trial.set_user_attr(names.ATTR_OVERRIDES, " ".join(overrides))
-        state.run.log_config(trial_cfg, composed,
-                             params={f"{names.SWEEP_PARAM_PREFIX}{k}": v for k, v in state.values.items()},
-                             tags={names.TAG_OVERRIDES: " ".join(overrides)})
+        state.run.log_config(
+            trial_cfg,
+            composed,
+            params={f"{names.SWEEP_PARAM_PREFIX}{k}": v for k, v in state.values.items()},
+            tags={names.TAG_OVERRIDES: " ".join(overrides)},
+        )
         callbacks = [*state.run.callbacks(), self.progress.trainer_callback(), *self.trial_callbacks]
-        pruning = (PruningReporter(trial, self.pruning_signal)
-                   if self.pruning_signal and phase.kind == "search" else None)
+        pruning = (
+            PruningReporter(trial, self.pruning_signal) if self.pruning_signal and phase.kind == "search" else None
+        )
         if pruning:
             callbacks.append(pruning)
         self.progress.start_trial(trial.number, state.values or {"baseline": slot.baseline, "seed": slot.seed})
         with self.interrupts.allowed():
             resources = self.resources.get(trial_cfg)
             state.run.log_dataset(resources.task, trial_cfg.data)
-            result = run_trial(trial_cfg, self.trial_root / f"{phase.kind}-{trial.number:04d}", resources,
-                               callbacks=callbacks, show_progress=False, on_adapter_ready=state.run.on_adapter_ready,
-                               pruned=(lambda: pruning.pruned_at is not None) if pruning else None)
+            result = run_trial(
+                trial_cfg,
+                self.trial_root / f"{phase.kind}-{trial.number:04d}",
+                resources,
+                callbacks=callbacks,
+                show_progress=False,
+                on_adapter_ready=state.run.on_adapter_ready,
+                pruned=(lambda: pruning.pruned_at is not None) if pruning else None,
+            )
         state.run.log_result(result, log_adapter=trial_cfg.tracking.log_adapter)
         return result, pruning
 
-    def _record(self, phase: Phase, trial: optuna.Trial, state: Attempt, result: TrialResult,
-                pruning: PruningReporter | None) -> str:
+    def _record(
+        self, phase: Phase, trial: optuna.Trial, state: Attempt, result: TrialResult, pruning: PruningReporter | None
+    ) -> str:
         """End the MLflow run and tell Optuna: COMPLETE with the objective values, or PRUNED."""
         assert state.run is not None
         if pruning is not None and pruning.pruned_at is not None:
@@ -521,17 +596,23 @@ class Sweep:
 
     def _start_run(self, phase: Phase, trial: optuna.Trial, state: Attempt) -> track.TrialRun:
         slot = state.slot
-        tags = {"mlflow.parentRunId": self.parent_run_id, names.TAG_STUDY: self.sweep.study_name,
-                names.TAG_KIND: names.KIND_BASELINE if phase.kind == "baseline" else names.KIND_TRIAL,
-                names.TAG_OPTUNA_TRIAL: str(trial.number), names.TAG_OPTUNA_STATE: "RUNNING",
-                names.TAG_WORKER: str(self.sweep.worker)}
+        tags = {
+            "mlflow.parentRunId": self.parent_run_id,
+            names.TAG_STUDY: self.sweep.study_name,
+            names.TAG_KIND: names.KIND_BASELINE if phase.kind == "baseline" else names.KIND_TRIAL,
+            names.TAG_OPTUNA_TRIAL: str(trial.number),
+            names.TAG_OPTUNA_STATE: "RUNNING",
+            names.TAG_WORKER: str(self.sweep.worker),
+        }
         if slot is not None:
             tags.update({names.TAG_CONFIG_ID: slot.config_id, names.TAG_SLOT: slot.id, names.TAG_SEED: str(slot.seed)})
             if slot.baseline is not None:
                 tags[names.TAG_BASELINE] = slot.baseline
         if phase.kind == "confirm":
             tags[names.TAG_CONFIRM] = "true"
-        prefix = {"search": "trial", "baseline": f"baseline-{slot.baseline if slot else ''}"}.get(phase.kind, phase.kind)
+        prefix = {"search": "trial", "baseline": f"baseline-{slot.baseline if slot else ''}"}.get(
+            phase.kind, phase.kind
+        )
         run = self.client.create_run(self.experiment_id, run_name=f"{prefix}-{trial.number:04d}", tags=tags)
         trial.set_user_attr(names.ATTR_MLFLOW_RUN, run.info.run_id)
         return track.TrialRun(self.client, run.info.run_id)
@@ -576,8 +657,16 @@ class Sweep:
         already composed config take a few milliseconds (a test checks both give the same config)."""
         try:
             parsed = OverridesParser.create().parse_overrides(trial_overrides)
-            if any(o.package is not None or o.is_add() or o.is_force_add() or o.is_delete()
-                   or o.is_sweep_override() or "." not in o.key_or_group or "/" in o.key_or_group for o in parsed):
+            if any(
+                o.package is not None
+                or o.is_add()
+                or o.is_force_add()
+                or o.is_delete()
+                or o.is_sweep_override()
+                or "." not in o.key_or_group
+                or "/" in o.key_or_group
+                for o in parsed
+            ):
                 return None
             if getattr(self, "_base_composed", None) is None:
                 self._base_composed = compose(config_name="config", overrides=self.base_overrides)
@@ -600,14 +689,22 @@ class Sweep:
         if plan is None:
             if self.search.book.running():
                 return False  # trials still run on other workers; the last worker to finish confirms
-            complete = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                        if names.TAG_CONFIG_ID in t.user_attrs]
+            complete = [
+                t
+                for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if names.TAG_CONFIG_ID in t.user_attrs
+            ]
             by_config: dict[str, list[FrozenTrial]] = {}
             for t in complete:
                 by_config.setdefault(t.user_attrs[names.TAG_CONFIG_ID], []).append(t)
             sign = 1.0 if self.objectives[0].direction == "minimize" else -1.0
-            ranked = sorted(by_config.items(), key=lambda kv: (sign * sum(t.values[0] for t in kv[1]) / len(kv[1]), kv[0]))
-            plan = [{"config_id": cid, "params": dict(trials[0].params)} for cid, trials in ranked[: self.sweep.confirm_top_k]]
+            ranked = sorted(
+                by_config.items(), key=lambda kv: (sign * sum(t.values[0] for t in kv[1]) / len(kv[1]), kv[0])
+            )
+            plan = [
+                {"config_id": cid, "params": dict(trials[0].params)}
+                for cid, trials in ranked[: self.sweep.confirm_top_k]
+            ]
             self.confirm.study.set_user_attr(names.ATTR_PLAN, plan)
         fresh = [self.base_seed + self.sweep.seeds + i for i in range(self.sweep.confirm_seeds)]
         self.confirm.fixed = [Slot(p["config_id"], seed, p["params"]) for p in plan for seed in fresh]
@@ -634,22 +731,35 @@ class Sweep:
         if len(self.objectives) == 1:
             return [self.study.best_trial]
         signs = [1.0 if o.direction == "minimize" else -1.0 for o in self.objectives]
-        return sorted(self.study.best_trials, key=lambda t: ([s * v for s, v in zip(signs, t.values)], t.number))
+        return sorted(
+            self.study.best_trials, key=lambda t: ([s * v for s, v in zip(signs, t.values, strict=True)], t.number)
+        )
 
     def _log_best(self) -> list[dict[str, Any]]:
         """Record the best trial (and the Pareto set) on the parent run."""
         best_trials = self.best_trials()
         if not best_trials:
             return []
-        best = [{"number": t.number, "values": t.values, "params": t.params,
-                 "run_id": t.user_attrs.get(names.ATTR_MLFLOW_RUN), "overrides": t.user_attrs.get(names.ATTR_OVERRIDES)}
-                for t in best_trials]
+        best = [
+            {
+                "number": t.number,
+                "values": t.values,
+                "params": t.params,
+                "run_id": t.user_attrs.get(names.ATTR_MLFLOW_RUN),
+                "overrides": t.user_attrs.get(names.ATTR_OVERRIDES),
+            }
+            for t in best_trials
+        ]
         now = int(time.time() * 1000)
         lead = best_trials[0]
-        metrics = [Metric(f"best_{o.metric}", float(v), now, 0) for o, v in zip(self.objectives, lead.values)]
-        tags = [RunTag("best_trial_number", str(lead.number)),
-                RunTag("best_run_id", str(lead.user_attrs.get(names.ATTR_MLFLOW_RUN))),
-                RunTag("best_overrides", str(lead.user_attrs.get(names.ATTR_OVERRIDES)))]
+        metrics = [
+            Metric(f"best_{o.metric}", float(v), now, 0) for o, v in zip(self.objectives, lead.values, strict=True)
+        ]
+        tags = [
+            RunTag("best_trial_number", str(lead.number)),
+            RunTag("best_run_id", str(lead.user_attrs.get(names.ATTR_MLFLOW_RUN))),
+            RunTag("best_overrides", str(lead.user_attrs.get(names.ATTR_OVERRIDES))),
+        ]
         if len(self.objectives) > 1:
             tags.append(RunTag("pareto_trial_numbers", ",".join(str(t.number) for t in best_trials)))
             tags.append(RunTag("best_rule", f"Pareto member best on {self.objectives[0].metric}"))
@@ -685,14 +795,23 @@ class Sweep:
     def _summary_or_raise(self) -> SweepSummary:
         counts = self.counts()
         if self.all_failed:
-            first = min((t for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                         if standing(t) == DONE), key=lambda t: t.number)
+            first = min(
+                (t for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if standing(t) == DONE),
+                key=lambda t: t.number,
+            )
             raise SweepFailedError(
                 f"every trial of study {self.sweep.study_name!r} failed ({counts['FAIL']}); the first, trial "
-                f"{first.number}, with: {first.user_attrs.get(names.TAG_ERROR, 'see its MLflow run')}")
-        return SweepSummary(self.sweep.study_name, self.storage, self.parent_run_id, counts, self.best,
-                            self.counts(self.baselines) if self.baselines else {},
-                            self.counts(self.confirm) if self.confirm else {})
+                f"{first.number}, with: {first.user_attrs.get(names.TAG_ERROR, 'see its MLflow run')}"
+            )
+        return SweepSummary(
+            self.sweep.study_name,
+            self.storage,
+            self.parent_run_id,
+            counts,
+            self.best,
+            self.counts(self.baselines) if self.baselines else {},
+            self.counts(self.confirm) if self.confirm else {},
+        )
 
     # -- workers that died ------------------------------------------------------------------------
     def _reap(self, phase: Phase) -> None:
@@ -714,9 +833,14 @@ class Sweep:
         if not run_id:
             return
         try:
-            self.client.log_batch(run_id, tags=[RunTag(names.TAG_OPTUNA_STATE, "FAIL"),
-                                                RunTag(names.TAG_OUTCOME, names.OUTCOME_WORKER_LOST),
-                                                RunTag(names.TAG_ERROR, "its worker stopped (killed, or its node was lost)")])
+            self.client.log_batch(
+                run_id,
+                tags=[
+                    RunTag(names.TAG_OPTUNA_STATE, "FAIL"),
+                    RunTag(names.TAG_OUTCOME, names.OUTCOME_WORKER_LOST),
+                    RunTag(names.TAG_ERROR, "its worker stopped (killed, or its node was lost)"),
+                ],
+            )
             self.client.set_terminated(run_id, "KILLED")
         except Exception:
             pass  # the run is gone from the tracking store: nothing to end
@@ -730,16 +854,9 @@ def _is_sweep_override(override: str) -> bool:
     return key == "sweep" or key.startswith(("sweep.", "sweep/", "hydra"))
 
 
-def _redact(url: str) -> str:
-    """A storage URL with any password removed, fit for logging."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
-
-
 def print_summary(summary: SweepSummary) -> None:
     """Where the results are and which trial won."""
+
     def line(counts: dict[str, int]) -> str:
         return ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))
 
@@ -748,7 +865,7 @@ def print_summary(summary: SweepSummary) -> None:
         print(f"baselines: {line(summary.baselines)}")
     if summary.confirmations:
         print(f"confirmations: {line(summary.confirmations)}")
-    print(f"optuna storage: {_redact(summary.storage)}")
+    print(f"optuna storage: {cli.redact_url(summary.storage)}")
     print(f"mlflow parent run: {summary.parent_run_id} (browse with `mlflow ui`)")
     for best in summary.best[:1]:
         values = ", ".join(f"{v:.4g}" for v in best["values"])
@@ -803,8 +920,11 @@ def main(cfg: DictConfig) -> None:
         sweep.setup()
         summary = sweep.run()
     except KeyboardInterrupt:
-        cli.fail("interrupted: the running trial was ended (KILLED in MLflow, not counted in Optuna); "
-                 "run the same command again to run it and the rest of the study.", code=130)
+        cli.fail(
+            "interrupted: the running trial was ended (KILLED in MLflow, not counted in Optuna); "
+            "run the same command again to run it and the rest of the study.",
+            code=130,
+        )
     print_summary(summary)
 
 

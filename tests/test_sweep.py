@@ -24,8 +24,16 @@ from lora_lab.sweep import Sweep, storage_url, to_sweep_config
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
-TINY = ["data.n_train=96", "data.n_eval=16", "train.max_steps=6", "train.eval_every=3", "train.batch_size=16",
-        "train.eval_generate=4", "train.logging_steps=3", "tracking.log_adapter=false"]
+TINY = [
+    "data.n_train=96",
+    "data.n_eval=16",
+    "train.max_steps=6",
+    "train.eval_every=3",
+    "train.batch_size=16",
+    "train.eval_generate=4",
+    "train.logging_steps=3",
+    "tracking.log_adapter=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +78,7 @@ def trial_runs(study: str):
 
 # -- search space ------------------------------------------------------------------------------
 
+
 def test_search_space_parses_preset_and_derives_alpha():
     register_configs()
     with initialize_config_dir(config_dir=CONF, version_base=None):
@@ -91,9 +100,17 @@ def test_trial_config_from_value_overrides_equals_a_full_compose(tracking_uri, t
     base = ["+sweep=full", "sweep.study_name=compose_check", "train.max_steps=7", "data=reverse"]
     with initialize_config_dir(config_dir=CONF, version_base=None):
         sweep = Sweep(compose("config", overrides=base), base, console_progress=False)
-        values = search_space.resolve(sweep.sweep, {"lora.r": 16, "alpha_over_r": 0.5, "lora.lora_dropout": 0.1,
-                                                     "lora.targets": "attn", "train.learning_rate": 3e-4,
-                                                     "lora.use_rslora": True})
+        values = search_space.resolve(
+            sweep.sweep,
+            {
+                "lora.r": 16,
+                "alpha_over_r": 0.5,
+                "lora.lora_dropout": 0.1,
+                "lora.targets": "attn",
+                "train.learning_rate": 3e-4,
+                "lora.use_rslora": True,
+            },
+        )
         trial_overrides = search_space.to_overrides(values)
         fast = sweep._apply_value_overrides(trial_overrides)
         full = compose("config", overrides=sweep.base_overrides + trial_overrides)
@@ -126,23 +143,34 @@ def test_search_space_types_and_bad_declarations():
     with pytest.raises(ConfigError, match="sweep.sampler.name"):
         SweepConfig(study_name="s", sampler=SamplerConfig(name="annealing"))
     with pytest.raises(ConfigError, match="grid only with categorical"):
-        SweepConfig(study_name="s", params={"x": ParamSpec(type="float", low=0, high=1)},
-                    sampler=SamplerConfig(name="grid"))
+        SweepConfig(
+            study_name="s", params={"x": ParamSpec(type="float", low=0, high=1)}, sampler=SamplerConfig(name="grid")
+        )
 
 
 def test_seeds_are_not_a_searched_dimension_and_share_a_config_id():
-    sweep = SweepConfig(study_name="s", params={"lora.r": ParamSpec(choices=[2, 4]), "x": ParamSpec(choices=[1, 2, 3])},
-                        seeds=3, sampler=SamplerConfig(name="grid"))
+    sweep = SweepConfig(
+        study_name="s",
+        params={"lora.r": ParamSpec(choices=[2, 4]), "x": ParamSpec(choices=[1, 2, 3])},
+        seeds=3,
+        sampler=SamplerConfig(name="grid"),
+    )
     assert search_space.grid(sweep) == {"lora.r": [2, 4], "x": [1, 2, 3]}
     assert search_space.grid_size(sweep) == 6 and len(search_space.grid_points(sweep)) == 6
     assert search_space.grid_points(sweep)[:2] == [{"lora.r": 2, "x": 1}, {"lora.r": 2, "x": 2}]
     assert search_space.space_size(sweep) == 6
-    assert search_space.space_size(SweepConfig(study_name="s", params={"y": ParamSpec(type="float", low=0, high=1)})) is None
-    assert search_space.config_id({"lora.r": 2, "train.seed": 0}) == search_space.config_id({"lora.r": 2, "train.seed": 2})
+    assert (
+        search_space.space_size(SweepConfig(study_name="s", params={"y": ParamSpec(type="float", low=0, high=1)}))
+        is None
+    )
+    assert search_space.config_id({"lora.r": 2, "train.seed": 0}) == search_space.config_id(
+        {"lora.r": 2, "train.seed": 2}
+    )
     assert search_space.config_id({"lora.r": 2}) != search_space.config_id({"lora.r": 4})
 
 
 # -- effective rank ----------------------------------------------------------------------------
+
 
 def test_effective_rank_of_an_adapter_with_known_rank():
     from peft import LoraConfig, get_peft_model
@@ -169,18 +197,25 @@ def test_effective_rank_of_an_adapter_with_known_rank():
 
 # -- whole sweeps --------------------------------------------------------------------------------
 
+
 def test_grid_covers_every_point_once_and_logs_the_run_tree(run_sweep):
     overrides = ["+sweep=rank_alpha", "sweep.study_name=grid_tree"]
     sweep, summary = run_sweep(overrides, {"lora.r": [1, 4], "alpha_over_r": [1, 2]})
     assert summary.counts == {"COMPLETE": 4}
     runs = trial_runs("grid_tree")
     assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}
-    pairs = sorted(zip(runs["params.lora.r"].astype(int), runs["params.lora.lora_alpha"].astype(float)))
+    pairs = sorted(zip(runs["params.lora.r"].astype(int), runs["params.lora.lora_alpha"].astype(float), strict=True))
     assert pairs == [(1, 1.0), (1, 2.0), (4, 4.0), (4, 8.0)]
     assert set(runs["tags.mlflow.parentRunId"]) == {summary.parent_run_id}
     assert set(runs["tags.optuna.state"]) == {"COMPLETE"}
-    for column in ("metrics.eval_loss", "metrics.exact_match", "metrics.trainable_params",
-                   "metrics.effective_rank_mean", "metrics.tokens_per_s", "metrics.peak_memory_mb"):
+    for column in (
+        "metrics.eval_loss",
+        "metrics.exact_match",
+        "metrics.trainable_params",
+        "metrics.effective_rank_mean",
+        "metrics.tokens_per_s",
+        "metrics.peak_memory_mb",
+    ):
         assert runs[column].notna().all(), column
     # trainable params grow linearly with r: r * sum(d_in + d_out) over the adapted modules
     by_r = runs.groupby(runs["params.lora.r"].astype(int))["metrics.trainable_params"].first()
@@ -227,12 +262,32 @@ def test_median_pruner_prunes_a_bad_trial_at_its_steps(run_sweep):
     """Two configurations enqueued with Optuna's own API (they go through the sampler's path): a
     good one, then one so bad that the median pruner stops it. Evaluations are reported at their
     optimizer step (the Trainer also evaluates at the last step, 13)."""
-    overrides = ["+sweep=full", "sweep.study_name=prune", "sweep.n_trials=2", "sweep.sampler.name=random",
-                 "sweep.pruner.n_startup_trials=1", "sweep.baselines=[]", "train.max_steps=13", "train.eval_every=3"]
-    good = {"lora.r": 8, "alpha_over_r": 2.0, "lora.lora_dropout": 0.0, "lora.targets": "all_linear",
-            "train.learning_rate": 0.02, "lora.use_rslora": False}
-    bad = {"lora.r": 1, "alpha_over_r": 0.25, "lora.lora_dropout": 0.0, "lora.targets": "qv",
-           "train.learning_rate": 0.0001, "lora.use_rslora": False}
+    overrides = [
+        "+sweep=full",
+        "sweep.study_name=prune",
+        "sweep.n_trials=2",
+        "sweep.sampler.name=random",
+        "sweep.pruner.n_startup_trials=1",
+        "sweep.baselines=[]",
+        "train.max_steps=13",
+        "train.eval_every=3",
+    ]
+    good = {
+        "lora.r": 8,
+        "alpha_over_r": 2.0,
+        "lora.lora_dropout": 0.0,
+        "lora.targets": "all_linear",
+        "train.learning_rate": 0.02,
+        "lora.use_rslora": False,
+    }
+    bad = {
+        "lora.r": 1,
+        "alpha_over_r": 0.25,
+        "lora.lora_dropout": 0.0,
+        "lora.targets": "qv",
+        "train.learning_rate": 0.0001,
+        "lora.use_rslora": False,
+    }
 
     def enqueue(sweep):
         sweep.study.enqueue_trial(good)
@@ -287,8 +342,9 @@ def test_multi_objective_sweep_records_the_pareto_set(run_sweep):
     assert len(complete) == 3 and all(len(t.values) == 2 for t in complete)
     pareto = {t.number for t in sweep.study.best_trials}
     for t in complete:  # a trial is on the front iff no other trial is at least as good in both
-        dominated = any(o.values[0] <= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values
-                        for o in complete)
+        dominated = any(
+            o.values[0] <= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values for o in complete
+        )
         assert (t.number in pareto) == (not dominated)
     tags = MlflowClient().get_run(summary.parent_run_id).data.tags
     assert set(map(int, tags["pareto_trial_numbers"].split(","))) == pareto
@@ -299,13 +355,22 @@ def test_multi_objective_sweep_records_the_pareto_set(run_sweep):
 
 def test_journal_storage_and_seed_repeats(run_sweep, tmp_path):
     journal = tmp_path / "study.journal"
-    overrides = ["+sweep=full", "sweep.study_name=journal_t", "sweep.n_trials=1", "sweep.seeds=2",
-                 "sweep.sampler.name=random", "sweep.pruner.name=none", "sweep.baselines=[]",
-                 f"sweep.storage={journal}"]
+    overrides = [
+        "+sweep=full",
+        "sweep.study_name=journal_t",
+        "sweep.n_trials=1",
+        "sweep.seeds=2",
+        "sweep.sampler.name=random",
+        "sweep.pruner.name=none",
+        "sweep.baselines=[]",
+        f"sweep.storage={journal}",
+    ]
     sweep, summary = run_sweep(overrides)
     assert summary.counts == {"COMPLETE": 2} and journal.stat().st_size > 0
-    study = optuna.load_study(study_name="journal_t", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(journal))))
+    study = optuna.load_study(
+        study_name="journal_t",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal))),
+    )
     first, second = study.get_trials()
     assert first.params == second.params  # the second trial repeats the first configuration ...
     runs = trial_runs("journal_t")
@@ -330,6 +395,7 @@ def test_failing_trials_are_recorded_and_an_all_failed_sweep_errors(run_sweep):
 
 
 # -- exactly once: seeds, samplers, failures, baselines --------------------------------------------
+
 
 def _slots(study: optuna.Study, state=TrialState.COMPLETE) -> list[str]:
     return sorted(t.user_attrs["lora_lab.slot"] for t in study.get_trials() if t.state == state)
@@ -357,8 +423,13 @@ def test_raising_seeds_on_an_existing_grid_runs_only_the_new_seeds(run_sweep):
 
 @pytest.mark.slow
 def test_raising_n_trials_outside_a_grid_samples_only_new_configurations(run_sweep):
-    overrides = ["+sweep=full", "sweep.study_name=more_trials", "sweep.sampler.name=random",
-                 "sweep.pruner.name=none", "sweep.baselines=[]"]
+    overrides = [
+        "+sweep=full",
+        "sweep.study_name=more_trials",
+        "sweep.sampler.name=random",
+        "sweep.pruner.name=none",
+        "sweep.baselines=[]",
+    ]
     sweep, first = run_sweep(overrides + ["sweep.n_trials=1"])
     assert first.counts == {"COMPLETE": 1}
     sweep, second = run_sweep(overrides + ["sweep.n_trials=2"])
@@ -374,9 +445,16 @@ def test_every_sampler_runs_past_its_start(run_sweep, sampler):
     for NSGA-II)."""
     preset = "pareto" if sampler == "nsgaii" else "full"
     n_trials = 3 if sampler == "nsgaii" else 2
-    overrides = [f"+sweep={preset}", f"sweep.study_name=sampler_{sampler}", f"sweep.sampler.name={sampler}",
-                 "sweep.sampler.n_startup_trials=1", "sweep.sampler.population_size=2", f"sweep.n_trials={n_trials}",
-                 "sweep.pruner.name=none", "sweep.baselines=[]"]
+    overrides = [
+        f"+sweep={preset}",
+        f"sweep.study_name=sampler_{sampler}",
+        f"sweep.sampler.name={sampler}",
+        "sweep.sampler.n_startup_trials=1",
+        "sweep.sampler.population_size=2",
+        f"sweep.n_trials={n_trials}",
+        "sweep.pruner.name=none",
+        "sweep.baselines=[]",
+    ]
     sweep, summary = run_sweep(overrides)
     assert summary.counts.get("COMPLETE") == n_trials and not summary.counts.get("FAIL")
     if sampler == "nsgaii":
@@ -395,7 +473,11 @@ def test_pareto_preset_population_fits_its_trials():
 def test_an_error_while_resolving_derived_values_is_shown_and_recorded(run_sweep, capsys):
     """A derived expression that fails for one grid point fails that trial before it has a config:
     its cause still reaches the console and an MLflow run; the other point runs."""
-    overrides = ["+sweep=targets", "sweep.study_name=derived_err", "sweep.derived={lora.lora_alpha: '8 / (lora.r - 2)'}"]
+    overrides = [
+        "+sweep=targets",
+        "sweep.study_name=derived_err",
+        "sweep.derived={lora.lora_alpha: '8 / (lora.r - 2)'}",
+    ]
     sweep, summary = run_sweep(overrides, {"lora.r": [2, 4], "lora.targets": ["qv"]})
     assert summary.counts == {"COMPLETE": 1, "FAIL": 1}
     assert "ZeroDivisionError" in capsys.readouterr().err
@@ -407,9 +489,17 @@ def test_an_error_while_resolving_derived_values_is_shown_and_recorded(run_sweep
 
 @pytest.mark.slow
 def test_baselines_run_once_per_seed_outside_the_search_and_confirm_reruns_the_best(run_sweep):
-    overrides = ["+sweep=full", "sweep.study_name=base_conf", "sweep.sampler.name=random", "sweep.pruner.name=none",
-                 "sweep.n_trials=2", "sweep.seeds=2", "sweep.confirm_top_k=1", "sweep.confirm_seeds=1",
-                 "sweep.baselines=[{name: small, overrides: ['lora.r=1']}]"]
+    overrides = [
+        "+sweep=full",
+        "sweep.study_name=base_conf",
+        "sweep.sampler.name=random",
+        "sweep.pruner.name=none",
+        "sweep.n_trials=2",
+        "sweep.seeds=2",
+        "sweep.confirm_top_k=1",
+        "sweep.confirm_seeds=1",
+        "sweep.baselines=[{name: small, overrides: ['lora.r=1']}]",
+    ]
     sweep, summary = run_sweep(overrides)
     assert summary.counts == {"COMPLETE": 4} and summary.baselines == {"COMPLETE": 2}
     assert summary.confirmations == {"COMPLETE": 1}
@@ -432,9 +522,21 @@ def test_an_all_failed_sweep_exits_non_zero_with_the_first_cause(tracking_uri, t
     import subprocess
 
     done = subprocess.run(
-        [sys.executable, "-m", "lora_lab.sweep", "+sweep=targets", "sweep.study_name=cli_fail",
-         "lora.target_modules=[no_such_module]", *TINY], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(Path(CONF).parent)})
+        [
+            sys.executable,
+            "-m",
+            "lora_lab.sweep",
+            "+sweep=targets",
+            "sweep.study_name=cli_fail",
+            "lora.target_modules=[no_such_module]",
+            *TINY,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(Path(CONF).parent)},
+    )
     assert done.returncode not in (0, None)
     output = done.stdout + done.stderr
     assert "every trial of study 'cli_fail' failed" in done.stderr and "no_such_module" in done.stderr

@@ -27,8 +27,16 @@ from lora_lab.sweep import Sweep, open_storage
 REPO = Path(__file__).resolve().parent.parent
 CONF = str(REPO / "conf")
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-TINY = ["data.n_train=96", "data.n_eval=16", "train.max_steps=6", "train.eval_every=3", "train.batch_size=16",
-        "train.eval_generate=4", "train.logging_steps=3", "tracking.log_adapter=false"]
+TINY = [
+    "data.n_train=96",
+    "data.n_eval=16",
+    "train.max_steps=6",
+    "train.eval_every=3",
+    "train.batch_size=16",
+    "train.eval_generate=4",
+    "train.logging_steps=3",
+    "tracking.log_adapter=false",
+]
 
 
 def _free_port() -> int:
@@ -43,9 +51,26 @@ def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow_server")
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art"),
-         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "art"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -74,14 +99,20 @@ def _env(tracking_uri: str, **extra: str) -> dict[str, str]:
 
 def _trial_runs(client: MlflowClient, study: str):
     experiment = client.get_experiment_by_name(study)
-    return [r for r in client.search_runs([experiment.experiment_id], max_results=1000)
-            if r.data.tags.get("lora_lab.kind") == "trial"]
+    return [
+        r
+        for r in client.search_runs([experiment.experiment_id], max_results=1000)
+        if r.data.tags.get("lora_lab.kind") == "trial"
+    ]
 
 
 def _no_running_runs(client: MlflowClient, study: str) -> None:
     experiment = client.get_experiment_by_name(study)
-    running = [r.info.run_name for r in client.search_runs([experiment.experiment_id], max_results=1000)
-               if r.info.status == "RUNNING"]
+    running = [
+        r.info.run_name
+        for r in client.search_runs([experiment.experiment_id], max_results=1000)
+        if r.info.status == "RUNNING"
+    ]
     assert running == [], running
 
 
@@ -96,10 +127,19 @@ def test_three_random_workers_run_only_distinct_configurations(mlflow_server, tm
     twice is caught before it trains."""
     study = f"random3_{uuid.uuid4().hex[:8]}"
     n_trials = 6
-    cmd = _sweep_cmd("+sweep=targets", f"sweep.study_name={study}", "sweep.sampler.name=random",
-                     f"sweep.storage={PG_URL}", f"sweep.n_trials={n_trials}", *TINY, "sweep.cpu_threads=1",
-                     "sweep.worker=range(3)", "--multirun", "hydra/launcher=local",
-                     f"hydra.sweep.dir={tmp_path / 'multirun'}")
+    cmd = _sweep_cmd(
+        "+sweep=targets",
+        f"sweep.study_name={study}",
+        "sweep.sampler.name=random",
+        f"sweep.storage={PG_URL}",
+        f"sweep.n_trials={n_trials}",
+        *TINY,
+        "sweep.cpu_threads=1",
+        "sweep.worker=range(3)",
+        "--multirun",
+        "hydra/launcher=local",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    )
     done = subprocess.run(cmd, cwd=tmp_path, env=_env(mlflow_server), capture_output=True, text=True, timeout=600)
     try:
         assert done.returncode == 0, done.stderr[-3000:]
@@ -129,10 +169,27 @@ def test_two_tpe_workers_run_each_configuration_with_every_seed(mlflow_server, t
     ``n_trials`` counts configurations, and each runs with every seed exactly once."""
     study = f"tpe2_{uuid.uuid4().hex[:8]}"
     journal = tmp_path / "study.journal"
-    common = ["+sweep=targets", f"sweep.study_name={study}", "sweep.sampler.name=tpe", f"sweep.storage={journal}",
-              "sweep.n_trials=3", "sweep.seeds=2", *TINY, "sweep.cpu_threads=1"]
-    procs = [subprocess.Popen(_sweep_cmd(*common, f"sweep.worker={w}"), cwd=tmp_path, env=_env(mlflow_server),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for w in range(2)]
+    common = [
+        "+sweep=targets",
+        f"sweep.study_name={study}",
+        "sweep.sampler.name=tpe",
+        f"sweep.storage={journal}",
+        "sweep.n_trials=3",
+        "sweep.seeds=2",
+        *TINY,
+        "sweep.cpu_threads=1",
+    ]
+    procs = [
+        subprocess.Popen(
+            _sweep_cmd(*common, f"sweep.worker={w}"),
+            cwd=tmp_path,
+            env=_env(mlflow_server),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for w in range(2)
+    ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     trials = optuna.load_study(study_name=study, storage=open_storage(str(journal))).get_trials()
@@ -149,7 +206,8 @@ def test_two_tpe_workers_run_each_configuration_with_every_seed(mlflow_server, t
     client = MlflowClient(mlflow_server)
     runs = _trial_runs(client, study)
     assert sorted((r.data.tags["lora_lab.config_id"], r.data.params["train.seed"]) for r in runs) == sorted(
-        (t.user_attrs["lora_lab.config_id"], str(t.user_attrs["lora_lab.seed"])) for t in complete)
+        (t.user_attrs["lora_lab.config_id"], str(t.user_attrs["lora_lab.seed"])) for t in complete
+    )
     _no_running_runs(client, study)
 
 
@@ -176,10 +234,23 @@ def test_sigterm_mid_trial_then_the_same_command_completes_the_grid(tmp_path):
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     longer = [o if not o.startswith("train.max_steps") else "train.max_steps=40" for o in TINY]
-    cmd = _sweep_cmd("+sweep=targets", "sweep.study_name=preempt", f"sweep.storage={storage}", "sweep.n_trials=3",
-                     *longer, "train.eval_every=20")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tracking), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    cmd = _sweep_cmd(
+        "+sweep=targets",
+        "sweep.study_name=preempt",
+        f"sweep.storage={storage}",
+        "sweep.n_trials=3",
+        *longer,
+        "train.eval_every=20",
+    )
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=_env(tracking),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     victim = _wait_for_running_trial(storage, "preempt", proc)
     os.kill(proc.pid, signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
@@ -214,8 +285,14 @@ def test_killed_worker_trial_is_found_and_restart_completes_without_duplicates(t
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     overrides = ["+sweep=targets", "sweep.study_name=killed", f"sweep.storage={storage}", "sweep.n_trials=3"]
     slow = [o if not o.startswith("train.max_steps") else "train.max_steps=5000" for o in TINY]
-    proc = subprocess.Popen(_sweep_cmd(*overrides, *slow), cwd=tmp_path, env=_env(tracking),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _sweep_cmd(*overrides, *slow),
+        cwd=tmp_path,
+        env=_env(tracking),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     victim = _wait_for_running_trial(storage, "killed", proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -225,8 +302,7 @@ def test_killed_worker_trial_is_found_and_restart_completes_without_duplicates(t
     mlflow.set_tracking_uri(tracking)
     register_configs()
     with initialize_config_dir(config_dir=CONF, version_base=None):  # the restarted sweep, no grace period
-        summary = Sweep(compose("config", overrides=overrides + TINY), overrides + TINY,
-                        console_progress=False).run()
+        summary = Sweep(compose("config", overrides=overrides + TINY), overrides + TINY, console_progress=False).run()
 
     loaded = optuna.load_study(study_name="killed", storage=storage)
     killed = loaded.trials[victim.number]
@@ -266,8 +342,12 @@ def test_nan_loss_fails_one_trial_and_the_sweep_goes_on(tmp_path, monkeypatch):
     overrides = ["+sweep=targets", "sweep.study_name=nan", "sweep.n_trials=3", "train.logging_steps=1", *TINY]
     holder: list = []
     with initialize_config_dir(config_dir=CONF, version_base=None):
-        sweep = Sweep(compose("config", overrides=overrides), overrides, console_progress=False,
-                      trial_callbacks=[PoisonTrial(holder, trial_number=1)])
+        sweep = Sweep(
+            compose("config", overrides=overrides),
+            overrides,
+            console_progress=False,
+            trial_callbacks=[PoisonTrial(holder, trial_number=1)],
+        )
         holder.append(sweep)
         summary = sweep.run()
     assert summary.counts == {"COMPLETE": 2, "FAIL": 1}
