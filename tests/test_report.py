@@ -328,6 +328,8 @@ def test_trial_state_from_tag_and_status():
     assert report.trial_state({"optuna.state": "COMPLETE"}, "KILLED") == "KILLED"  # status wins over tag
     assert report.trial_state({"optuna.state": "RUNNING"}, "RUNNING") == "RUNNING"
     assert report.trial_state({"optuna.state": "COMPLETE", "lora_lab.outcome": "duplicate"}, "FINISHED") == "EXCLUDED"
+    assert report.trial_state({"optuna.state": "FAIL", "lora_lab.outcome": "interrupted"}, "KILLED") == "EXCLUDED"
+    assert report.trial_state({"optuna.state": "FAIL", "lora_lab.outcome": "error"}, "FAILED") == "FAIL"  # a result
 
 
 def test_objective_resolution_is_tolerant(demo):
