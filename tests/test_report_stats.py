@@ -191,6 +191,7 @@ def client(tmp_path_factory):
                 ("qv", 4, False, [0.80, 0.82, 0.78]),
                 ("all_linear", 4, False, [0.60, 0.61, 0.59]),
                 ("qv", 8, False, [0.75, 0.76, 0.74]),
+                ("qv", 16, False, [0.62, 0.63, 0.61]),  # 3,200 params: within 25% of all_linear r=4's 2,800
                 ("all_linear", 8, False, [0.50, 0.52, 0.48]),
                 ("all_linear", 64, True, [0.45, 0.46, 0.44]),
                 ("all_linear", 64, False, [0.40, 0.70, 0.55]),
@@ -278,7 +279,8 @@ def test_targets_and_rslora_findings(client):
     targets = findings.targets_comparison(configs, data.ranked, "eval_loss", "minimize", keys)
     assert targets.verdict == "holds" and "in 2 of 2" in targets.evidence
     assert "r=4: all_linear 0.6 vs qv 0.8" in targets.evidence
-    assert "2,800 params: all_linear r=4 0.6 vs qv r=16" not in targets.evidence  # no qv run at r=16
+    assert "2,800 params: all_linear r=4 0.6 vs qv r=16 0.62 (Welch p = " in targets.evidence
+    assert "5,600 params" not in targets.evidence  # no q,v configuration within 25% of it
     rslora = findings.rslora_comparison(configs, data.ranked, data.runs, "eval_loss", keys)
     assert rslora.verdict == "holds" and "r=64" in rslora.evidence
     assert (

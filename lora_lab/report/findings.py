@@ -363,7 +363,8 @@ def targets_comparison(
     params = []
     if "trainable_params" in configs:
         for _, a in al.iterrows():
-            pool = qv.dropna(subset=["trainable_params"])
+            # q,v configurations that differ only in r (and targets): the same scale, dropout...
+            pool = _slice(qv, a, keys, ("lora.targets", "lora.r")).dropna(subset=["trainable_params"])
             if pool.empty or math.isnan(a.get("trainable_params", math.nan)):
                 continue
             ratio = pool["trainable_params"] / a["trainable_params"]
