@@ -737,3 +737,16 @@ def test_report_of_a_real_sweep(tmp_path, monkeypatch):
     assert f"lora.r={expected} " in command
     md = (path / "report.md").read_text()
     assert md.split("## ")[1].startswith("Recommendation") and str(tmp_path) not in md
+
+
+def test_store_named_without_paths_and_ui_links():
+    local = MlflowClient(tracking_uri="sqlite:////home/someone/project/mlflow.db")
+    server = MlflowClient(tracking_uri="http://mlflow.internal:5000/")
+    secret = MlflowClient(tracking_uri="https://user:pw@mlflow.internal")
+    assert read.store_words(local) == "a local MLflow sqlite store"  # never the file's path
+    assert read.store_words(server) == "the MLflow tracking server http://mlflow.internal:5000/"
+    assert "pw" not in read.store_words(secret)
+    assert read.ui_base(None, local) is None  # no server known: run ids are shown, not linked
+    assert read.ui_base(None, server) == "http://mlflow.internal:5000"
+    assert read.ui_base(None, secret) is None  # a link would not open without the credentials
+    assert read.ui_base("http://ui.example/", local) == "http://ui.example"
