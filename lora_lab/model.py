@@ -238,8 +238,11 @@ def _blank_model_card() -> str:
     return str(ModelCard.from_template(ModelCardData()))
 
 
-def save_adapter(peft_model: PeftModel, directory: str | Path) -> None:
+def save_adapter(peft_model: PeftModel, directory: str | Path, base_model: str | None = None) -> None:
     """Save the adapter with PEFT's ``save_pretrained`` (weights, adapter_config.json, README.md).
+
+    ``base_model`` (see ``base_model_id``) is written as the adapter's ``base_model_name_or_path``
+    instead of the directory the base was loaded from on this machine.
 
     PEFT starts the model card from huggingface_hub's template, which it compiles anew at every save
     (~22 ms, half of saving a small adapter); it updates an existing README.md instead, so the card
@@ -250,3 +253,24 @@ def save_adapter(peft_model: PeftModel, directory: str | Path) -> None:
     if not readme.exists():
         readme.write_text(_blank_model_card(), encoding="utf-8")
     peft_model.save_pretrained(str(directory))
+    if base_model:
+        # rewritten after saving, not set before: PEFT looks the base model's config up at its
+        # name_or_path while saving (a Hub request for an id that is not a local directory)
+        config_file = directory / "adapter_config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        loaded_from = config.get("base_model_name_or_path")
+        config["base_model_name_or_path"] = base_model
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+        if loaded_from and loaded_from != base_model:
+            card = readme.read_text(encoding="utf-8")
+            readme.write_text(card.replace(loaded_from, base_model), encoding="utf-8")
+
+
+def base_model_id(cfg: ModelConfig) -> str:
+    """The base model's name as an adapter records it: the Hub id (``Qwen/Qwen2.5-0.5B``), the config's
+    name for a local directory, ``lora_lab/<name>`` for a built-in model; never a path on this machine."""
+    if cfg.source == "builtin" or not cfg.pretrained:
+        return f"lora_lab/{cfg.name}"
+    if Path(cfg.pretrained).expanduser().exists() or cfg.pretrained.startswith(("/", ".", "~")):
+        return cfg.name
+    return cfg.pretrained

@@ -80,3 +80,11 @@ ATTR_PARENT_RUN = "mlflow_parent_run_id"
 BASELINE_STUDY_SUFFIX = ".baselines"
 CONFIRM_STUDY_SUFFIX = ".confirm"
 """Sibling Optuna studies of a sweep: baselines and confirmations never feed the sampler."""
+
+# -- MLflow UI: what `mlflow ui` opens on (lora_lab.track) -------------------------------------
+TAG_GIT_DIRTY = "lora_lab.git_dirty"
+"""'true' when tracked files of the code that ran differed from the commit in ``mlflow.source.git.commit``."""
+TAG_VERSION = "lora_lab.version"
+"""The installed lora_lab package version (the code version where there is no git checkout)."""
+TAG_RUN_VIEW = "lora_lab.runs_view"
+"""On the experiment: the id of the saved runs view lora_lab creates (``mlflow.sharedViewState.<id>``)."""

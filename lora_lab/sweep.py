@@ -268,6 +268,7 @@ class Sweep:
         """Open the studies, the experiment and the parent run; enqueue the missing slots."""
         self.check_inputs()
         self.client = MlflowClient()
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # links printed once, at the end
         self.raw_storage = open_storage(self.storage, self._on_stale_trial)
         name = self.sweep.study_name
         directions = [o.direction for o in self.objectives]
@@ -287,7 +288,13 @@ class Sweep:
         )
         self._base_composed = compose(config_name="config", overrides=self.base_overrides)
         self.base_seed = int(self._base_composed.train.seed)
-        self.experiment_id = track.ensure_experiment(self.client, self.sweep.experiment or name)
+        goals = [(o.metric, o.direction) for o in self.objectives]
+        self.experiment_id = track.ensure_experiment(
+            self.client,
+            self.sweep.experiment or name,
+            note=track.experiment_note(name, goals),
+            view=track.trial_view(goals, [*self.sweep.params, *self.sweep.derived]),
+        )
         self.resources = ResourceCache()
         self.parent_run_id = self._parent_run()
         self._plan()
@@ -361,6 +368,7 @@ class Sweep:
                 names.TAG_KIND: names.KIND_SWEEP,
                 names.TAG_STUDY: self.sweep.study_name,
                 names.TAG_OPTUNA_STORAGE: cli.redact_url(self.storage),
+                **track.source_tags(),
             },
         )
         run_id = run.info.run_id
@@ -532,6 +540,14 @@ class Sweep:
             composed,
             params={f"{names.SWEEP_PARAM_PREFIX}{k}": v for k, v in state.values.items()},
             tags={names.TAG_OVERRIDES: " ".join(overrides)},
+            run_name=track.trial_run_name(
+                trial.number,
+                trial_cfg,
+                state.values,
+                baseline=slot.baseline,
+                show_seed=self.sweep.seeds > 1 or phase.kind == "confirm",
+                prefix="c" if phase.kind == "confirm" else "t",
+            ),
         )
         callbacks = [*state.run.callbacks(), self.progress.trainer_callback(), *self.trial_callbacks]
         pruning = (
@@ -615,7 +631,7 @@ class Sweep:
         )
         run = self.client.create_run(self.experiment_id, run_name=f"{prefix}-{trial.number:04d}", tags=tags)
         trial.set_user_attr(names.ATTR_MLFLOW_RUN, run.info.run_id)
-        return track.TrialRun(self.client, run.info.run_id)
+        return track.TrialRun(self.client, run.info.run_id, self.experiment_id)
 
     def _baseline(self, name: str) -> BaselineConfig:
         for baseline in self.sweep.baselines:
@@ -765,6 +781,16 @@ class Sweep:
             tags.append(RunTag("best_rule", f"Pareto member best on {self.objectives[0].metric}"))
         self.client.log_batch(self.parent_run_id, metrics=metrics, tags=tags)
         self.client.log_dict(self.parent_run_id, best, "best_trials.json")
+        track.log_sweep_summary(
+            self.client,
+            self.experiment_id,
+            self.parent_run_id,
+            self.sweep.study_name,
+            [(o.metric, o.direction) for o in self.objectives],
+            best,
+            self.counts(),
+            cli.redact_url(self.storage),
+        )
         return best
 
     def counts(self, phase: Phase | None = None) -> dict[str, int]:
@@ -866,7 +892,8 @@ def print_summary(summary: SweepSummary) -> None:
     if summary.confirmations:
         print(f"confirmations: {line(summary.confirmations)}")
     print(f"optuna storage: {cli.redact_url(summary.storage)}")
-    print(f"mlflow parent run: {summary.parent_run_id} (browse with `mlflow ui`)")
+    for hint in track.browse_hints(MlflowClient(), summary.parent_run_id, cli.redact_url(summary.storage)):
+        print(hint)
     for best in summary.best[:1]:
         values = ", ".join(f"{v:.4g}" for v in best["values"])
         print(f"best trial {best['number']} ({values}): python -m lora_lab.train {best['overrides']}")

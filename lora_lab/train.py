@@ -27,8 +27,8 @@ from lora_lab.config import TrialConfig, register_configs, to_trial_config
 from lora_lab.data import TaskData, build_task_data
 from lora_lab.errors import TrialFailedError
 from lora_lab.evaluate import argmax_logits, exact_match, perplexity, token_accuracy
-from lora_lab.model import (attach_adapter, bf16_by_default, detach_adapter, device, load_base_model,
-                            load_tokenizer, save_adapter)
+from lora_lab.model import (attach_adapter, base_model_id, bf16_by_default, detach_adapter, device,
+                            load_base_model, load_tokenizer, save_adapter)
 
 
 @dataclass
@@ -217,7 +217,7 @@ def run_trial(cfg: TrialConfig, output_dir: str | Path, resources: TrialResource
         adapter_dir = None
         if cfg.train.save_adapter and not was_pruned:
             adapter_dir = str(output_dir / "adapter")
-            save_adapter(model, adapter_dir)
+            save_adapter(model, adapter_dir, base_model=base_model_id(cfg.model))
         if on_adapter_ready is not None:
             on_adapter_ready(model)
         train_time = float(train_output.metrics["train_runtime"])

@@ -1,0 +1,219 @@
+"""What `mlflow ui` shows of a sweep: run names, source and code version, the experiment's kind,
+description and saved runs view, the parent run's note, summary metrics as bars, and adapters that
+name their base model rather than a path. A real sqlite MLflow store and real (tiny) trainings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from lora_lab import names, track
+from lora_lab.config import ModelConfig, register_configs
+from lora_lab.model import base_model_id
+from lora_lab.sweep import Sweep
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = [
+    "data.n_train=64",
+    "data.n_eval=16",
+    "train.max_steps=4",
+    "train.eval_every=2",
+    "train.batch_size=16",
+    "train.eval_generate=2",
+    "train.logging_steps=2",
+    "tracking.log_adapter=false",
+]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A sqlite MLflow store of the module's own."""
+    return MlflowClient(f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def sweep_result(store, tmp_path_factory):
+    """A two-trial rank_alpha grid, composed as the CLI does, run in a fresh directory."""
+    import os
+
+    work = tmp_path_factory.mktemp("sweep")
+    old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(work)
+    os.environ["MLFLOW_TRACKING_URI"] = store.tracking_uri
+    try:
+        register_configs()
+        overrides = ["+sweep=rank_alpha", "sweep.study_name=ui_names"]
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+            cfg = compose("config", overrides=overrides + TINY)
+            cfg.sweep.params["lora.r"].choices = [2, 8]
+            cfg.sweep.params["alpha_over_r"].choices = [4]
+            sweep = Sweep(cfg, overrides + TINY, console_progress=False)
+            summary = sweep.run()
+    finally:
+        os.chdir(old_cwd)
+        if old_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_uri
+    trials = store.search_runs([sweep.experiment_id], f"tags.`{names.TAG_KIND}` = '{names.KIND_TRIAL}'")
+    return sweep, summary, {t.info.run_name: t for t in trials}, work
+
+
+# -- names -------------------------------------------------------------------------------------
+
+
+def test_run_names_say_what_the_trial_is(make_trial_config):
+    cfg = make_trial_config("lora.r=64", "lora.lora_alpha=256")
+    assert track.trial_run_name(13, cfg, ["lora.r", "alpha_over_r", "lora.lora_alpha"]) == "t13 r=64 α=256 all_linear"
+    seeded = make_trial_config(
+        "lora.r=4", "lora.lora_alpha=2", "train.seed=2", "lora.targets=qv", "quant=nf4", "lora.lora_dropout=0.05"
+    )
+    assert (
+        track.trial_run_name(7, seeded, ["lora.r", "lora.lora_dropout", "train.seed"], show_seed=True)
+        == "t7 r=4 α=2 qv nf4 dropout=0.05 s2"
+    )
+    assert track.trial_run_name(0, make_trial_config("train.seed=1"), baseline="full_ft") == "full_ft s1"
+    assert track.run_name(make_trial_config()) == "tiny_llama r=8 α=16 all_linear s0"
+
+
+def test_adapter_names_its_base_model_never_a_path(tmp_path):
+    assert base_model_id(ModelConfig(name="tiny_llama", source="builtin")) == "lora_lab/tiny_llama"
+    assert base_model_id(ModelConfig(name="qwen", source="hub", pretrained="Qwen/Qwen2.5-0.5B")) == "Qwen/Qwen2.5-0.5B"
+    local = tmp_path / "my-model"
+    local.mkdir()
+    assert base_model_id(ModelConfig(name="mine", source="hub", pretrained=str(local))) == "mine"
+
+
+# -- code version ------------------------------------------------------------------------------
+
+
+def _git(*args, cwd):
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_git_state_commit_and_dirty_flag(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "mod.py").write_text("x = 1\n")
+    _git("init", "-q", "-b", "work", cwd=repo)
+    _git("add", ".", cwd=repo)
+    _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c", cwd=repo)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    clean = track.git_state(repo / "pkg", "mod.py")
+    assert clean == {"mlflow.source.git.commit": head, names.TAG_GIT_DIRTY: "false", "mlflow.source.git.branch": "work"}
+    (repo / "pkg" / "outputs.log").write_text("run output\n")  # untracked: not a code change
+    assert track.git_state(repo / "pkg", "mod.py")[names.TAG_GIT_DIRTY] == "false"
+    (repo / "pkg" / "mod.py").write_text("x = 2\n")
+    assert track.git_state(repo / "pkg", "mod.py")[names.TAG_GIT_DIRTY] == "true"
+    assert track.git_state(repo / "pkg", "outputs.log") == {}  # a file the checkout does not track
+
+
+# -- the experiment ----------------------------------------------------------------------------
+
+
+def test_experiment_kind_description_and_saved_view(store):
+    view = track.trial_view([("eval_loss", "minimize")], ["lora.r", "alpha_over_r", "lora.lora_alpha"])
+    eid = track.ensure_experiment(store, "ui_experiment", note="first note", view=view)
+    tags = store.get_experiment(eid).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tags["mlflow.note.content"] == "first note"
+    envelope = json.loads(tags[track.VIEW_TAG_PREFIX + track.VIEW_ID])
+    state = json.loads(envelope["state"])  # the envelope MLflow's UI parses: state is a JSON string
+    assert envelope["name"] == "lora_lab: trials by eval_loss" and isinstance(envelope["createdAt"], int)
+    assert state["selectedColumns"][:4] == [
+        "params.`lora.r`",
+        "params.`lora.lora_alpha`",
+        "params.`lora.targets`",
+        "metrics.`eval_loss`",
+    ]
+    assert state["orderByKey"] == "metrics.`eval_loss`" and state["orderByAsc"] is True
+    # the filter is one MLflow's search accepts, and it leaves sweep parent runs out
+    parent = store.create_run(eid, tags={names.TAG_KIND: names.KIND_SWEEP})
+    child = store.create_run(eid, tags={names.TAG_KIND: names.KIND_TRIAL})
+    assert [r.info.run_id for r in store.search_runs([eid], state["searchFilter"])] == [child.info.run_id]
+    assert parent.info.run_id
+    # a description edited in the UI stays; a changed sweep gets its view rewritten
+    store.set_experiment_tag(eid, "mlflow.note.content", "edited by hand")
+    maximize = track.trial_view([("exact_match", "maximize")], ["lora.lora_dropout"])
+    track.ensure_experiment(store, "ui_experiment", note="first note", view=maximize)
+    tags = store.get_experiment(eid).tags
+    assert tags["mlflow.note.content"] == "edited by hand"
+    state = json.loads(json.loads(tags[track.VIEW_TAG_PREFIX + track.VIEW_ID])["state"])
+    assert state["orderByKey"] == "metrics.`exact_match`" and state["orderByAsc"] is False
+    assert "params.`lora.lora_dropout`" in state["selectedColumns"]
+
+
+def test_links_point_at_the_runs_view_and_the_run():
+    assert (
+        track.runs_url("3", "http://h:5000")
+        == "http://h:5000/#/experiments/3/runs?workflowType=machine_learning&viewStateShareKey=lora_lab-trials"
+    )
+    assert track.run_url("3", "abc") == "#/experiments/3/runs/abc"
+    assert track.ui_base_url("http://mlflow.example:8080/") == "http://mlflow.example:8080"
+    assert track.ui_base_url("sqlite:///mlflow.db") == "http://127.0.0.1:5000"
+
+
+# -- a sweep as the UI shows it ----------------------------------------------------------------
+
+
+def test_sweep_runs_carry_names_source_and_truthful_params(sweep_result, store):
+    sweep, summary, trials, _ = sweep_result
+    # t<Optuna trial number> then the settings (the grid's order is the sampler's)
+    assert sorted(n.split(" ", 1)[0] for n in trials) == ["t0", "t1"]
+    assert sorted(n.split(" ", 1)[1] for n in trials) == ["r=2 α=8 all_linear", "r=8 α=32 all_linear"]
+    parent = store.get_run(summary.parent_run_id)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    for run in [*trials.values(), parent]:
+        tags = run.data.tags
+        assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"]
+        assert tags["mlflow.source.git.commit"] == head
+        assert tags[names.TAG_GIT_DIRTY] in ("true", "false")
+    for run in trials.values():
+        assert run.data.params["tracking.experiment"] == "ui_names"  # not the single-run default 'lora_lab'
+        config = store.download_artifacts(run.info.run_id, "config.yaml")
+        assert "experiment: ui_names" in Path(config).read_text()
+
+
+def test_summary_metrics_are_single_values_at_step_zero(sweep_result, store):
+    _, _, trials, _ = sweep_result
+    run_id = next(run.info.run_id for name, run in trials.items() if name.endswith("r=8 α=32 all_linear"))
+    for metric in ("exact_match", "perplexity", "effective_rank_mean", "trainable_params", "train_time_s"):
+        history = store.get_metric_history(run_id, metric)
+        assert [m.step for m in history] == [0], metric
+    assert [m.step for m in store.get_metric_history(run_id, "eval_loss")] == [2, 4]  # curves keep their steps
+
+
+def test_parent_note_links_the_best_trial_and_the_report(sweep_result, store):
+    sweep, summary, trials, _ = sweep_result
+    parent = store.get_run(summary.parent_run_id)
+    best_id = parent.data.tags["best_run_id"]
+    best_name = store.get_run(best_id).info.run_name
+    note = parent.data.tags["mlflow.note.content"]
+    assert f"[{best_name}](#/experiments/{sweep.experiment_id}/runs/{best_id})" in note
+    assert "python -m lora_lab.report study=ui_names" in note and "reports/ui_names/report.md" in note
+    assert "optuna-dashboard sweeps/ui_names/optuna.journal" in note
+    table = json.loads(Path(store.download_artifacts(summary.parent_run_id, "trials.json")).read_text())
+    assert table["data"][0][table["columns"].index("run_id")] == best_id  # best first
+    # a written report is attached to the parent run and linked from its note
+    report = Path(sweep_result[3]) / "reports" / "ui_names"
+    report.mkdir(parents=True)
+    (report / "report.md").write_text("# report\n")
+    assert track.log_report(report, "ui_names", store) == summary.parent_run_id
+    note = store.get_run(summary.parent_run_id).data.tags["mlflow.note.content"]
+    assert f"(#/experiments/{sweep.experiment_id}/runs/{summary.parent_run_id}/artifacts)" in note
+    assert "report/report.md" in [a.path for a in store.list_artifacts(summary.parent_run_id, "report")]
+
+
+def test_saved_adapter_names_the_base_model(sweep_result):
+    _, _, _, work = sweep_result
+    configs = sorted(Path(work).glob("sweeps/ui_names/trials/*/adapter/adapter_config.json"))
+    assert len(configs) == 2
+    for path in configs:
+        assert json.loads(path.read_text())["base_model_name_or_path"] == "lora_lab/tiny_llama"
+        card = (path.parent / "README.md").read_text()
+        assert "base_model: lora_lab/tiny_llama" in card and str(Path.home()) not in card
