@@ -217,3 +217,57 @@ def test_saved_adapter_names_the_base_model(sweep_result):
         assert json.loads(path.read_text())["base_model_name_or_path"] == "lora_lab/tiny_llama"
         card = (path.parent / "README.md").read_text()
         assert "base_model: lora_lab/tiny_llama" in card and str(Path.home()) not in card
+
+
+# -- optuna-dashboard --------------------------------------------------------------------------
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "postgresql"])
+def test_optuna_dashboard_opens_each_storage_with_the_printed_command(kind, tmp_path):
+    """The command the sweep prints (``track.dashboard_command``) serves the study, whatever the storage."""
+    import shlex
+    import socket
+    import sys
+    import time
+    import urllib.request
+    import uuid
+
+    import optuna
+
+    from lora_lab.sweep import open_storage
+
+    url = {
+        "journal": str(tmp_path / "optuna.journal"),
+        "sqlite": f"sqlite:///{tmp_path / 'optuna.db'}",
+        "postgresql": PG_URL,
+    }[kind]
+    name = f"dashboard_{kind}_{uuid.uuid4().hex[:8]}"
+    study = optuna.create_study(study_name=name, storage=open_storage(url))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = shlex.split(track.dashboard_command(url))
+    assert argv[0] == "optuna-dashboard"
+    exe = str(Path(sys.executable).parent / "optuna-dashboard")
+    server = subprocess.Popen(
+        [exe, *argv[1:], "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline, body = time.monotonic() + 90, None
+        while time.monotonic() < deadline and body is None:
+            try:
+                body = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5).read())
+            except OSError:
+                assert server.poll() is None, "optuna-dashboard exited"
+                time.sleep(0.5)
+        assert body is not None, "optuna-dashboard never answered"
+        assert name in [s["study_name"] for s in body["study_summaries"]]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        if kind == "postgresql":
+            optuna.delete_study(study_name=name, storage=url)
