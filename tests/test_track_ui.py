@@ -12,7 +12,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from lora_lab import names, track
+from lora_lab import mlflow_ui as ui
+from lora_lab import names
 from lora_lab.config import ModelConfig, register_configs
 from lora_lab.model import base_model_id
 from lora_lab.sweep import Sweep
@@ -69,16 +70,16 @@ def sweep_result(store, tmp_path_factory):
 
 def test_run_names_say_what_the_trial_is(make_trial_config):
     cfg = make_trial_config("lora.r=64", "lora.lora_alpha=256")
-    assert track.trial_run_name(13, cfg, ["lora.r", "alpha_over_r", "lora.lora_alpha"]) == "t13 r=64 α=256 all_linear"
+    assert ui.trial_run_name(13, cfg, ["lora.r", "alpha_over_r", "lora.lora_alpha"]) == "t13 r=64 α=256 all_linear"
     seeded = make_trial_config(
         "lora.r=4", "lora.lora_alpha=2", "train.seed=2", "lora.targets=qv", "quant=nf4", "lora.lora_dropout=0.05"
     )
     assert (
-        track.trial_run_name(7, seeded, ["lora.r", "lora.lora_dropout", "train.seed"], show_seed=True)
+        ui.trial_run_name(7, seeded, ["lora.r", "lora.lora_dropout", "train.seed"], show_seed=True)
         == "t7 r=4 α=2 qv nf4 dropout=0.05 s2"
     )
-    assert track.trial_run_name(0, make_trial_config("train.seed=1"), baseline="full_ft") == "full_ft s1"
-    assert track.run_name(make_trial_config()) == "tiny_llama r=8 α=16 all_linear s0"
+    assert ui.trial_run_name(0, make_trial_config("train.seed=1"), baseline="full_ft") == "full_ft s1"
+    assert ui.run_name(make_trial_config()) == "tiny_llama r=8 α=16 all_linear s0"
 
 
 def test_adapter_names_its_base_model_never_a_path(tmp_path):
@@ -104,25 +105,25 @@ def test_git_state_commit_and_dirty_flag(tmp_path):
     _git("add", ".", cwd=repo)
     _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c", cwd=repo)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
-    clean = track.git_state(repo / "pkg", "mod.py")
+    clean = ui.git_state(repo / "pkg", "mod.py")
     assert clean == {"mlflow.source.git.commit": head, names.TAG_GIT_DIRTY: "false", "mlflow.source.git.branch": "work"}
     (repo / "pkg" / "outputs.log").write_text("run output\n")  # untracked: not a code change
-    assert track.git_state(repo / "pkg", "mod.py")[names.TAG_GIT_DIRTY] == "false"
+    assert ui.git_state(repo / "pkg", "mod.py")[names.TAG_GIT_DIRTY] == "false"
     (repo / "pkg" / "mod.py").write_text("x = 2\n")
-    assert track.git_state(repo / "pkg", "mod.py")[names.TAG_GIT_DIRTY] == "true"
-    assert track.git_state(repo / "pkg", "outputs.log") == {}  # a file the checkout does not track
+    assert ui.git_state(repo / "pkg", "mod.py")[names.TAG_GIT_DIRTY] == "true"
+    assert ui.git_state(repo / "pkg", "outputs.log") == {}  # a file the checkout does not track
 
 
 # -- the experiment ----------------------------------------------------------------------------
 
 
 def test_experiment_kind_description_and_saved_view(store):
-    view = track.trial_view([("eval_loss", "minimize")], ["lora.r", "alpha_over_r", "lora.lora_alpha"])
-    eid = track.ensure_experiment(store, "ui_experiment", note="first note", view=view)
+    view = ui.trial_view([("eval_loss", "minimize")], ["lora.r", "alpha_over_r", "lora.lora_alpha"])
+    eid = ui.ensure_experiment(store, "ui_experiment", note="first note", view=view)
     tags = store.get_experiment(eid).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
     assert tags["mlflow.note.content"] == "first note"
-    envelope = json.loads(tags[track.VIEW_TAG_PREFIX + track.VIEW_ID])
+    envelope = json.loads(tags[ui.VIEW_TAG_PREFIX + ui.VIEW_ID])
     state = json.loads(envelope["state"])  # the envelope MLflow's UI parses: state is a JSON string
     assert envelope["name"] == "lora_lab: trials by eval_loss" and isinstance(envelope["createdAt"], int)
     assert state["selectedColumns"][:4] == [
@@ -139,23 +140,23 @@ def test_experiment_kind_description_and_saved_view(store):
     assert parent.info.run_id
     # a description edited in the UI stays; a changed sweep gets its view rewritten
     store.set_experiment_tag(eid, "mlflow.note.content", "edited by hand")
-    maximize = track.trial_view([("exact_match", "maximize")], ["lora.lora_dropout"])
-    track.ensure_experiment(store, "ui_experiment", note="first note", view=maximize)
+    maximize = ui.trial_view([("exact_match", "maximize")], ["lora.lora_dropout"])
+    ui.ensure_experiment(store, "ui_experiment", note="first note", view=maximize)
     tags = store.get_experiment(eid).tags
     assert tags["mlflow.note.content"] == "edited by hand"
-    state = json.loads(json.loads(tags[track.VIEW_TAG_PREFIX + track.VIEW_ID])["state"])
+    state = json.loads(json.loads(tags[ui.VIEW_TAG_PREFIX + ui.VIEW_ID])["state"])
     assert state["orderByKey"] == "metrics.`exact_match`" and state["orderByAsc"] is False
     assert "params.`lora.lora_dropout`" in state["selectedColumns"]
 
 
 def test_links_point_at_the_runs_view_and_the_run():
     assert (
-        track.runs_url("3", "http://h:5000")
+        ui.runs_url("3", "http://h:5000")
         == "http://h:5000/#/experiments/3/runs?workflowType=machine_learning&viewStateShareKey=lora_lab-trials"
     )
-    assert track.run_url("3", "abc") == "#/experiments/3/runs/abc"
-    assert track.ui_base_url("http://mlflow.example:8080/") == "http://mlflow.example:8080"
-    assert track.ui_base_url("sqlite:///mlflow.db") == "http://127.0.0.1:5000"
+    assert ui.run_url("3", "abc") == "#/experiments/3/runs/abc"
+    assert ui.ui_base_url("http://mlflow.example:8080/") == "http://mlflow.example:8080"
+    assert ui.ui_base_url("sqlite:///mlflow.db") == "http://127.0.0.1:5000"
 
 
 # -- a sweep as the UI shows it ----------------------------------------------------------------
@@ -203,7 +204,7 @@ def test_parent_note_links_the_best_trial_and_the_report(sweep_result, store):
     report = Path(sweep_result[3]) / "reports" / "ui_names"
     report.mkdir(parents=True)
     (report / "report.md").write_text("# report\n")
-    assert track.log_report(report, "ui_names", store) == summary.parent_run_id
+    assert ui.log_report(report, "ui_names", store) == summary.parent_run_id
     note = store.get_run(summary.parent_run_id).data.tags["mlflow.note.content"]
     assert f"(#/experiments/{sweep.experiment_id}/runs/{summary.parent_run_id}/artifacts)" in note
     assert "report/report.md" in [a.path for a in store.list_artifacts(summary.parent_run_id, "report")]
@@ -227,7 +228,7 @@ PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["journal", "sqlite", "postgresql"])
 def test_optuna_dashboard_opens_each_storage_with_the_printed_command(kind, tmp_path):
-    """The command the sweep prints (``track.dashboard_command``) serves the study, whatever the storage."""
+    """The command the sweep prints (``ui.dashboard_command``) serves the study, whatever the storage."""
     import shlex
     import socket
     import sys
@@ -250,7 +251,7 @@ def test_optuna_dashboard_opens_each_storage_with_the_printed_command(kind, tmp_
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    argv = shlex.split(track.dashboard_command(url))
+    argv = shlex.split(ui.dashboard_command(url))
     assert argv[0] == "optuna-dashboard"
     exe = str(Path(sys.executable).parent / "optuna-dashboard")
     server = subprocess.Popen(

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_lab import cli
 from lora_lab.config import ReportConfig, register_configs
+from lora_lab.mlflow_ui import log_report
 from lora_lab.report.sections import build_report
 
 
@@ -34,6 +35,9 @@ def main(cfg: DictConfig) -> None:
     _quiet()
     target = build_report(settings)
     print(f"report: {target / 'report.md'} (and report.html, CSVs, plots in {target}{os.sep})")
+    parent = log_report(target, settings.study)  # the sweep's run note links it in the MLflow UI
+    if parent:
+        print(f"attached to the sweep's MLflow run {parent} (artifacts: report/)")
 
 
 if __name__ == "__main__":
