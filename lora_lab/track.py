@@ -21,8 +21,11 @@ What is logged (the contract ``lora_lab.report`` reads):
   ``eval_loss``, ``eval_token_accuracy``. Final metrics: ``eval_loss``, ``eval_token_accuracy``,
   ``perplexity``, ``exact_match``, ``trainable_params``, ``total_params``, ``trainable_pct``,
   ``wall_time_s``, ``train_time_s``, ``tokens_per_s``, ``peak_memory_mb``,
-  ``effective_rank_mean|min|max``. Artifacts: ``config.yaml``, ``effective_rank.json``,
-  ``adapter/``. Status: FINISHED (complete), KILLED (pruned or interrupted), FAILED (error).
+  ``effective_rank_mean|min|max``, logged at step 0 (the final eval_loss and eval_token_accuracy
+  are the last step's). Artifacts: ``config.yaml``, ``effective_rank.json``, ``adapter/``. Status:
+  FINISHED (complete), KILLED (pruned or interrupted), FAILED (error).
+* Every run: a name that says what it is, its source and code version, and the experiment's kind,
+  description and saved runs view (``lora_lab.mlflow_ui``).
 """
 
 from __future__ import annotations
