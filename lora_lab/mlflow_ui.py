@@ -229,15 +229,69 @@ def runs_view(
     return {"name": name, "state": state}
 
 
+CURVES = ("eval_loss", "eval_token_accuracy", "train_loss")
+"""Metrics logged at every evaluation or log step (drawn as curves); every other metric is an
+end-of-run summary logged at step 0 (drawn as bars)."""
+
+CHART_SECTION = "lora_lab-charts"
+
+
+def trial_charts(params: Sequence[str], objectives: Sequence[str], summaries: Sequence[str]) -> list[dict[str, Any]]:
+    """The chart view's cards (MLflow's chart-card fields): parallel coordinates of the searched
+    params against the first objective over all runs, the first objective against trainable
+    parameters, then a curve per step metric and a bar chart per summary (the first 10 runs of the
+    table, which the view sorts best first)."""
+    first = objectives[0]
+    base = {"runsCountToCompare": 10, "metricSectionId": CHART_SECTION, "deleted": False, "isGenerated": False}
+    line = {
+        "lineSmoothness": 0,
+        "xAxisScaleType": "linear",
+        "scaleType": "linear",
+        "xAxisKey": "step",
+        "selectedXAxisMetricKey": "",
+        "range": {},
+        "yAxisKey": "metric",
+        "yAxisExpressions": [],
+        "ignoreOutliers": False,
+        "useGlobalXaxisKey": True,
+        "useGlobalLineSmoothing": True,
+    }
+    cards = [
+        {
+            **base,
+            "uuid": "lora_lab-parallel",
+            "type": "PARALLEL",
+            "runsCountToCompare": 1000,
+            "selectedParams": list(params),
+            "selectedMetrics": [first],
+            "showAllRuns": True,
+        },
+        {
+            **base,
+            "uuid": "lora_lab-scatter",
+            "type": "SCATTER",
+            "runsCountToCompare": 1000,
+            "xaxis": {"key": "trainable_params", "type": "METRIC"},
+            "yaxis": {"key": first, "type": "METRIC"},
+        },
+    ]
+    for metric in dict.fromkeys([*objectives, *CURVES, *summaries]):
+        if metric in CURVES:
+            cards.append({**base, **line, "uuid": f"lora_lab-{metric}", "type": "LINE", "metricKey": metric})
+        else:
+            cards.append({**base, "uuid": f"lora_lab-{metric}", "type": "BAR", "metricKey": metric})
+    return cards
+
+
 def trial_view(
     objectives: Sequence[tuple[str, str]] = (("eval_loss", "minimize"),), searched: Iterable[str] = ()
 ) -> dict[str, Any]:
     """The runs view of a sweep's experiment: r, alpha, targets and every other searched config
     field, the objectives then the main summaries, best first by the first objective; sweep parent
-    runs left out."""
+    runs left out. Its chart view (``trial_charts``) plots the searched params against the objective."""
     fields = [n for n in searched if "." in n and n.split(".", 1)[0] in names.TRIAL_GROUPS and n != names.SEED_KEY]
     metric, direction = objectives[0]
-    return runs_view(
+    view = runs_view(
         f"lora_lab: trials by {metric}",
         ["lora.r", "lora.lora_alpha", "lora.targets", *fields],
         [m for m, _ in objectives] + list(DEFAULT_VIEW_METRICS),
@@ -245,6 +299,21 @@ def trial_view(
         direction == "minimize",
         f"tags.`{names.TAG_KIND}` != '{names.KIND_SWEEP}'",
     )
+    summaries = [*DEFAULT_VIEW_METRICS, "peak_memory_mb", "tokens_per_s"]
+    view["state"]["compareRunCharts"] = trial_charts(
+        list(dict.fromkeys(["lora.r", "lora.lora_alpha", *fields])), [m for m, _ in objectives], summaries
+    )
+    view["state"]["compareRunSections"] = [
+        {
+            "uuid": CHART_SECTION,
+            "name": f"lora_lab: r, alpha and {metric}",
+            "display": True,
+            "isReordered": False,
+            "deleted": False,
+            "isGenerated": False,
+        }
+    ]
+    return view
 
 
 def experiment_tags(

@@ -133,6 +133,11 @@ def test_experiment_kind_description_and_saved_view(store):
         "metrics.`eval_loss`",
     ]
     assert state["orderByKey"] == "metrics.`eval_loss`" and state["orderByAsc"] is True
+    charts = {c["uuid"]: c for c in state["compareRunCharts"]}
+    parallel = charts["lora_lab-parallel"]
+    assert parallel["selectedParams"] == ["lora.r", "lora.lora_alpha"] and parallel["selectedMetrics"] == ["eval_loss"]
+    assert charts["lora_lab-eval_loss"]["type"] == "LINE" and charts["lora_lab-exact_match"]["type"] == "BAR"
+    assert {c["metricSectionId"] for c in charts.values()} == {s["uuid"] for s in state["compareRunSections"]}
     # the filter is one MLflow's search accepts, and it leaves sweep parent runs out
     parent = store.create_run(eid, tags={names.TAG_KIND: names.KIND_SWEEP})
     child = store.create_run(eid, tags={names.TAG_KIND: names.KIND_TRIAL})
