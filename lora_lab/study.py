@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from lora_lab import names
@@ -324,6 +325,22 @@ class SlotBook:
             if t.user_attrs.get(names.TAG_OUTCOME) in (names.OUTCOME_DUPLICATE, names.OUTCOME_SURPLUS):
                 continue
             out[cid] = dict(t.params)
+        return out
+
+    def changed_choices(self, distributions: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        """(name, choices the study began with, choices now) of every categorical parameter whose
+        choices changed since the study began: Optuna refuses another value space for a parameter
+        within one study."""
+        seen: dict[str, Any] = {}
+        for t in self.trials():
+            for name, dist in t.distributions.items():
+                seen.setdefault(name, dist)
+        out = []
+        for name, dist in distributions.items():
+            old = seen.get(name)
+            if isinstance(old, CategoricalDistribution) and isinstance(dist, CategoricalDistribution):
+                if tuple(old.choices) != tuple(dist.choices):
+                    out.append((name, list(old.choices), list(dist.choices)))
         return out
 
     def dead_trials(self) -> list[FrozenTrial]:

@@ -280,6 +280,13 @@ class Sweep:
             study_name=name, storage=self.raw_storage, sampler=sampler, pruner=make_pruner(self.sweep)
         )
         self.search = Phase("search", self.study, SlotBook(self.study), samples=not self.is_grid)
+        for param, before, now in self.search.book.changed_choices(search_space.distributions(self.sweep)):
+            raise ConfigError(
+                f"sweep.params.{param}.choices",
+                now,
+                f"the choices study '{name}' began with, {before} (Optuna keeps one value space per parameter "
+                "in a study; give the changed search a new sweep.study_name)",
+            )
         self.baselines = self._side_phase("baseline", names.BASELINE_STUDY_SUFFIX) if self.sweep.baselines else None
         self.confirm = (
             self._side_phase("confirm", names.CONFIRM_STUDY_SUFFIX)
@@ -390,6 +397,8 @@ class Sweep:
         the best trial on the parent run."""
         if not self.ready:
             self.setup()
+        self.started = time.monotonic()  # sweep.timeout_s counts from here, across all phases
+        self.started_wall = time.time()  # trials started from here on are this run's
         error: BaseException | None = None
         try:
             with self.progress:
@@ -411,10 +420,9 @@ class Sweep:
         """Ask/tell until this phase has nothing left to start (trials running on other workers
         finish there)."""
         unused = 0
-        started = time.monotonic()
         while not self.stopped:
             self.interrupts.checkpoint()
-            if self.sweep.timeout_s is not None and time.monotonic() - started > self.sweep.timeout_s:
+            if self.sweep.timeout_s is not None and time.monotonic() - self.started > self.sweep.timeout_s:
                 break
             self._reap(phase)
             self._reconcile(phase)
@@ -449,7 +457,13 @@ class Sweep:
         return phase.samples and len(phase.book.configs_before(sys.maxsize)) < self.n_configs
 
     def _too_many_failures(self, phase: Phase) -> bool:
-        done = sorted((t for t in phase.book.trials() if standing(t) == DONE), key=lambda t: t.number)
+        """Whether the trials finished since this run began (by any worker) are failures only (or,
+        with ``sweep.max_failures``, end in that many failures): the set-up is broken. Failures of an
+        earlier run do not count, so a fixed set-up resumes."""
+        done = sorted(
+            (t for t in phase.book.trials() if standing(t) == DONE and _started_since(t, self.started_wall)),
+            key=lambda t: t.number,
+        )
         errors = [t.state == TrialState.FAIL for t in done]
         if self.sweep.max_failures:
             recent = errors[-self.sweep.max_failures :]
@@ -497,6 +511,10 @@ class Sweep:
             )
             return False
         enqueued = names.TAG_SLOT in attrs
+        if enqueued:
+            state.slot = Slot(attrs[names.TAG_CONFIG_ID], int(attrs[names.TAG_SEED]), {})
+            if state.slot.id not in {s.id for s in self._planned(phase)}:
+                return False  # left the plan since it was enqueued: the claim finds it surplus, nothing suggested
         sampled = search_space.suggest(trial, self.sweep)  # an enqueued trial gets its fixed values back
         if enqueued:
             state.slot = Slot(attrs[names.TAG_CONFIG_ID], int(attrs[names.TAG_SEED]), sampled)
@@ -873,6 +891,12 @@ class Sweep:
 
     def _say(self, message: str) -> None:
         print(f"lora_lab: {message}", file=sys.stderr)
+
+
+def _started_since(trial: FrozenTrial, wall: float) -> bool:
+    """Whether a trial started at or after ``wall`` (epoch seconds; Optuna's storages keep naive
+    local or aware UTC datetimes, both of which ``timestamp()`` reads right)."""
+    return trial.datetime_start is not None and trial.datetime_start.timestamp() >= wall - 1.0
 
 
 def _is_sweep_override(override: str) -> bool:

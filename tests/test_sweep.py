@@ -380,18 +380,29 @@ def test_journal_storage_and_seed_repeats(run_sweep, tmp_path):
 
 
 def test_failing_trials_are_recorded_and_an_all_failed_sweep_errors(run_sweep):
-    # target-set names the model does not define: every sampled trial fails to build its adapter
+    # a module the model does not have: every trial fails to build its adapter
     overrides = ["+sweep=targets", "sweep.study_name=all_fail"]
     from lora_lab.sweep import SweepFailedError
 
-    with pytest.raises(SweepFailedError, match="every trial"):
-        run_sweep(overrides, {"lora.r": [2], "lora.targets": ["nope_a", "nope_b", "nope_c", "nope_d"]})
+    choices = {"lora.r": [2], "lora.targets": ["qv", "attn", "mlp", "all_linear"]}
+    with pytest.raises(SweepFailedError, match="every trial.*no_such_module"):
+        run_sweep([*overrides, "lora.target_modules=[no_such_module]"], choices)
     runs = trial_runs("all_fail")
     assert len(runs) == 3  # stopped after three failures with no success
     assert set(runs["status"]) == {"FAILED"} and set(runs["tags.optuna.state"]) == {"FAIL"}
-    assert runs["tags.lora_lab.error"].str.contains("lora.targets").all()
+    assert runs["tags.lora_lab.error"].str.contains("no_such_module").all()
+    assert set(runs["tags.lora_lab.outcome"]) == {"error"}
     parent = mlflow.search_runs(experiment_names=["all_fail"], filter_string="tags.`lora_lab.kind` = 'sweep'")
     assert parent["status"].tolist() == ["FAILED"]
+    # the set-up fixed, the same study resumes: earlier failures are results (not run again), not a
+    # reason to stop now
+    sweep, summary = run_sweep(overrides, choices)
+    assert summary.counts == {"COMPLETE": 1, "FAIL": 3}
+    parent = mlflow.search_runs(experiment_names=["all_fail"], filter_string="tags.`lora_lab.kind` = 'sweep'")
+    assert parent["status"].tolist() == ["FINISHED"]
+    # Optuna keeps one value space per parameter: another set of choices is refused with a clear message
+    with pytest.raises(ConfigError, match=r"sweep.params.lora.targets.choices.*new sweep.study_name"):
+        run_sweep(overrides, {"lora.r": [2], "lora.targets": ["qv"]})
 
 
 # -- exactly once: seeds, samplers, failures, baselines --------------------------------------------
@@ -408,17 +419,17 @@ def test_raising_seeds_on_an_existing_grid_runs_only_the_new_seeds(run_sweep):
     sweep, first = run_sweep(overrides, choices)
     assert first.counts == {"COMPLETE": 2}
     before = {t.number: t.user_attrs["lora_lab.slot"] for t in sweep.study.get_trials()}
-    sweep, second = run_sweep(overrides + ["sweep.seeds=3"], choices)
-    assert second.counts == {"COMPLETE": 6}
+    sweep, second = run_sweep(overrides + ["sweep.seeds=2"], choices)
+    assert second.counts == {"COMPLETE": 4}
     trials = sweep.study.get_trials()
     assert {t.number: t.user_attrs["lora_lab.slot"] for t in trials if t.number in before} == before  # kept
     slots = _slots(sweep.study)
-    assert len(set(slots)) == 6 and sorted(s.split("/")[1] for s in slots) == ["0", "0", "1", "1", "2", "2"]
+    assert len(set(slots)) == 4 and sorted(s.split("/")[1] for s in slots) == ["0", "0", "1", "1"]
     runs = trial_runs("more_seeds")
-    assert len(runs) == 6 and sorted(runs["params.train.seed"].astype(int)) == [0, 0, 1, 1, 2, 2]
-    assert sweep.study.user_attrs["lora_lab.plan"]["seeds"] == [0, 1, 2]
-    _, third = run_sweep(overrides + ["sweep.seeds=3"], choices)  # nothing missing: nothing runs
-    assert third.counts == {"COMPLETE": 6} and len(trial_runs("more_seeds")) == 6
+    assert len(runs) == 4 and sorted(runs["params.train.seed"].astype(int)) == [0, 0, 1, 1]
+    assert sweep.study.user_attrs["lora_lab.plan"]["seeds"] == [0, 1]
+    _, third = run_sweep(overrides + ["sweep.seeds=2"], choices)  # nothing missing: nothing runs
+    assert third.counts == {"COMPLETE": 4} and len(trial_runs("more_seeds")) == 4
 
 
 @pytest.mark.slow
