@@ -103,6 +103,16 @@ class ModelConfig:
                               f"a divisor of model.num_attention_heads={self.num_attention_heads}")
 
 
+INIT_LORA_WEIGHTS = ("true", "false", "gaussian", "pissa", "olora")
+"""The adapter initialisations lora.init_lora_weights accepts."""
+BASE_REWRITING_INITS = ("pissa", "olora")
+"""Initialisations that rewrite the base weights (they move the adapter's start out of them)."""
+LOFTQ_REFUSAL = ("one of " + ", ".join(repr(c) for c in INIT_LORA_WEIGHTS) + " ('loftq' is not supported: "
+                 "PEFT's LoftQ needs a full-precision base that it quantizes itself with a LoftQConfig, "
+                 "which the quant group does not describe; for QLoRA use quant=nf4 with "
+                 "lora.init_lora_weights=true)")
+
+
 @dataclass
 class LoraSettings:
     """LoRA adapter settings; each maps onto one field of PEFT's ``LoraConfig``."""
@@ -124,8 +134,10 @@ class LoraSettings:
     use_dora: bool = False
     """Weight-decomposed LoRA (DoRA)."""
     init_lora_weights: str = "true"
-    """A's initialisation: 'true' (Kaiming, B=0), 'gaussian', 'pissa', 'olora', 'loftq' or
-    'false' (random B: the adapter is not a no-op at step 0; for tests of the adapter itself)."""
+    """A's initialisation: 'true' (Kaiming, B=0), 'gaussian', 'pissa', 'olora' or 'false' (random
+    B: the adapter is not a no-op at step 0; for tests of the adapter itself). pissa and olora
+    rewrite the base weights they start from, so such a trial adapts its own copy of the base
+    (unquantized bases only); 'loftq' is refused (see ``LOFTQ_REFUSAL``)."""
 
     def __post_init__(self) -> None:
         _check_range("lora.r", self.r, low=1)
@@ -134,8 +146,9 @@ class LoraSettings:
         _check_choice("lora.bias", self.bias, ("none", "all", "lora_only"))
         # an unquoted true/false on the command line arrives as 'True'/'False'
         self.init_lora_weights = str(self.init_lora_weights).lower()
-        _check_choice("lora.init_lora_weights", self.init_lora_weights,
-                      ("true", "false", "gaussian", "pissa", "olora", "loftq"))
+        if self.init_lora_weights == "loftq":
+            raise ConfigError("lora.init_lora_weights", "loftq", LOFTQ_REFUSAL)
+        _check_choice("lora.init_lora_weights", self.init_lora_weights, INIT_LORA_WEIGHTS)
         if self.target_modules is not None and not self.target_modules:
             raise ConfigError("lora.target_modules", self.target_modules,
                               "a non-empty list of module names, or null to use lora.targets")
@@ -167,10 +180,10 @@ class TrainConfig:
 
     learning_rate: float = 5e-3
     """Peak learning rate of AdamW."""
-    max_steps: int = 150
-    """Optimizer steps; when 0 or less, ``epochs`` decides the length instead."""
+    max_steps: Optional[int] = 150
+    """Optimizer steps (>= 1); null lets ``epochs`` decide the length instead."""
     epochs: float = 1.0
-    """Passes over the training set, used only when max_steps <= 0."""
+    """Passes over the training set, used only when max_steps is null."""
     batch_size: int = 32
     """Sequences per device per forward pass."""
     gradient_accumulation_steps: int = 1
@@ -210,7 +223,10 @@ class TrainConfig:
         _check_range("train.eval_every", self.eval_every, low=1)
         _check_range("train.logging_steps", self.logging_steps, low=1)
         _check_range("train.eval_generate", self.eval_generate, low=0)
-        if self.max_steps <= 0:
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError("train.max_steps", self.max_steps,
+                              "a whole number of optimizer steps >= 1, or null to train for train.epochs")
+        if self.max_steps is None:
             _check_range("train.epochs", self.epochs, low=0, low_inclusive=False)
         _check_choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _check_choice("train.lr_scheduler", self.lr_scheduler,
@@ -478,6 +494,14 @@ class TrialConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: Optional[SweepConfig] = None
     """Present only under ``python -m lora_lab.sweep +sweep=<preset>``."""
+
+    def __post_init__(self) -> None:
+        init = self.lora.init_lora_weights
+        if init in BASE_REWRITING_INITS and self.quant.method != "none":
+            raise ConfigError("lora.init_lora_weights", init,
+                              f"{', '.join(repr(c) for c in INIT_LORA_WEIGHTS if c not in BASE_REWRITING_INITS)} "
+                              f"with quant.method={self.quant.method!r} ({init} rewrites the base weights it "
+                              f"starts from, which a quantized base cannot hold exactly; use quant=none for {init})")
 
 
 def register_configs() -> None:

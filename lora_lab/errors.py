@@ -29,3 +29,17 @@ class ModelUnavailableError(LoraLabError):
 
 class TrialFailedError(LoraLabError):
     """A trial ran but produced an unusable result (for example a NaN loss)."""
+
+
+class UnreachableError(LoraLabError):
+    """A service a setting points at (a database, a tracking server) does not answer."""
+
+    def __init__(self, field: str, value: object, reason: str, hint: str):
+        self.field = field
+        self.value = value
+        super().__init__(f"Cannot reach '{field}': {value!r} ({reason}). {hint}")
+
+
+class BaseModelChangedError(LoraLabError):
+    """The base model that trials share was changed by a trial: later trials would adapt a
+    different model than the one their saved adapters claim."""

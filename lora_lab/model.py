@@ -8,6 +8,7 @@ are exercised exactly as they are for real models.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -16,7 +17,10 @@ import shutil
 import socket
 import string
 import tempfile
+import weakref
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlparse
 
 import torch
@@ -27,8 +31,8 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfi
                           LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase,
                           PreTrainedTokenizerFast)
 
-from lora_lab.config import LoraSettings, ModelConfig, QuantConfig
-from lora_lab.errors import ConfigError, ModelUnavailableError
+from lora_lab.config import BASE_REWRITING_INITS, LoraSettings, ModelConfig, QuantConfig
+from lora_lab.errors import BaseModelChangedError, ConfigError, ModelUnavailableError
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 BUILTIN_CHARS = " " + string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation
@@ -172,6 +176,7 @@ def load_base_model(model_cfg: ModelConfig, quant: QuantConfig,
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=quant.gradient_checkpointing)
     for param in model.parameters():
         param.requires_grad_(False)
+    _loaded[model] = fingerprint(model)
     return model
 
 
@@ -274,3 +279,85 @@ def base_model_id(cfg: ModelConfig) -> str:
     if Path(cfg.pretrained).expanduser().exists() or cfg.pretrained.startswith(("/", ".", "~")):
         return cfg.name
     return cfg.pretrained
+
+
+# -- the shared base model stays as it was loaded ------------------------------------------------
+
+def base_writes(lora: LoraSettings) -> list[str]:
+    """The settings of ``lora`` that write to the base model they adapt, each as 'field=value: why';
+    empty when the adapter leaves the base untouched (PEFT's default: only A and B train)."""
+    writes = []
+    if lora.init_lora_weights in BASE_REWRITING_INITS:
+        writes.append(f"lora.init_lora_weights={lora.init_lora_weights}: moves the principal directions "
+                      f"of the base weights into the adapter, rewriting the base weights")
+    if lora.bias != "none":
+        writes.append(f"lora.bias={lora.bias}: trains the base model's biases")
+    return writes
+
+
+def base_for_trial(shared_base: PreTrainedModel, writes: list[str]) -> PreTrainedModel:
+    """The base model one trial may use: ``shared_base`` itself when the trial leaves it alone
+    (``writes`` empty), else a deep copy of it, so the trial's writes land in the copy and every
+    later trial in the process still adapts the base as it was loaded. Any training that changes
+    base weights (a LoRA setting in ``base_writes``, full fine-tuning) takes its model from here.
+
+    The copy costs one more base model in memory for the trial's duration; a 4-bit base copies
+    through bitsandbytes' own ``Params4bit.__deepcopy__`` (weights and quantization state)."""
+    return copy.deepcopy(shared_base) if writes else shared_base
+
+
+def _tensor_checksum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum of the tensor's bit patterns read as integers: exact, so any changed element shows
+    (a float sum could round a small change away), and deterministic on every device."""
+    as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()]
+    return tensor.detach().view(as_int).sum(dtype=torch.int64)
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """A checksum of every weight of ``model`` (and, for a 4-bit base, its quantization scales):
+    one integer reduction per tensor, a few milliseconds even for a billion-parameter model on a GPU."""
+    names, sums = [], []
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            names.append(name)
+            sums.append(_tensor_checksum(param))
+            absmax = getattr(getattr(param, "quant_state", None), "absmax", None)
+            if isinstance(absmax, torch.Tensor):
+                names.append(f"{name}.absmax")
+                sums.append(_tensor_checksum(absmax))
+    values = torch.stack([s.cpu() for s in sums]).tolist() if sums else []
+    return hashlib.sha256(json.dumps(list(zip(names, values))).encode()).hexdigest()
+
+
+_loaded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Fingerprint of each shared base model when a trial first used it."""
+
+
+@contextmanager
+def trial_base(shared_base: PreTrainedModel, writes: list[str]) -> Iterator[PreTrainedModel]:
+    """The base model for one trial (``base_for_trial``), with the shared base checked against
+    its fingerprint before and after the trial: ``BaseModelChangedError`` when it is not the
+    model it was (a trial wrote to it), instead of later trials silently adapting another model."""
+    if shared_base not in _loaded:
+        _loaded[shared_base] = fingerprint(shared_base)
+    reference = _loaded[shared_base]
+    if fingerprint(shared_base) != reference:
+        raise BaseModelChangedError(
+            "the shared base model is no longer the model that was loaded (its weight checksum "
+            "changed before this trial started: an earlier trial that failed, or code outside "
+            "lora_lab's trials, wrote to it), so this trial would not adapt the configured base "
+            "model. Run the sweep again: a new process loads the base afresh.")
+    failed = False
+    try:
+        yield base_for_trial(shared_base, writes)
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if fingerprint(shared_base) != reference and not failed:
+            raise BaseModelChangedError(
+                "this trial changed the shared base model (its weight checksum differs after the "
+                "trial), so later trials would adapt a different model than their saved adapters "
+                f"claim. Settings that write to the base: {'; '.join(writes) or 'none known'}. "
+                "Report this with the trial's overrides: the setting needs to be added to "
+                "lora_lab.model.base_writes.")

@@ -27,8 +27,8 @@ from lora_lab.config import TrialConfig, register_configs, to_trial_config
 from lora_lab.data import TaskData, build_task_data
 from lora_lab.errors import TrialFailedError
 from lora_lab.evaluate import argmax_logits, exact_match, perplexity, token_accuracy
-from lora_lab.model import (attach_adapter, base_model_id, bf16_by_default, detach_adapter, device,
-                            load_base_model, load_tokenizer, save_adapter)
+from lora_lab.model import (attach_adapter, base_model_id, base_writes, bf16_by_default, detach_adapter,
+                            device, load_base_model, load_tokenizer, save_adapter, trial_base)
 
 
 @dataclass
@@ -151,7 +151,7 @@ def training_arguments(cfg: TrialConfig, output_dir: Path, show_progress: bool) 
     if precision == "auto":
         precision = "bf16" if bf16_by_default() else "fp32"
     return TrainingArguments(
-        output_dir=str(output_dir), max_steps=train.max_steps if train.max_steps > 0 else -1,
+        output_dir=str(output_dir), max_steps=train.max_steps if train.max_steps is not None else -1,
         num_train_epochs=train.epochs, per_device_train_batch_size=train.batch_size,
         per_device_eval_batch_size=max(train.batch_size, 64),
         gradient_accumulation_steps=train.gradient_accumulation_steps, learning_rate=train.learning_rate,
@@ -192,7 +192,14 @@ def run_trial(cfg: TrialConfig, output_dir: str | Path, resources: TrialResource
         torch.cuda.reset_peak_memory_stats()
 
     set_seed(cfg.train.seed)  # the adapter's initialisation depends on it
-    model = attach_adapter(resources.base_model, cfg.lora, cfg.model)
+    with trial_base(resources.base_model, base_writes(cfg.lora)) as base:
+        return _train_and_evaluate(cfg, output_dir, resources, base, callbacks, show_progress,
+                                   on_adapter_ready, pruned, started)
+
+
+def _train_and_evaluate(cfg: TrialConfig, output_dir: Path, resources: TrialResources, base: PreTrainedModel,
+                        callbacks, show_progress: bool, on_adapter_ready, pruned, started: float) -> TrialResult:
+    model = attach_adapter(base, cfg.lora, cfg.model)
     try:
         trainable, total = model.get_nb_trainable_parameters()
         if show_progress:
