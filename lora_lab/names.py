@@ -88,3 +88,6 @@ TAG_VERSION = "lora_lab.version"
 """The installed lora_lab package version (the code version where there is no git checkout)."""
 TAG_RUN_VIEW = "lora_lab.runs_view"
 """On the experiment: the id of the saved runs view lora_lab creates (``mlflow.sharedViewState.<id>``)."""
+
+EFFECTIVE_RANK_METRIC = "effective_rank_mean"
+"""The adapter's mean effective rank over its modules: logged by every trial, usable as a sweep objective."""

@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import FrozenTrial, TrialState
 from transformers import TrainerCallback
 
-from lora_lab import cli, names, search_space, track
+from lora_lab import cli, names, preflight, search_space, track
 from lora_lab.config import BaselineConfig, SweepConfig, TrialConfig, register_configs, to_trial_config
 from lora_lab.errors import ConfigError, LoraLabError
 from lora_lab.progress import SweepProgress
@@ -252,6 +252,7 @@ class Sweep:
     # == setup ================================================================================
     def check_inputs(self) -> None:
         """Refuse bad input before anything is created: a clear ConfigError naming the field."""
+        preflight.check_sweep(self.cfg, self.sweep)  # storage, servers, device, objectives, search space
         self.n_configs = target_configs(self.sweep)
         if self.sweep.sampler.name == "cmaes":
             try:
@@ -929,6 +930,7 @@ class PrepareSweep(Callback):
     Optuna study, its planned trials and the MLflow parent run once, so the workers attach to them
     instead of racing to create them (two workers migrating one sqlite store at once fail)."""
 
+    @cli.reports_errors  # Hydra turns a callback's exception into a warning and launches the workers anyway
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("sweep") is None:
             return

@@ -1,0 +1,236 @@
+"""Checks of a sweep's inputs that run before anything is created or trained.
+
+``check_sweep`` runs at the start of a sweep's set-up, before the Optuna study, the MLflow
+experiment or the parent run exist, so a bad input ends the command with one paragraph (a
+``LoraLabError``, printed by ``lora_lab.cli``) and leaves no trial or run behind, let alone a RUNNING
+one. The checks are cheap: local ones first, then at most one connection to the study's database and
+one request to the tracking server, each given ``CONNECT_TIMEOUT_S`` and never retried.
+
+Range and choice checks of single fields live in the typed schema (``lora_lab.config``); here are
+the checks that need more than one field, the environment, the device or the network.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lora_lab import names, search_space
+from lora_lab.config import SweepConfig, TrialConfig, to_trial_config
+from lora_lab.errors import ConfigError, LoraLabError, UnreachableError
+
+CONNECT_TIMEOUT_S = 5
+"""Seconds a database connection or a tracking-server request may take before the sweep is refused."""
+
+HEARTBEAT_ENV = "LORA_LAB_HEARTBEAT_S"
+HEARTBEAT_DEFAULT_S = 10
+
+STORAGE_FORMS = ("sqlite:///<path to a file in an existing directory>, postgresql://<user>@<host>[:<port>]/<database>, "
+                 "mysql://<user>@<host>[:<port>]/<database> (a SQLAlchemy driver may follow the dialect, e.g. "
+                 "postgresql+psycopg://), a file path ending in .journal, or null for "
+                 "sweeps/<study_name>/optuna.journal")
+"""The forms ``sweep.storage`` accepts, as the error message lists them."""
+
+
+def check_sweep(cfg: DictConfig, sweep: SweepConfig) -> None:
+    """Refuse a sweep whose inputs cannot give a single usable trial, before anything is created:
+    the search space, the base trial config and every searched choice on it, the objectives, the
+    device's precision support, ``$LORA_LAB_HEARTBEAT_S``, the study storage and the tracking server."""
+    check_search_space(sweep)
+    for trial in trial_configs(cfg, sweep):
+        check_precision(trial)
+    check_objectives(sweep)
+    heartbeat_interval_s()
+    check_storage(sweep.storage)
+    check_tracking_uri()
+
+
+# -- what a trial is made of ---------------------------------------------------------------
+
+def check_search_space(sweep: SweepConfig) -> None:
+    """A sweep has to search something: with no params every trial trains the same configuration."""
+    if not sweep.params:
+        raise ConfigError("sweep.params", {}, "at least one searched value in the preset, e.g. "
+                          "`lora.r: {type: categorical, choices: [4, 8, 16]}` (with nothing to search, "
+                          "every trial would train the same configuration; one run is "
+                          "`python -m lora_lab.train`)")
+
+
+def trial_configs(cfg: DictConfig, sweep: SweepConfig) -> list[TrialConfig]:
+    """The sweep's base trial config, and one per choice of each categorical param that sets a
+    config field, each checked by the typed schema (so ``train.max_steps=0`` or a searched
+    ``lora.init_lora_weights: [pissa]`` on a 4-bit base is refused before any trial trains)."""
+    configs = [to_trial_config(cfg)]
+    for name, spec in sweep.params.items():
+        if spec.type != "categorical" or not search_space.is_config_field(name):
+            continue
+        for choice in spec.choices or []:
+            node = copy.deepcopy(cfg)
+            try:
+                OmegaConf.update(node, name, choice, merge=False)
+                configs.append(to_trial_config(node))
+            except (LoraLabError, OmegaConfBaseException) as exc:
+                detail = str(exc).splitlines()[0]
+                raise LoraLabError(f"sweep.params.{name}: the choice {choice!r} gives an invalid trial "
+                                   f"config. {detail}") from None
+    return configs
+
+
+def trial_metric_names() -> list[str]:
+    """Every metric a trial's result offers as a sweep objective: the names ``TrialResult.metrics()``
+    returns, plus the adapter's mean effective rank that the sweep adds."""
+    from lora_lab.train import TrialResult  # heavy (transformers): only when a sweep is checked
+
+    required = {f.name: 0 for f in dataclasses.fields(TrialResult)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    return sorted({*TrialResult(**required).metrics(), names.EFFECTIVE_RANK_METRIC})
+
+
+def check_objectives(sweep: SweepConfig) -> None:
+    """Each objective names a metric that trials log (else the sweep would find out only after the
+    first trial trained in full)."""
+    available = trial_metric_names()
+    for objective in sweep.objectives:
+        if objective.metric not in available:
+            raise ConfigError("sweep.objectives.metric", objective.metric, "one of " + ", ".join(available))
+
+
+# -- the device ------------------------------------------------------------------------------
+
+def bf16_support() -> tuple[bool, str]:
+    """Whether training in bf16 works on the trial device, and the device's name. On CUDA this is
+    transformers' own test (what ``TrainingArguments(bf16=True)`` requires: compute capability 8.0+);
+    on a CPU torch computes bf16 everywhere (natively with AVX512-BF16/AMX, emulated otherwise)."""
+    import torch
+
+    from lora_lab.model import device
+
+    if device().type == "cuda":
+        from transformers.utils import is_torch_bf16_gpu_available
+
+        return is_torch_bf16_gpu_available(), torch.cuda.get_device_name()
+    return True, "CPU"
+
+
+def check_precision(trial: TrialConfig, support: tuple[bool, str] | None = None) -> None:
+    """Refuse bf16 (training precision, weights or 4-bit compute dtype) on a device without it;
+    ``support`` is ``bf16_support()`` unless given."""
+    asked = [(field, value) for field, value, bf16 in (
+        ("train.precision", trial.train.precision, "bf16"),
+        ("model.dtype", trial.model.dtype, "bfloat16"),
+        ("quant.compute_dtype", trial.quant.compute_dtype, "bfloat16")) if value == bf16]
+    if not asked:
+        return
+    supported, device_name = support or bf16_support()
+    if supported:
+        return
+    field, value = asked[0]
+    others = {"train.precision": "'auto', 'fp32' or 'fp16'",
+              "model.dtype": "'auto', 'float32' or 'float16'",
+              "quant.compute_dtype": "'auto', 'float32' or 'float16'"}[field]
+    raise ConfigError(field, value, f"{others} on this device ({device_name} has no bf16 support; bf16 needs "
+                      f"an NVIDIA GPU of compute capability 8.0 or newer, such as A100, L4 or H100); 'auto' "
+                      f"picks bf16 wherever it is supported")
+
+
+# -- the environment and the services a sweep talks to ----------------------------------------
+
+def heartbeat_interval_s() -> int:
+    """How often a running trial tells a database storage it is alive: ``$LORA_LAB_HEARTBEAT_S``
+    (default 10), a whole number of seconds >= 1."""
+    raw = os.environ.get(HEARTBEAT_ENV, str(HEARTBEAT_DEFAULT_S))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(HEARTBEAT_ENV, raw, f"a whole number of seconds >= 1 (default {HEARTBEAT_DEFAULT_S}): "
+                          "how often a running trial tells a database storage it is alive; a trial silent "
+                          "for three intervals is failed and its configuration queued again")
+    return value
+
+
+def check_storage(url: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """``sweep.storage`` has one of the accepted forms; a database server answers within ``timeout_s``."""
+    if url is None or url.endswith(".journal"):
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError("sweep.storage", url, STORAGE_FORMS) from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql", "mysql"):
+        raise ConfigError("sweep.storage", url, STORAGE_FORMS)
+    if backend == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise ConfigError("sweep.storage", url, STORAGE_FORMS + " (an in-memory sqlite study is lost "
+                              "when the process ends and no other worker can see it)")
+        folder = Path(parsed.database).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise ConfigError("sweep.storage", url, STORAGE_FORMS + f" (the directory {folder} does not exist)")
+        return
+    _connect(url, parsed, timeout_s)
+
+
+def _connect(url: str, parsed, timeout_s: float) -> None:
+    """One connection to the study's database server, with ``timeout_s`` and no retries."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    shown = parsed.render_as_string(hide_password=True)
+    hint = ("Start the database server or correct host, port, user and database in sweep.storage; "
+            "workers on one machine can share a journal file instead (sweep.storage=null). "
+            "Nothing was created and no trial started.")
+    try:
+        engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": max(int(timeout_s), 1)})
+    except Exception as exc:  # a driver that is not installed, an unknown option
+        raise UnreachableError("sweep.storage", shown, _first_line(exc), hint) from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:
+        raise UnreachableError("sweep.storage", shown, f"no connection (timeout {timeout_s:g} s): {_first_line(exc)}",
+                               hint) from None
+    finally:
+        engine.dispose()
+
+
+def check_tracking_uri(uri: str | None = None, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """An HTTP tracking server (``MLFLOW_TRACKING_URI=http://...``) answers MLflow's ``/health``
+    within ``timeout_s``; MLflow's own client would retry for minutes before failing."""
+    if uri is None:
+        import mlflow
+
+        uri = mlflow.get_tracking_uri()
+    if urlparse(uri).scheme not in ("http", "https"):
+        return
+    hint = ("Start the server (`mlflow server --host 127.0.0.1 --port 5000`) or point MLFLOW_TRACKING_URI at "
+            "one that runs, or unset it to log to a local store. Nothing was created and no trial started.")
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return  # it answers, behind authentication: the MLflow client logs in with its own credentials
+        raise UnreachableError("MLFLOW_TRACKING_URI", uri, f"GET /health answered HTTP {exc.code}: "
+                               "not an MLflow tracking server?", hint) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UnreachableError("MLFLOW_TRACKING_URI", uri, f"no answer to GET /health (timeout {timeout_s:g} s): "
+                               f"{reason}", hint) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

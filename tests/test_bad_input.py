@@ -1,0 +1,238 @@
+"""Bad input ends a sweep before any trial trains: one paragraph naming the field and what is allowed,
+exit code 2, and no Optuna trial or MLflow run left behind (RUNNING or otherwise).
+
+The real command runs once per bad input (all at once, so the suite pays for about one start-up per
+core); the checks' finer cases run in-process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from functools import partial
+from http.server import HTTPServer, SimpleHTTPRequestHandler
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import open_dict
+
+from lora_lab import preflight
+from lora_lab.config import ParamSpec
+from lora_lab.errors import ConfigError, LoraLabError, UnreachableError
+from lora_lab.sweep import to_sweep_config
+
+REPO = Path(__file__).resolve().parent.parent
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+EMPTY_PRESET = """# A preset whose search space is empty.
+study_name: empty_space
+objectives:
+  - metric: eval_loss
+    direction: minimize
+params: {}
+sampler:
+  name: random
+n_trials: 3
+"""
+
+
+def closed_port() -> int:
+    """A local TCP port nothing listens on (connections to it are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def silent_server() -> socket.socket:
+    """A local TCP port that completes connections (the kernel's backlog) but never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    return sock
+
+
+def bad_inputs() -> dict[str, tuple[list[str], dict[str, str], list[str]]]:
+    """name -> (overrides, environment, texts the error paragraph must hold)."""
+    return {
+        "storage_form": (["sweep.storage=study.db"], {},
+                         ["Invalid value for 'sweep.storage': 'study.db'", "sqlite:///", "postgresql://", ".journal"]),
+        "postgres_down": ([f"sweep.storage=postgresql://postgres@127.0.0.1:{closed_port()}/test"], {},
+                          ["Cannot reach 'sweep.storage'", "Connection refused", "timeout 5 s"]),
+        "mlflow_down": ([], {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"},
+                        ["Cannot reach 'MLFLOW_TRACKING_URI'", "GET /health", "timeout 5 s"]),
+        "heartbeat": ([], {"LORA_LAB_HEARTBEAT_S": "abc"},
+                      ["Invalid value for 'LORA_LAB_HEARTBEAT_S': 'abc'", "a whole number of seconds >= 1"]),
+        "objective": (["sweep.objectives.0.metric=eval_los"], {},
+                      ["Invalid value for 'sweep.objectives.metric': 'eval_los'", "eval_loss, eval_token_accuracy"]),
+        "empty_space": (["+sweep=empty_space"], {},
+                        ["Invalid value for 'sweep.params': {}", "at least one searched value"]),
+        "max_steps_0": (["train.max_steps=0"], {},
+                        ["Invalid value for 'train.max_steps': 0", ">= 1, or null to train for train.epochs"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def commands(tmp_path_factory):
+    """Every bad input through ``python -m lora_lab.sweep``, each in its own directory with its own
+    MLflow store; run concurrently. name -> (completed process, its directory, its tracking URI)."""
+    started = {}
+    for name, (overrides, env_extra, _) in bad_inputs().items():
+        cwd = tmp_path_factory.mktemp(name)
+        (cwd / "conf" / "sweep").mkdir(parents=True)
+        (cwd / "conf" / "sweep" / "empty_space.yaml").write_text(EMPTY_PRESET)
+        tracking = f"sqlite:///{cwd / 'mlflow.db'}"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": tracking, **env_extra}
+        preset = [] if any(o.startswith("+sweep=") for o in overrides) else ["+sweep=rank_alpha"]
+        argv = [sys.executable, "-m", "lora_lab.sweep", *preset, *overrides, f"hydra.searchpath=[file://{cwd / 'conf'}]",
+                "train.max_steps=2" if "train.max_steps=0" not in overrides else "data.n_train=64"]
+        started[name] = (subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True), cwd, tracking)
+    done = {}
+    for name, (process, cwd, tracking) in started.items():
+        out, err = process.communicate(timeout=240)
+        done[name] = (process.returncode, out, err, cwd, tracking)
+    return done
+
+
+@pytest.mark.parametrize("name", list(bad_inputs()))
+def test_bad_input_exits_with_one_paragraph_and_leaves_nothing_running(commands, name):
+    code, out, err, cwd, tracking = commands[name]
+    expected = bad_inputs()[name][2]
+    assert code == 2, f"exit code {code}; stderr:\n{err}"
+    paragraphs = [line for line in err.splitlines() if line.startswith("lora_lab: error: ")]
+    assert len(paragraphs) == 1, err
+    assert "Traceback" not in err
+    for text in expected:
+        assert text in paragraphs[0], paragraphs[0]
+    # Nothing was created: no MLflow run (RUNNING or not) and no Optuna trial.
+    if (cwd / "mlflow.db").exists():
+        client = MlflowClient(tracking)
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        if experiments:
+            assert client.search_runs(experiments) == []
+    for journal in cwd.glob("sweeps/*/optuna.journal"):
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+        for summary in optuna.get_all_study_summaries(storage):
+            assert summary.n_trials == 0
+
+
+# -- in-process: the finer cases ------------------------------------------------------------------
+
+@pytest.mark.parametrize("url", ["study.db", "optuna.sqlite", "redis://localhost/0", "sqlite://",
+                                 "sqlite:////no/such/directory/study.db", "postgres:/x"])
+def test_malformed_storage_is_refused(url):
+    with pytest.raises(ConfigError, match="sweep.storage") as info:
+        preflight.check_storage(url)
+    assert "sqlite:///" in str(info.value) and ".journal" in str(info.value)
+
+
+def test_accepted_storage_forms(tmp_path):
+    for url in (None, "study.journal", str(tmp_path / "x.journal"), f"sqlite:///{tmp_path / 'study.db'}", PG_URL):
+        preflight.check_storage(url)  # the PostgreSQL of the test machine answers
+
+
+def test_a_silent_database_server_is_given_up_on_after_the_timeout():
+    server = silent_server()
+    try:
+        port = server.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(UnreachableError, match="Cannot reach 'sweep.storage'") as info:
+            preflight.check_storage(f"postgresql://postgres:secret@127.0.0.1:{port}/test", timeout_s=2)
+        assert time.monotonic() - started < 4  # one attempt, no retry loop
+        assert "secret" not in str(info.value)
+    finally:
+        server.close()
+
+
+def test_a_silent_or_foreign_tracking_server_is_refused(tmp_path):
+    server = silent_server()
+    try:
+        started = time.monotonic()
+        with pytest.raises(UnreachableError, match="MLFLOW_TRACKING_URI"):
+            preflight.check_tracking_uri(f"http://127.0.0.1:{server.getsockname()[1]}", timeout_s=1)
+        assert time.monotonic() - started < 3
+    finally:
+        server.close()
+    web = HTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(tmp_path)))
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:  # a web server that is not MLflow: /health is not found
+        with pytest.raises(UnreachableError, match="HTTP 404: not an MLflow tracking server"):
+            preflight.check_tracking_uri(f"http://127.0.0.1:{web.server_address[1]}")
+    finally:
+        web.shutdown()
+    preflight.check_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")  # local stores need no server
+
+
+@pytest.mark.parametrize(("value", "ok"), [("abc", False), ("0", False), ("-5", False), ("2.5", False),
+                                           ("7", True)])
+def test_heartbeat_interval(monkeypatch, value, ok):
+    monkeypatch.setenv("LORA_LAB_HEARTBEAT_S", value)
+    if ok:
+        assert preflight.heartbeat_interval_s() == int(value)
+    else:
+        with pytest.raises(ConfigError, match="LORA_LAB_HEARTBEAT_S"):
+            preflight.heartbeat_interval_s()
+
+
+def test_bf16_is_refused_on_a_device_without_it(make_trial_config):
+    no_bf16 = (False, "Tesla V100-SXM2-16GB")
+    for overrides, field in ((["train.precision=bf16"], "train.precision"), (["model.dtype=bfloat16"], "model.dtype"),
+                             (["quant=nf4", "quant.compute_dtype=bfloat16"], "quant.compute_dtype")):
+        with pytest.raises(ConfigError, match=field) as info:
+            preflight.check_precision(make_trial_config(*overrides), support=no_bf16)
+        assert "Tesla V100" in str(info.value) and "compute capability 8.0" in str(info.value)
+        preflight.check_precision(make_trial_config(*overrides), support=(True, "NVIDIA H100"))
+    preflight.check_precision(make_trial_config("train.precision=fp16"), support=no_bf16)
+
+
+def test_the_objective_metrics_offered_are_the_ones_a_trial_logs_and_bf16_runs_where_allowed(make_trial_config,
+                                                                                         tmp_path):
+    """A real one-step trial in bf16 where this device's check allows it: its result holds exactly the
+    metrics the objective check offers (plus the effective rank the sweep adds)."""
+    import math
+
+    from lora_lab.train import run_trial
+
+    cfg = make_trial_config("data.n_train=32", "data.n_eval=8", "train.batch_size=8", "train.max_steps=1",
+                            "train.eval_every=1", "train.eval_generate=0", "train.save_adapter=false",
+                            "train.precision=bf16" if preflight.bf16_support()[0] else "train.precision=auto")
+    preflight.check_precision(cfg)
+    result = run_trial(cfg, tmp_path, show_progress=False)
+    assert math.isfinite(result.eval_loss)
+    assert sorted({*result.metrics(), "effective_rank_mean"}) == preflight.trial_metric_names()
+
+
+def test_searched_choices_are_checked_before_any_trial(compose_config):
+    cfg = compose_config("+sweep=rank_alpha", "quant=nf4")
+    with open_dict(cfg):
+        cfg.sweep.params["lora.init_lora_weights"] = ParamSpec(choices=["true", "pissa"])
+    sweep = to_sweep_config(cfg)
+    with pytest.raises(LoraLabError, match=r"sweep.params.lora.init_lora_weights: the choice 'pissa'") as info:
+        preflight.check_sweep(cfg, sweep)
+    assert "quant=none for pissa" in str(info.value)
+
+
+def test_every_preset_passes(compose_config):
+    for preset in sorted(p.stem for p in (REPO / "conf" / "sweep").glob("*.yaml")):
+        cfg = compose_config(f"+sweep={preset}")
+        preflight.check_sweep(cfg, to_sweep_config(cfg))
+
+
+def test_empty_search_space_and_max_steps(make_trial_config):
+    from lora_lab.config import SweepConfig
+
+    with pytest.raises(ConfigError, match="sweep.params"):
+        preflight.check_search_space(SweepConfig(study_name="s"))
+    preflight.check_search_space(SweepConfig(study_name="s", params={"lora.r": ParamSpec(choices=[4])}))
+    epochs = make_trial_config("train.max_steps=null", "train.epochs=2")
+    assert epochs.train.max_steps is None
+    from lora_lab.train import training_arguments
+
+    assert training_arguments(epochs, Path("unused"), False).max_steps == -1
+    for bad in ("0", "-1"):
+        with pytest.raises(ConfigError, match="train.max_steps"):
+            make_trial_config(f"train.max_steps={bad}")
