@@ -18,18 +18,25 @@ import socket
 import string
 import tempfile
 import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlparse
 
 import torch
 from huggingface_hub import ModelCard, ModelCardData
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, LlamaConfig,
-                          LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase,
-                          PreTrainedTokenizerFast)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 from lora_lab.config import BASE_REWRITING_INITS, LoraSettings, ModelConfig, QuantConfig
 from lora_lab.errors import BaseModelChangedError, ConfigError, ModelUnavailableError
@@ -326,7 +333,7 @@ def fingerprint(model: torch.nn.Module) -> str:
                 names.append(f"{name}.absmax")
                 sums.append(_tensor_checksum(absmax))
     values = torch.stack([s.cpu() for s in sums]).tolist() if sums else []
-    return hashlib.sha256(json.dumps(list(zip(names, values))).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(list(zip(names, values, strict=True))).encode()).hexdigest()
 
 
 _loaded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -12,23 +12,41 @@ import math
 import resource
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import (PreTrainedModel, PrinterCallback, PreTrainedTokenizerBase, Trainer,
-                          TrainerCallback, TrainingArguments, set_seed)
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 
 from lora_lab import cli
 from lora_lab.config import TrialConfig, register_configs, to_trial_config
 from lora_lab.data import TaskData, build_task_data
 from lora_lab.errors import TrialFailedError
 from lora_lab.evaluate import argmax_logits, exact_match, perplexity, token_accuracy
-from lora_lab.model import (attach_adapter, base_model_id, base_writes, bf16_by_default, detach_adapter,
-                            device, load_base_model, load_tokenizer, save_adapter, trial_base)
+from lora_lab.model import (
+    attach_adapter,
+    base_model_id,
+    base_writes,
+    bf16_by_default,
+    detach_adapter,
+    device,
+    load_base_model,
+    load_tokenizer,
+    save_adapter,
+    trial_base,
+)
 
 
 @dataclass

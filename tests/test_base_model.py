@@ -12,8 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from lora_lab.config import LoraSettings
 from lora_lab.errors import BaseModelChangedError, ConfigError
-from lora_lab.model import (attach_adapter, base_for_trial, base_writes, detach_adapter, fingerprint,
-                            trial_base)
+from lora_lab.model import attach_adapter, base_for_trial, base_writes, detach_adapter, fingerprint, trial_base
 from lora_lab.train import TrialResources, build_resources, resources_key, run_trial
 
 TINY = ("data.n_train=64", "data.n_eval=16", "train.batch_size=16", "train.max_steps=3", "train.eval_every=3",
@@ -84,9 +83,9 @@ def test_bias_trials_train_biases_of_a_copy_not_of_the_shared_base(make_trial_co
     assert len(biases) == 7  # q, k, v, o, gate, up, down
     before, mark = snapshot(base), fingerprint(base)
     for bias in ("all", "lora_only"):
-        trained = {}
+        trained: dict[str, torch.Tensor] = {}
 
-        def grab(peft_model):
+        def grab(peft_model, trained=trained):
             trained.update({n.split("base_model.model.", 1)[-1].replace(".base_layer", ""): p.detach().clone()
                             for n, p in peft_model.named_parameters() if n.endswith("bias")})
 
