@@ -93,7 +93,7 @@ def commands(tmp_path_factory):
                                           text=True), cwd, tracking)
     done = {}
     for name, (process, cwd, tracking) in started.items():
-        out, err = process.communicate(timeout=240)
+        out, err = process.communicate(timeout=900)  # generous: a loaded machine starts them slowly
         done[name] = (process.returncode, out, err, cwd, tracking)
     return done
 
