@@ -117,6 +117,29 @@ def test_a_4bit_base_copies_with_its_layout(make_trial_config, tmp_path):
     assert {n: (type(p).__name__, p.dtype, tuple(p.shape)) for n, p in base.named_parameters()} == layout
 
 
+def test_evaluating_a_4bit_base_keeps_its_layout(make_trial_config):
+    """Loud check of lora_lab.model.keep_4bit_layout: bitsandbytes repacks a 4-bit weight in place at
+    an eval-mode forward on an AVX512-BF16 CPU unless told not to through an undocumented flag. If this
+    fails after a bitsandbytes upgrade, find its new switch (pyproject pins bitsandbytes for this)."""
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import has_avx512bf16
+
+    resources = build_resources(make_trial_config(*TINY, "quant=nf4"))
+    base = resources.base_model
+    layers = [m for m in base.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers
+    if has_avx512bf16():  # the CPUs where bitsandbytes would repack: the flag must exist and be off
+        assert all(m.support_avx512bf16_for_cpu is False for m in layers)
+    before, mark = snapshot(base), fingerprint(base)
+    base.eval()
+    with torch.no_grad():
+        base(input_ids=torch.tensor([[1, 5, 9, 13, 2]]))
+    base.train()
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    assert fingerprint(base) == mark
+    assert_same_weights(base, before)
+
+
 def test_a_write_that_slips_through_is_caught_then_and_at_every_later_trial(make_trial_config):
     """A setting missing from base_writes would adapt the shared base in place: the fingerprint check
     fails that trial, and every later one, instead of letting them adapt a changed model."""
