@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +77,62 @@ def make_trial_config(compose_config):
         return to_trial_config(compose_config(*overrides))
 
     return make
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on loopback, as the multi-worker set-up documents; its URI."""
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art"),
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            MlflowClient(uri).search_experiments()
+            break
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("mlflow server did not start")
+            time.sleep(1)
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def _no_slurm(reason: str):
+    """Skip, except in CI (CI=true), where the SLURM tests must run: there a missing cluster fails."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: the slurm tests must run here, see .ci/run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A one-node SLURM cluster on 127.0.0.1, started by tests/slurm/start.sh (or found running);
+    sets SLURM_CONF for the session and yields it. Stopped at the end if this session started it."""
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    missing = [b for b in ("munged", "slurmctld", "slurmd", "sbatch", "squeue") if shutil.which(b, path=path) is None]
+    if missing:
+        _no_slurm(f"SLURM is not installed ({', '.join(missing)} not found; apt-get install -y slurm-wlm munge)")
+    start = subprocess.run(["bash", str(REPO / "tests" / "slurm" / "start.sh")], capture_output=True, text=True,
+                           timeout=300)
+    if start.returncode != 0:
+        _no_slurm(start.stderr.strip() or "tests/slurm/start.sh failed")
+    conf = start.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    os.environ["SLURM_CONF"] = conf
+    yield conf
+    if "already running" not in start.stderr:
+        subprocess.run(["bash", str(REPO / "tests" / "slurm" / "stop.sh")], capture_output=True, timeout=120)
