@@ -130,8 +130,10 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     return returns
 
 
-def _last_line(trace: str) -> str:
-    lines = [line.strip() for line in trace.splitlines() if line.strip() and not line.startswith(("-", "You can"))]
+def _last_line(message: str) -> str:
+    """The exception line of a failed job's trace, as submitit reports it (the trace between dashed lines)."""
+    parts = message.split("-" * 22)
+    lines = [line.strip() for line in (parts[1] if len(parts) > 2 else message).splitlines() if line.strip()]
     return lines[-1] if lines else "an error"
 
 

@@ -35,7 +35,7 @@ fi
 # Anything left from an earlier start that no longer answers is stopped first.
 "$(dirname "$0")/stop.sh" >/dev/null 2>&1 || true
 mkdir -p "$STATE/munge" "$STATE/ctld" "$STATE/spool"
-chmod 700 "$STATE/munge"
+chmod 755 "$STATE/munge"  # the socket is for every user (jobs run as their submitter); the key stays 0400
 
 # munge: the credential service SLURM's daemons and commands authenticate with; a private key and socket.
 if [ ! -s "$STATE/munge/munge.key" ]; then
