@@ -109,7 +109,11 @@ def mlflow_server(tmp_path_factory):
             time.sleep(1)
     yield uri
     os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:  # a loaded machine: its gunicorn workers did not stop in time
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 def _no_slurm(reason: str):
