@@ -24,8 +24,9 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -34,9 +35,24 @@ log = logging.getLogger(__name__)
 POLL_S = 5.0
 """Seconds between two ``squeue`` calls while jobs are queued or running."""
 
-ACTIVE_STATES = frozenset({
-    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
-    "RESIZING", "SIGNALING", "STAGE_OUT", "SUSPENDED", "STOPPED", "RESV_DEL_HOLD", "SPECIAL_EXIT"})
+ACTIVE_STATES = frozenset(
+    {
+        "PENDING",
+        "CONFIGURING",
+        "RUNNING",
+        "COMPLETING",
+        "REQUEUED",
+        "REQUEUE_FED",
+        "REQUEUE_HOLD",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+        "SUSPENDED",
+        "STOPPED",
+        "RESV_DEL_HOLD",
+        "SPECIAL_EXIT",
+    }
+)
 """squeue states of a job that may still run (a requeued job passes through several of them)."""
 
 
@@ -44,8 +60,12 @@ def squeue(job_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
     """``{job id: (state, reason or node)}`` for the jobs squeue still lists; array tasks one by one
     (``12_0``, ``12_1``). Finished jobs stay listed for the cluster's MinJobAge (300 s by default)."""
     arrays = sorted({job_id.split("_")[0] for job_id in job_ids})
-    out = subprocess.run(["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T|%r|%N",
-                          "--jobs", ",".join(arrays)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T|%r|%N", "--jobs", ",".join(arrays)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip() or f"squeue exited with {out.returncode}")
     states = {}
@@ -97,8 +117,9 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     from lora_lab import cli
 
     params = dict(launcher.params)
-    executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
-                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
+    executor = submitit.AutoExecutor(
+        cluster="slurm", folder=params.pop("submitit_folder"), slurm_max_num_timeout=params.pop("max_num_timeout")
+    )
     queue_fields = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in queue_fields else f"slurm_{k}": v for k, v in params.items()})
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
@@ -110,7 +131,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
         job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
-    jobs = executor.map_array(launcher, *zip(*job_params))
+    jobs = executor.map_array(launcher, *zip(*job_params, strict=True))
     for job in jobs:
         log.info(f"slurm job {job.job_id}: submitted; log {job.paths.stdout} (errors: {job.paths.stderr})")
     final = watch(jobs)
@@ -121,12 +142,16 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         if job.paths.result_pickle.exists() and error is None:
             returns.append(job.results()[0])
             continue
-        why = (f"with {_last_line(str(error))}" if error is not None else "without a result")
-        problems.append(f"slurm job {job.job_id} ended {final.get(job.job_id, 'UNKNOWN')} {why} "
-                        f"(log: {job.paths.stderr}).")
+        why = f"with {_last_line(str(error))}" if error is not None else "without a result"
+        problems.append(
+            f"slurm job {job.job_id} ended {final.get(job.job_id, 'UNKNOWN')} {why} (log: {job.paths.stderr})."
+        )
     if problems:
-        cli.fail(" ".join(problems) + " Every finished trial is kept in the study: run the same command again to "
-                 "resume it (with a longer hydra.launcher.timeout_min if the jobs timed out).", code=1)
+        cli.fail(
+            " ".join(problems) + " Every finished trial is kept in the study: run the same command again to "
+            "resume it (with a longer hydra.launcher.timeout_min if the jobs timed out).",
+            code=1,
+        )
     return returns
 
 

@@ -93,9 +93,26 @@ def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow_server")
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art"),
-         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "art"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -105,7 +122,7 @@ def mlflow_server(tmp_path_factory):
         except Exception:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError("mlflow server did not start")
+                raise RuntimeError("mlflow server did not start") from None
             time.sleep(1)
     yield uri
     os.killpg(proc.pid, signal.SIGTERM)
@@ -131,8 +148,9 @@ def slurm_cluster():
     missing = [b for b in ("munged", "slurmctld", "slurmd", "sbatch", "squeue") if shutil.which(b, path=path) is None]
     if missing:
         _no_slurm(f"SLURM is not installed ({', '.join(missing)} not found; apt-get install -y slurm-wlm munge)")
-    start = subprocess.run(["bash", str(REPO / "tests" / "slurm" / "start.sh")], capture_output=True, text=True,
-                           timeout=300)
+    start = subprocess.run(
+        ["bash", str(REPO / "tests" / "slurm" / "start.sh")], capture_output=True, text=True, timeout=300
+    )
     if start.returncode != 0:
         _no_slurm(start.stderr.strip() or "tests/slurm/start.sh failed")
     conf = start.stdout.strip().splitlines()[-1].split("=", 1)[1]

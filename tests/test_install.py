@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCE = ["lora_lab", "conf", "pyproject.toml", "setup.py", "README.md"]
+SOURCE = ["lora_lab", "conf", "hydra_plugins", "pyproject.toml", "setup.py", "README.md"]
 """What a build reads (pyproject's readme included); copied so the build writes nothing into the checkout."""
 
 
@@ -55,7 +55,8 @@ def test_wheel_holds_every_package_and_config(wheel):
     for path in (REPO / "lora_lab").rglob("*"):
         if path.is_file() and "__pycache__" not in path.parts:
             assert f"lora_lab/{path.relative_to(REPO / 'lora_lab').as_posix()}" in names, path
-    assert not any(n.startswith(("conf/", "tests/")) for n in names)  # nothing top-level besides lora_lab
+    assert "hydra_plugins/lora_lab_slurm_launcher.py" in names  # the slurm_gpu launcher, where Hydra finds plugins
+    assert not any(n.startswith(("conf/", "tests/")) for n in names)  # nothing top-level besides those two
 
 
 @pytest.fixture(scope="module")

@@ -21,22 +21,53 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-TINY = ["data.n_train=96", "data.n_eval=16", "train.max_steps=6", "train.eval_every=3", "train.batch_size=16",
-        "train.eval_generate=4"]
+TINY = [
+    "data.n_train=96",
+    "data.n_eval=16",
+    "train.max_steps=6",
+    "train.eval_every=3",
+    "train.batch_size=16",
+    "train.eval_generate=4",
+]
 """The README's "Trying it on one machine" trials."""
-LONGER = ["data.n_train=96", "data.n_eval=16", "train.max_steps=200", "train.eval_every=100", "train.batch_size=16",
-          "train.eval_generate=4", "train.logging_steps=10", "tracking.log_adapter=false"]
+LONGER = [
+    "data.n_train=96",
+    "data.n_eval=16",
+    "train.max_steps=200",
+    "train.eval_every=100",
+    "train.batch_size=16",
+    "train.eval_generate=4",
+    "train.logging_steps=10",
+    "tracking.log_adapter=false",
+]
 """Trials of ~5-10 s on one core, so a signal lands in the middle of one."""
 
-JOBS = ["hydra.launcher.gpus_per_task=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
-        "hydra.launcher.partition=debug"]
+JOBS = [
+    "hydra.launcher.gpus_per_task=0",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=2",
+    "hydra.launcher.partition=debug",
+]
 
 
 def sweep_command(tmp_path: Path, study: str, n_trials: int, workers: int, trial: list[str], *launcher: str):
-    return [sys.executable, "-m", "lora_lab.sweep", "+sweep=rank_alpha", f"sweep.study_name={study}",
-            f"sweep.n_trials={n_trials}", *trial, "sweep.cpu_threads=1", f"sweep.storage={tmp_path / 'study.journal'}",
-            f"sweep.worker=range({workers})", "--multirun", "hydra/launcher=slurm_gpu", *JOBS, *launcher,
-            f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    return [
+        sys.executable,
+        "-m",
+        "lora_lab.sweep",
+        "+sweep=rank_alpha",
+        f"sweep.study_name={study}",
+        f"sweep.n_trials={n_trials}",
+        *trial,
+        "sweep.cpu_threads=1",
+        f"sweep.storage={tmp_path / 'study.journal'}",
+        f"sweep.worker=range({workers})",
+        "--multirun",
+        "hydra/launcher=slurm_gpu",
+        *JOBS,
+        *launcher,
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    ]
 
 
 class Launch:
@@ -44,8 +75,7 @@ class Launch:
 
     def __init__(self, cmd: list[str], cwd: Path, tracking_uri: str):
         env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
         self.reader.start()
@@ -72,8 +102,12 @@ class Launch:
 
 
 def squeue_state(job_id: str) -> str:
-    out = subprocess.run(["squeue", "--noheader", "--array", "--states=all", "--format=%T", "--jobs", job_id],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["squeue", "--noheader", "--array", "--states=all", "--format=%T", "--jobs", job_id],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return out.stdout.strip()
 
 
@@ -83,8 +117,10 @@ def wait_for_running_trial(storage: str, study: str, launch: Launch, timeout: fl
     while time.monotonic() < deadline:
         assert launch.proc.poll() is None, launch.output[-3000:]
         try:
-            loaded = optuna.load_study(study_name=study, storage=optuna.storages.JournalStorage(
-                optuna.storages.journal.JournalFileBackend(storage)))
+            loaded = optuna.load_study(
+                study_name=study,
+                storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage)),
+            )
             running = [t for t in loaded.get_trials(states=(TrialState.RUNNING,)) if "mlflow_run_id" in t.user_attrs]
             if running:
                 return running[0]
@@ -97,7 +133,9 @@ def wait_for_running_trial(storage: str, study: str, launch: Launch, timeout: fl
 def check_study(tmp_path: Path, study: str, tracking_uri: str, n_trials: int):
     """Exactly ``n_trials`` distinct configurations complete under one MLflow parent run, and nothing
     left RUNNING in Optuna or MLflow. Returns the study's trials and its MLflow trial runs."""
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal")))
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal"))
+    )
     trials = optuna.load_study(study_name=study, storage=storage).get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert not [t.number for t in trials if t.state == TrialState.RUNNING]
@@ -136,8 +174,9 @@ def test_multirun_jobs_share_one_study_and_an_array_runs_in_waves(slurm_cluster,
     """The README's command: three jobs, at most two at a time, so the third waits for the array
     limit and starts when one of the first two ends; four trials, one parent run, a report over all."""
     study = f"slurm_{uuid.uuid4().hex[:8]}"
-    launch = Launch(sweep_command(tmp_path, study, 4, 3, TINY, "hydra.launcher.array_parallelism=2"),
-                    tmp_path, mlflow_server)
+    launch = Launch(
+        sweep_command(tmp_path, study, 4, 3, TINY, "hydra.launcher.array_parallelism=2"), tmp_path, mlflow_server
+    )
     output = launch.wait()
     assert launch.proc.returncode == 0, output[-4000:]
     assert "sacct" not in output  # no "Bypassing sacct error" warnings
@@ -153,9 +192,14 @@ def test_multirun_jobs_share_one_study_and_an_array_runs_in_waves(slurm_cluster,
     _, trial_runs = check_study(tmp_path, study, mlflow_server, 4)
     assert len({r.data.tags.get("lora_lab.worker") for r in trial_runs}) >= 2  # the jobs shared the work
 
-    report = subprocess.run([sys.executable, "-m", "lora_lab.report", f"study={study}"], cwd=tmp_path,
-                            env=dict(os.environ, MLFLOW_TRACKING_URI=mlflow_server), capture_output=True, text=True,
-                            timeout=300)
+    report = subprocess.run(
+        [sys.executable, "-m", "lora_lab.report", f"study={study}"],
+        cwd=tmp_path,
+        env=dict(os.environ, MLFLOW_TRACKING_URI=mlflow_server),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert report.returncode == 0, report.stderr[-3000:]
     written = "".join(p.read_text(errors="replace") for p in (tmp_path / "reports" / study).glob("*.csv"))
     assert all(r.info.run_id in written for r in trial_runs)  # the report covers every trial
@@ -206,17 +250,21 @@ def test_time_limit_ends_the_trial_cleanly_and_the_same_command_resumes(slurm_cl
     logs = "".join(p.read_text() for p in (tmp_path / "multirun" / ".submitit" / job).glob("*_log.*"))
     assert "SLURM warning signal USR2" in logs and "KeyboardInterrupt" in logs  # a trial was cut short by it
 
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal")))
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal"))
+    )
     first = optuna.load_study(study_name=study, storage=storage).get_trials()
     assert not [t for t in first if t.state == TrialState.RUNNING]
     assert 0 < len([t for t in first if t.state == TrialState.COMPLETE]) < n_trials
     client = MlflowClient(mlflow_server)
     interrupted = [t for t in first if "mlflow_run_id" in t.user_attrs and t.state != TrialState.COMPLETE]
-    assert interrupted and all(client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "KILLED"
-                               for t in interrupted)
+    assert interrupted and all(
+        client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "KILLED" for t in interrupted
+    )
 
-    again = Launch(sweep_command(tmp_path, study, n_trials, 1, LONGER, "hydra.launcher.timeout_min=10"),
-                   tmp_path, mlflow_server)
+    again = Launch(
+        sweep_command(tmp_path, study, n_trials, 1, LONGER, "hydra.launcher.timeout_min=10"), tmp_path, mlflow_server
+    )
     output = again.wait()
     assert again.proc.returncode == 0, output[-4000:]
     trials, _ = check_study(tmp_path, study, mlflow_server, n_trials)
