@@ -98,3 +98,39 @@ def flags_first(argv: list[str]) -> list[str]:
     ``+sweep=x --multirun hydra/launcher=local ...`` parses (Hydra's argparse rejects overrides after it)."""
     flags = [a for a in argv if a in ("--multirun", "-m")]
     return flags + [a for a in argv if a not in ("--multirun", "-m")]
+
+
+def quantizes(cfg: typing.Any) -> bool:
+    """Whether a composed config may load a quantized base model: its quant.method, or any sweep
+    parameter, derived value or baseline that sets a quant.* field."""
+    quant = cfg.get("quant")
+    if quant is not None and quant.get("method", "none") != "none":
+        return True
+    sweep = cfg.get("sweep") or {}
+    keys = [*(sweep.get("params") or {}), *(sweep.get("derived") or {})]
+    keys += [key for baseline in (sweep.get("baselines") or []) for key in baseline]
+    return any(str(key).startswith("quant.") for key in keys)
+
+
+def skip_bitsandbytes(cfg: typing.Any) -> bool:
+    """Keep bitsandbytes out of a process that never quantizes; True when it was kept out.
+
+    PEFT imports bitsandbytes whenever it is installed (``peft.helpers`` tries it on import: ~0.7 s,
+    plus a probe for optional CPU kernels), quantized model or not. For a config that
+    quantizes nothing (``quantizes`` is False) the module is marked as not importable with the
+    import system's documented ``sys.modules[name] = None`` before PEFT is first imported
+    (lora_lab.model imports PEFT where it uses it); PEFT's ``is_bnb_available`` then answers False
+    and its bitsandbytes layers are simply not defined, as when bitsandbytes is not installed.
+    Only entry points call this, once their config is known; nothing happens once PEFT or
+    bitsandbytes is already imported, nor in a multirun whose command line sets a quant field (its
+    jobs may share this process and differ in quantization)."""
+    if quantizes(cfg) or "peft" in sys.modules or "bitsandbytes" in sys.modules:
+        return False
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+            and any(arg.lstrip("+~").startswith("quant") for arg in sys.argv[1:])):
+        return False
+    sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
+    return True

@@ -21,11 +21,11 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import torch
 from huggingface_hub import ModelCard, ModelCardData
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
@@ -40,6 +40,9 @@ from transformers import (
 
 from lora_lab.config import BASE_REWRITING_INITS, LoraSettings, ModelConfig, QuantConfig
 from lora_lab.errors import BaseModelChangedError, ConfigError, ModelUnavailableError
+
+if TYPE_CHECKING:  # PEFT is imported where it is used: see lora_lab.cli.skip_bitsandbytes
+    from peft import LoraConfig, PeftModel
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 BUILTIN_CHARS = " " + string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation
@@ -180,6 +183,8 @@ def load_base_model(model_cfg: ModelConfig, quant: QuantConfig,
         model = _from_hub(AutoModelForCausalLM.from_pretrained, model_cfg, "model", **load_args)
     model.config.use_cache = False
     if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=quant.gradient_checkpointing)
     for param in model.parameters():
         param.requires_grad_(False)
@@ -239,6 +244,8 @@ def resolve_target_modules(model: torch.nn.Module, lora: LoraSettings, model_cfg
 
 def lora_config(lora: LoraSettings, target_modules: list[str]) -> LoraConfig:
     """PEFT's LoraConfig for these settings."""
+    from peft import LoraConfig
+
     init = {"true": True, "false": False}.get(lora.init_lora_weights, lora.init_lora_weights)
     return LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout, bias=lora.bias,
                       target_modules=target_modules, use_rslora=lora.use_rslora, use_dora=lora.use_dora,
@@ -247,6 +254,8 @@ def lora_config(lora: LoraSettings, target_modules: list[str]) -> LoraConfig:
 
 def attach_adapter(base: PreTrainedModel, lora: LoraSettings, model_cfg: ModelConfig) -> PeftModel:
     """Wrap the base model with a fresh LoRA adapter; only the adapter's weights are trainable."""
+    from peft import get_peft_model
+
     targets = resolve_target_modules(base, lora, model_cfg)
     return get_peft_model(base, lora_config(lora, targets))
 

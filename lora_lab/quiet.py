@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 BNB_CPU_OPS_LOGGER = "bitsandbytes.backends.cpu.ops"
@@ -49,10 +50,11 @@ def quiet_libraries(model_libraries: bool = True) -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # MLflow's sqlite store migrations
     warnings.filterwarnings("ignore", category=FutureWarning)
-    import optuna
+    if "optuna" in sys.modules:  # a sweep or a report; a single trial does not import Optuna at all
+        import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by lora_lab itself
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by lora_lab itself
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if model_libraries:
         from transformers.utils import logging as hf_logging
 

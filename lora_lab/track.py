@@ -307,9 +307,10 @@ TRAIN_NOTE = (
 
 
 @contextmanager
-def single_run(cfg: TrialConfig, config_yaml: str) -> Iterator[TrialRun]:
-    """An MLflow run for one ``python -m lora_lab.train`` trial, ended with the matching status."""
-    client = MlflowClient()
+def single_run(cfg: TrialConfig, config_yaml: str, client: MlflowClient | None = None) -> Iterator[TrialRun]:
+    """An MLflow run for one ``python -m lora_lab.train`` trial, ended with the matching status
+    (``client``: one already opened, else MLflow's default)."""
+    client = client or MlflowClient()
     experiment_id = ensure_experiment(client, cfg.tracking.experiment, note=TRAIN_NOTE, view=trial_view())
     run = client.create_run(
         experiment_id, run_name=cfg.tracking.run_name or run_name(cfg), tags={names.TAG_KIND: "train"}

@@ -13,6 +13,7 @@ import resource
 import sys
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,6 +275,20 @@ def print_result(result: TrialResult) -> None:
         print(f"{name:<{width}}  {value}")
 
 
+def _open_tracking_in_background() -> Future:
+    """lora_lab.track and an MlflowClient whose store is open, made on a background thread."""
+
+    def open_tracking():
+        from lora_lab import track
+
+        return track, track.MlflowClient()  # the client opens (and if needed migrates) its store
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lora_lab-open-tracking")
+    future = pool.submit(open_tracking)
+    pool.shutdown(wait=False)
+    return future
+
+
 register_configs()
 
 
@@ -283,17 +298,23 @@ def main(cfg: DictConfig) -> float:
     """Entry point of ``python -m lora_lab.train``: one trial, logged to MLflow as its own run."""
     from hydra.core.hydra_config import HydraConfig
 
-    from lora_lab import track
-
     cli.quiet_libraries()
     trial_cfg = to_trial_config(cfg)
+    cli.skip_bitsandbytes(cfg)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
+    # MLflow (~0.7 s of imports) and its tracking store (~0.8 s: SQLAlchemy, Alembic, the schema
+    # check) are opened on a thread of their own while the model and data build; the run itself is
+    # created only once they are built, so a trial that cannot start leaves no run behind.
+    opening = _open_tracking_in_background() if trial_cfg.tracking.enabled else None
     resources = build_resources(trial_cfg)
-    if not trial_cfg.tracking.enabled:
+    gc.collect()
+    gc.freeze()  # the libraries, model and data live until exit: see ResourceCache.get
+    if opening is None:
         result = run_trial(trial_cfg, output_dir, resources)
         print_result(result)
         return result.eval_loss
-    with track.single_run(trial_cfg, OmegaConf.to_yaml(cfg)) as run:
+    track, client = opening.result()
+    with track.single_run(trial_cfg, OmegaConf.to_yaml(cfg), client=client) as run:
         run.log_dataset(resources.task, trial_cfg.data)
         result = run_trial(trial_cfg, output_dir, resources, callbacks=run.callbacks(),
                            on_adapter_ready=run.on_adapter_ready)
