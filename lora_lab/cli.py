@@ -134,3 +134,27 @@ def skip_bitsandbytes(cfg: typing.Any) -> bool:
         return False
     sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
     return True
+
+
+def run_command(module: str) -> None:
+    """Run ``python -m <module>``: Hydra composes the config first, then ``<module>`` is imported and
+    its ``command(cfg)`` runs in the Hydra job.
+
+    A command module calls this at its top, before its own imports, so that what the command imports
+    can depend on the config: bitsandbytes stays out of a run that quantizes nothing
+    (``skip_bitsandbytes``; transformers' Trainer imports PEFT, which imports bitsandbytes)."""
+    import importlib
+
+    import hydra
+
+    from lora_lab.config import register_configs
+
+    def task(cfg):
+        skip_bitsandbytes(cfg)
+        return importlib.import_module(module).command(cfg)
+
+    task.__module__ = module  # Hydra names the job (and its log file) after the command's module
+    register_configs()
+    sys.argv[1:] = hydra_argv(sys.argv[1:])
+    check_overrides(sys.argv[1:])
+    hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="config")(reports_errors(task))()

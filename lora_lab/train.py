@@ -6,11 +6,18 @@ from the command line and logs it to MLflow as a run of its own.
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # the command: Hydra composes the config before the imports below run (see cli.run_command)
+    from lora_lab import cli
+
+    cli.run_command("lora_lab.train")
+    sys.exit()
+
 import gc
 import json
 import math
 import resource
-import sys
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,7 +25,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import (
@@ -292,15 +298,13 @@ def _open_tracking_in_background() -> Future:
 register_configs()
 
 
-@hydra.main(version_base=None, config_path=cli.CONFIG_DIR, config_name="config")
-@cli.reports_errors
-def main(cfg: DictConfig) -> float:
-    """Entry point of ``python -m lora_lab.train``: one trial, logged to MLflow as its own run."""
+def command(cfg: DictConfig) -> float:
+    """``python -m lora_lab.train``: one trial, logged to MLflow as its own run (``cfg`` composed by
+    ``cli.run_command``)."""
     from hydra.core.hydra_config import HydraConfig
 
     cli.quiet_libraries()
     trial_cfg = to_trial_config(cfg)
-    cli.skip_bitsandbytes(cfg)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     # MLflow (~0.7 s of imports) and its tracking store (~0.8 s: SQLAlchemy, Alembic, the schema
     # check) are opened on a thread of their own while the model and data build; the run itself is
@@ -321,9 +325,3 @@ def main(cfg: DictConfig) -> float:
         run.log_result(result, log_adapter=trial_cfg.tracking.log_adapter)
     print_result(result)
     return result.eval_loss
-
-
-if __name__ == "__main__":
-    sys.argv[1:] = cli.hydra_argv(sys.argv[1:])
-    cli.check_overrides(sys.argv[1:])
-    main()
