@@ -132,7 +132,7 @@ def main() -> None:
                 else:
                     value = _first_trial_start(repo, env, cwd, store)
             series[key].append(value)
-        print(f"round {round_ + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in series.items()))
+        print(f"round {round_ + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in series.items()), flush=True)
     machine.finish()
 
     floors = series["floor"]
