@@ -17,23 +17,29 @@ from lora_lab import cli
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    ((), False),
-    (("quant=nf4",), True),
-    (("quant=int8",), True),
-    (("+sweep=rank_alpha",), False),
-    (("+sweep=full",), False),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ((), False),
+        (("quant=nf4",), True),
+        (("quant=int8",), True),
+        (("+sweep=rank_alpha",), False),
+        (("+sweep=full",), False),
+    ],
+)
 def test_quantizes_reads_the_composed_config(compose_config, overrides, expected):
     assert cli.quantizes(compose_config(*overrides)) is expected
 
 
-@pytest.mark.parametrize("sweep, expected", [
-    ({"params": {"lora.r": {"type": "categorical", "choices": [4, 8]}}}, False),
-    ({"params": {"quant.method": {"type": "categorical", "choices": ["none", "nf4"]}}}, True),
-    ({"derived": {"quant.double_quant": "True"}}, True),
-    ({"baselines": [{"lora.r": 8}, {"lora.r": 8, "quant.method": "nf4"}]}, True),
-])
+@pytest.mark.parametrize(
+    "sweep, expected",
+    [
+        ({"params": {"lora.r": {"type": "categorical", "choices": [4, 8]}}}, False),
+        ({"params": {"quant.method": {"type": "categorical", "choices": ["none", "nf4"]}}}, True),
+        ({"derived": {"quant.double_quant": "True"}}, True),
+        ({"baselines": [{"lora.r": 8}, {"lora.r": 8, "quant.method": "nf4"}]}, True),
+    ],
+)
 def test_quantizes_sees_a_sweep_that_searches_quantization(sweep, expected):
     assert cli.quantizes(OmegaConf.create({"quant": {"method": "none"}, "sweep": sweep})) is expected
 
@@ -49,12 +55,30 @@ def _imported(importtime_stderr: str) -> set[str]:
 
 def test_unquantized_trial_command_keeps_bitsandbytes_and_the_sweep_out(tmp_path):
     store = tmp_path / "mlflow.db"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               MLFLOW_TRACKING_URI=f"sqlite:///{store}")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        MLFLOW_TRACKING_URI=f"sqlite:///{store}",
+    )
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "lora_lab.train", "train.max_steps=2", "train.eval_every=2",
-         "train.eval_generate=0", "tracking.experiment=startup", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "lora_lab.train",
+            "train.max_steps=2",
+            "train.eval_every=2",
+            "train.eval_generate=0",
+            "tracking.experiment=startup",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "eval loss" in proc.stdout
     imported = _imported(proc.stderr)
