@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import warnings
 
 BNB_CPU_OPS_LOGGER = "bitsandbytes.backends.cpu.ops"
@@ -41,16 +40,16 @@ def drop_import_noise() -> None:
     logging.getLogger(BNB_CPU_OPS_LOGGER).addFilter(_BNB_FILTER)  # adding one filter twice keeps one
 
 
-def quiet_libraries(model_libraries: bool = True) -> None:
+def quiet_libraries(model_libraries: bool = True, optuna_too: bool = True) -> None:
     """Keep library chatter (hub lookups, deprecation notes, Optuna's per-trial lines) out of a
     command's output. ``model_libraries=False`` leaves transformers unimported (the report needs only
-    MLflow and Optuna)."""
+    MLflow and Optuna); ``optuna_too=False`` leaves Optuna unimported (a single trial never uses it)."""
     drop_import_noise()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # MLflow's sqlite store migrations
     warnings.filterwarnings("ignore", category=FutureWarning)
-    if "optuna" in sys.modules:  # a sweep or a report; a single trial does not import Optuna at all
+    if optuna_too:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by lora_lab itself

@@ -303,7 +303,7 @@ def command(cfg: DictConfig) -> float:
     ``cli.run_command``)."""
     from hydra.core.hydra_config import HydraConfig
 
-    cli.quiet_libraries()
+    cli.quiet_libraries(optuna_too=False)
     trial_cfg = to_trial_config(cfg)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     # MLflow (~0.7 s of imports) and its tracking store (~0.8 s: SQLAlchemy, Alembic, the schema
