@@ -169,8 +169,16 @@ def run_plain(model_dir: Path, variant: str, cfg, out: Path) -> dict:
     """The script a user writes: (Q)LoRA with transformers, PEFT and bitsandbytes, same settings."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, DataCollatorForSeq2Seq,
-                              PrinterCallback, Trainer, TrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        BitsAndBytesConfig,
+        DataCollatorForSeq2Seq,
+        PrinterCallback,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     from lora_lab.data import build_task_data
 

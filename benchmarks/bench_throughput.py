@@ -34,12 +34,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 from _common import fmt, median, stopwatch  # noqa: E402
 
+
 def plain_run(cfg, model_dir: Path, tokenizer, data, output_dir: Path, timer) -> dict:
     """The script a user writes with transformers + PEFT for the same trial configuration."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, PrinterCallback, Trainer,
-                              TrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForCausalLM,
+        DataCollatorForSeq2Seq,
+        PrinterCallback,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     t = cfg.train
     with stopwatch() as wall:

@@ -53,8 +53,14 @@ def hf_search(workdir: Path, trials: int, steps: int, eval_every: int, seed: int
     import optuna
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, PrinterCallback, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        PrinterCallback,
+        Trainer,
+        TrainingArguments,
+    )
 
     from lora_lab.config import DataConfig, ModelConfig
     from lora_lab.data import build_task_data

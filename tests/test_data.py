@@ -13,8 +13,15 @@ import torch
 from transformers import DataCollatorForSeq2Seq
 
 from lora_lab.config import DataConfig
-from lora_lab.data import (IGNORE_INDEX, PadToLongest, build_task_data, cipher_key, encode_record, load_records,
-                           synthetic_records)
+from lora_lab.data import (
+    IGNORE_INDEX,
+    PadToLongest,
+    build_task_data,
+    cipher_key,
+    encode_record,
+    load_records,
+    synthetic_records,
+)
 from lora_lab.errors import DataError
 from lora_lab.model import builtin_tokenizer
 
