@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -117,6 +119,7 @@ async def take_screenshots(base: str, experiment_id: str, parent_id: str, best_i
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # Debian's launcher is a shell script: end the whole group, browser included
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/json/version", 30)
@@ -170,7 +173,8 @@ async def take_screenshots(base: str, experiment_id: str, parent_id: str, best_i
                 await asyncio.sleep(3)
                 await page.shot(OUT / "compare_charts.png")
     finally:
-        chromium.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(chromium.pid, signal.SIGTERM)
         chromium.wait(timeout=30)
         shutil.rmtree(profile, ignore_errors=True)
 
@@ -205,6 +209,7 @@ def main() -> None:
         cwd=work,
         stdout=open(work / "server.log", "w"),
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # the server runs its web workers as children: end them together
     )
     try:
         wait_http(f"{base}/health")
@@ -242,7 +247,8 @@ def main() -> None:
         if args.keep:
             print(f"server: {base} (pid {server.pid}), store: {work}")
         else:
-            server.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
             shutil.rmtree(work, ignore_errors=True)
 
