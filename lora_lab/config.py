@@ -53,11 +53,14 @@ class ModelConfig:
 
     name: str = "tiny_llama"
     """Short label used in run names and reports."""
-    source: str = "builtin"
-    """'builtin': a Llama-architecture model built from the fields below with seeded random weights;
-    'hub': ``pretrained`` is a Hub id or a local directory loaded with ``from_pretrained``."""
-    pretrained: Optional[str] = None
-    """Hub id (e.g. 'Qwen/Qwen2.5-0.5B') or local path; required when source='hub'."""
+    source: str = "package"
+    """'package': a model shipped inside lora_lab (``lora_lab/assets/<pretrained>/``, loaded offline
+    with ``from_pretrained``); 'builtin': a Llama-architecture model built from the fields below with
+    seeded random weights (the from-scratch control); 'hub': ``pretrained`` is a Hub id or a local
+    directory loaded with ``from_pretrained``."""
+    pretrained: Optional[str] = "tiny_llama"
+    """package: the asset's name (``tiny_llama``); hub: a Hub id (e.g. 'Qwen/Qwen2.5-0.5B') or a
+    local path."""
     revision: Optional[str] = None
     """Hub revision (branch, tag or commit) to pin."""
     trust_remote_code: bool = False
@@ -87,11 +90,15 @@ class ModelConfig:
     """Named target-module sets for this architecture, e.g. 'qv' -> [q_proj, v_proj]."""
 
     def __post_init__(self) -> None:
-        _check_choice("model.source", self.source, ("builtin", "hub"))
+        _check_choice("model.source", self.source, ("package", "builtin", "hub"))
         _check_choice("model.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
         if self.source == "hub" and not self.pretrained:
             raise ConfigError("model.pretrained", self.pretrained,
                               "a Hub model id or a local directory when model.source='hub'")
+        if self.source == "package" and not self.pretrained:
+            raise ConfigError("model.pretrained", self.pretrained,
+                              "the name of a model shipped in lora_lab/assets/ (tiny_llama) when "
+                              "model.source='package'")
         for name in ("hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
             _check_range(f"model.{name}", getattr(self, name), low=1)
@@ -111,12 +118,18 @@ LOFTQ_REFUSAL = ("one of " + ", ".join(repr(c) for c in INIT_LORA_WEIGHTS) + " (
                  "PEFT's LoftQ needs a full-precision base that it quantizes itself with a LoftQConfig, "
                  "which the quant group does not describe; for QLoRA use quant=nf4 with "
                  "lora.init_lora_weights=true)")
+METHODS = ("lora", "full", "none")
+"""lora.method values: an adapter, or one of the two baselines (full fine-tuning, zero-shot)."""
 
 
 @dataclass
 class LoraSettings:
     """LoRA adapter settings; each maps onto one field of PEFT's ``LoraConfig``."""
 
+    method: str = "lora"
+    """What a trial trains: 'lora' (an adapter, the fields below), 'full' (the full fine-tuning
+    baseline: every base weight trainable, the same steps; give it its own train.learning_rate) or
+    'none' (the zero-shot baseline: the base model evaluated as it is, nothing trained)."""
     r: int = 8
     """Rank of the update B @ A."""
     lora_alpha: float = 16.0
@@ -140,6 +153,7 @@ class LoraSettings:
     (unquantized bases only); 'loftq' is refused (see ``LOFTQ_REFUSAL``)."""
 
     def __post_init__(self) -> None:
+        _check_choice("lora.method", self.method, METHODS)
         _check_range("lora.r", self.r, low=1)
         _check_range("lora.lora_alpha", self.lora_alpha, low=0, low_inclusive=False)
         _check_range("lora.lora_dropout", self.lora_dropout, low=0, high=1, high_inclusive=False)
@@ -234,12 +248,19 @@ class TrainConfig:
                        "constant_with_warmup", "inverse_sqrt"))
 
 
+SYNTHETIC_TASKS = ("cipher_swap", "cipher_family", "cipher", "reverse", "add")
+"""The built-in generated tasks (data.task values that need no file or download)."""
+
+
 @dataclass
 class DataConfig:
     """Where examples come from: a built-in synthetic task, a local JSONL file or a Hub dataset."""
 
-    task: str = "cipher"
-    """'cipher' (a word through a fixed letter permutation), 'reverse' (spell a word backwards),
+    task: str = "cipher_swap"
+    """'cipher_swap' (task B: one key of the cipher family with ``swaps`` letter pairs exchanged, the
+    default fine-tuning task of the pretrained tiny_llama), 'cipher_family' (task A: words through one
+    of ``n_keys`` letter permutations, chosen by a key tag; what tiny_llama was pretrained on),
+    'cipher' (a word through a fixed letter permutation), 'reverse' (spell a word backwards),
     'add' (sum of two numbers), 'jsonl' (``path``) or 'hf' (``hf_name``)."""
     n_train: int = 2000
     """Synthetic tasks: training examples."""
@@ -251,6 +272,16 @@ class DataConfig:
     """Synthetic tasks: shortest word (or number of digits for 'add')."""
     max_len: int = 5
     """Synthetic tasks: longest word (or number of digits for 'add')."""
+    n_keys: int = 4
+    """cipher_family/cipher_swap: keys of the pretraining family (task A); tag i prefixes key i's prompts."""
+    family_seed: int = 7
+    """cipher_family/cipher_swap: seed of the family's keys and of task A's words (the same seed the
+    shipped tiny_llama was pretrained with, so held-out task A is held out from its pretraining)."""
+    key_index: int = 0
+    """cipher_swap: which key of the family task B changes (its tag is kept)."""
+    swaps: int = 6
+    """cipher_swap: letter pairs whose cipher letters are exchanged: the designed size of the change,
+    2 x swaps of the 26 letters map differently from the pretrained key."""
     path: Optional[str] = None
     """jsonl: training file, one JSON object per line."""
     eval_path: Optional[str] = None
@@ -273,11 +304,14 @@ class DataConfig:
     """hf: split held out; when null, ``eval_fraction`` of the training split."""
 
     def __post_init__(self) -> None:
-        _check_choice("data.task", self.task, ("cipher", "reverse", "add", "jsonl", "hf"))
+        _check_choice("data.task", self.task, SYNTHETIC_TASKS + ("jsonl", "hf"))
         _check_range("data.n_train", self.n_train, low=1)
         _check_range("data.n_eval", self.n_eval, low=1)
         _check_range("data.min_len", self.min_len, low=1)
         _check_range("data.max_len", self.max_len, low=self.min_len)
+        _check_range("data.n_keys", self.n_keys, low=1, high=10)
+        _check_range("data.key_index", self.key_index, low=0, high=self.n_keys - 1)
+        _check_range("data.swaps", self.swaps, low=0, high=13)
         _check_range("data.eval_fraction", self.eval_fraction, low=0, high=1,
                      low_inclusive=False, high_inclusive=False)
         if self.task == "jsonl" and not self.path:
@@ -502,6 +536,39 @@ class TrialConfig:
                               f"{', '.join(repr(c) for c in INIT_LORA_WEIGHTS if c not in BASE_REWRITING_INITS)} "
                               f"with quant.method={self.quant.method!r} ({init} rewrites the base weights it "
                               f"starts from, which a quantized base cannot hold exactly; use quant=none for {init})")
+        if self.lora.method == "full" and self.quant.method != "none":
+            raise ConfigError("lora.method", "full", f"'lora' or 'none' with quant.method={self.quant.method!r}: "
+                              "full fine-tuning trains the base weights themselves, which needs them "
+                              "unquantized (quant=none)")
+
+
+def _pretrain_model() -> ModelConfig:
+    return ModelConfig(name="tiny_llama", source="builtin", pretrained=None, hidden_size=128,
+                       intermediate_size=256, initializer_range=0.02)
+
+
+@dataclass
+class PretrainConfig:
+    """``python -m lora_lab.pretrain``: pretrain the shipped tiny_llama on task A (conf/pretrain.yaml).
+
+    Every weight trains (no adapter); the model starts from ``model``'s seeded random weights."""
+
+    model: ModelConfig = field(default_factory=_pretrain_model)
+    """The architecture (model.source must be 'builtin': its fields build the random start)."""
+    data: DataConfig = field(default_factory=lambda: DataConfig(task="cipher_family"))
+    """Task A, the pretraining data (data.task must be 'cipher_family')."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The optimisation schedule, as for a trial."""
+    output_dir: Optional[str] = None
+    """Where the model goes; null means the package's own lora_lab/assets/<model.name>/."""
+    min_exact_match: float = 0.99
+    """The model is written only if its held-out task A exact match reaches this (a weak base
+    would make every fine-tuning result on it meaningless)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("model.source", self.model.source, ("builtin",))
+        _check_choice("data.task", self.data.task, ("cipher_family",))
+        _check_range("min_exact_match", self.min_exact_match, low=0, high=1)
 
 
 def register_configs() -> None:
@@ -509,6 +576,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="schema_trial", node=TrialConfig)
     cs.store(name="schema_report", node=ReportConfig)
+    cs.store(name="schema_pretrain", node=PretrainConfig)
 
 
 TRIAL_GROUPS = (*names.TRIAL_GROUPS, "tracking")

@@ -20,7 +20,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedTokenizerBase
 
-from lora_lab.config import DataConfig
+from lora_lab.config import SYNTHETIC_TASKS, DataConfig
 from lora_lab.errors import DataError
 
 IGNORE_INDEX = -100
@@ -104,6 +104,11 @@ class TaskData:
     """``train`` as tensors, what trials train on (built with the data, shared by a sweep's trials)."""
     eval_examples: TensorExamples
     """``eval`` as tensors."""
+    retain_records: list[dict[str, str]] | None = None
+    """Held-out examples of the base model's pretraining task (task A) that the new task leaves
+    unchanged; scored before and after adaptation to measure forgetting. None when the task has none."""
+    retain_examples: TensorExamples | None = None
+    """``retain_records`` tokenized, as tensors."""
 
 
 def _random_words(rng: random.Random, n: int, min_len: int, max_len: int,
@@ -130,11 +135,76 @@ def cipher_key(seed: int) -> dict[str, str]:
     return dict(zip(letters, shuffled, strict=True))
 
 
+def family_keys(family_seed: int, n_keys: int) -> list[dict[str, str]]:
+    """The letter permutations of the cipher family (task A). Key i depends on the seed and i alone,
+    so raising ``n_keys`` adds keys without changing the others."""
+    letters = list(string.ascii_lowercase)
+    keys = []
+    for index in range(n_keys):
+        shuffled = letters[:]
+        random.Random(f"cipher-family:{family_seed}:key:{index}").shuffle(shuffled)
+        keys.append(dict(zip(letters, shuffled)))
+    return keys
+
+
+def swapped_key(key: dict[str, str], swaps: int, seed: int) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """``key`` with the cipher letters of ``swaps`` disjoint letter pairs exchanged (task B's key),
+    and the pairs: exactly 2 x swaps letters map differently from ``key``."""
+    rng = random.Random(f"cipher-swap:{seed}")
+    chosen = rng.sample(string.ascii_lowercase, 2 * swaps)
+    pairs = [(chosen[2 * i], chosen[2 * i + 1]) for i in range(swaps)]
+    new = dict(key)
+    for a, b in pairs:
+        new[a], new[b] = key[b], key[a]
+    return new, pairs
+
+
+def _keyed_records(words: list[str], keys: list[tuple[int, dict[str, str]]]) -> list[dict[str, str]]:
+    """Word i enciphered with keys[i mod len(keys)], its prompt prefixed by that key's tag."""
+    out = []
+    for i, word in enumerate(words):
+        tag, key = keys[i % len(keys)]
+        out.append({"prompt": f"{tag}{word}:", "response": "".join(key[c] for c in word)})
+    return out
+
+
+def family_records(cfg: DataConfig, n_train: int, n_eval: int) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Task A: words through the family's keys, each key equally often. The held-out words are
+    drawn first, so held-out task A depends on ``family_seed`` and ``n_eval`` alone and stays
+    held out from a pretraining run with any ``n_train``."""
+    rng = random.Random(f"cipher-family:{cfg.family_seed}:words")
+    words = _random_words(rng, n_train + n_eval, cfg.min_len, cfg.max_len)
+    keys = list(enumerate(family_keys(cfg.family_seed, cfg.n_keys)))
+    held_out = _keyed_records(words[:n_eval], keys)
+    return _keyed_records(words[n_eval:], keys), held_out
+
+
+def task_b_key(cfg: DataConfig) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """cipher_swap's key (family key ``key_index`` with ``swaps`` pairs exchanged) and its pairs."""
+    return swapped_key(family_keys(cfg.family_seed, cfg.n_keys)[cfg.key_index], cfg.swaps, cfg.seed)
+
+
+def retain_records(cfg: DataConfig) -> list[dict[str, str]] | None:
+    """Held-out task A on the keys task B leaves unchanged (all but ``key_index``): how much of its
+    pretraining the base keeps after adapting to B. None for tasks that are not a family's task B."""
+    if cfg.task != "cipher_swap":
+        return None
+    _, held_out = family_records(cfg, 0, cfg.n_eval)
+    tag = str(cfg.key_index)
+    return [r for r in held_out if not r["prompt"].startswith(tag)]
+
+
 def synthetic_records(cfg: DataConfig) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """Deterministic train and held-out records of a built-in task; the two never share a prompt."""
     rng = random.Random(cfg.seed)
     total = cfg.n_train + cfg.n_eval
-    if cfg.task == "cipher":
+    if cfg.task == "cipher_family":
+        return family_records(cfg, cfg.n_train, cfg.n_eval)
+    if cfg.task == "cipher_swap":
+        key, _ = task_b_key(cfg)
+        words = _random_words(rng, total, cfg.min_len, cfg.max_len)
+        records = _keyed_records(words, [(cfg.key_index, key)])
+    elif cfg.task == "cipher":
         key = cipher_key(cfg.seed)
         words = _random_words(rng, total, cfg.min_len, cfg.max_len)
         records = [{"prompt": f"{w}:", "response": "".join(key[c] for c in w)} for w in words]
@@ -302,11 +372,16 @@ def build_task_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, max_seq
                             f"its response starts; raise train.max_seq_len.")
         return datasets.Dataset.from_list(rows)
 
+    retain = retain_records(cfg)
     max_response = max(len(tokenizer(r["response"], add_special_tokens=False)["input_ids"])
-                       for r in eval_records)
-    name = cfg.task if cfg.task in ("cipher", "reverse", "add") else (cfg.path or cfg.hf_name or cfg.task)
+                       for r in eval_records + (retain or []))
+    name = cfg.task if cfg.task in SYNTHETIC_TASKS else (cfg.path or cfg.hf_name or cfg.task)
     train, held_out = to_dataset(train_records), to_dataset(eval_records)
+
+    def tensors(rows: datasets.Dataset) -> TensorExamples:
+        return TensorExamples(rows, tokenizer.pad_token_id, tokenizer.padding_side)
+
     return TaskData(name=name, train=train, eval=held_out, eval_records=eval_records,
                     digest=records_digest(train_records, eval_records), max_response_tokens=max_response + 1,
-                    train_examples=TensorExamples(train, tokenizer.pad_token_id, tokenizer.padding_side),
-                    eval_examples=TensorExamples(held_out, tokenizer.pad_token_id, tokenizer.padding_side))
+                    train_examples=tensors(train), eval_examples=tensors(held_out), retain_records=retain,
+                    retain_examples=tensors(to_dataset(retain)) if retain else None)

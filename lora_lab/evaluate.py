@@ -32,6 +32,36 @@ def token_accuracy(prediction: EvalPrediction) -> dict[str, float]:
     return {"token_accuracy": float(correct.sum() / max(mask.sum(), 1))}
 
 
+@torch.no_grad()
+def score(model: torch.nn.Module, examples, batch_size: int = 64) -> dict[str, float]:
+    """Loss and token accuracy of ``model`` on tokenized examples (a ``TensorExamples``) without a
+    Trainer: the zero-shot baseline and the task A scores before and after adaptation.
+
+    The same numbers ``Trainer.evaluate`` gives with ``token_accuracy`` (a test checks it): the loss
+    is each batch's mean over response tokens, averaged over batches weighted by their size, and the
+    accuracy is pooled over every response token."""
+    was_training = model.training
+    model.eval()
+    target_device = next(model.parameters()).device
+    loss_sum, sequences, correct, tokens = 0.0, 0, 0, 0
+    try:
+        for start in range(0, len(examples), batch_size):
+            batch = examples.__getitems__(list(range(start, min(start + batch_size, len(examples)))))
+            batch = {key: value.to(target_device) for key, value in batch.items()}
+            out = model(**batch)
+            size = batch["input_ids"].shape[0]
+            loss_sum += float(out.loss) * size
+            sequences += size
+            predicted = out.logits[:, :-1].argmax(dim=-1)
+            labels = batch["labels"][:, 1:]
+            mask = labels != IGNORE_INDEX
+            correct += int(((predicted == labels) & mask).sum())
+            tokens += int(mask.sum())
+    finally:
+        model.train(was_training)
+    return {"loss": loss_sum / max(sequences, 1), "token_accuracy": correct / max(tokens, 1)}
+
+
 def perplexity(loss: float) -> float:
     """exp(loss), capped so a diverged run reports inf rather than overflowing."""
     return math.exp(loss) if loss < 700 else math.inf

@@ -1,9 +1,11 @@
 """Base model, tokenizer, quantization and the LoRA adapter on top.
 
-The built-in ``tiny_llama`` is a ``LlamaForCausalLM`` built from a config with seeded random
-weights and a character-level tokenizer, saved once to a local cache directory; from there it takes
-the same ``from_pretrained`` path as a Hub model, so quantization (bitsandbytes) and adapters (PEFT)
-are exercised exactly as they are for real models.
+The default ``tiny_llama`` is a small ``LlamaForCausalLM`` that lora_lab pretrained itself on the
+cipher family (``python -m lora_lab.pretrain``), shipped in ``lora_lab/assets/tiny_llama/`` with its
+character-level tokenizer. ``tiny_llama_scratch`` (source 'builtin') is the same architecture with
+seeded random weights, saved once to a local cache directory. Both take the same ``from_pretrained``
+path as a Hub model, so quantization (bitsandbytes) and adapters (PEFT) are exercised exactly as they
+are for real models.
 """
 
 from __future__ import annotations
@@ -46,6 +48,22 @@ if TYPE_CHECKING:  # PEFT is imported where it is used: see lora_lab.cli.skip_bi
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 BUILTIN_CHARS = " " + string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation
+
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+"""Models shipped inside the package (model.source='package')."""
+
+
+def package_model_dir(cfg: ModelConfig) -> Path:
+    """The directory of a shipped model, checked to hold one."""
+    target = ASSETS_DIR / str(cfg.pretrained)
+    if not (target / "config.json").is_file():
+        shipped = sorted(p.name for p in ASSETS_DIR.glob("*") if (p / "config.json").is_file())
+        raise ModelUnavailableError(
+            f"model.pretrained={cfg.pretrained!r} (model.source='package'): no shipped model of that name in "
+            f"lora_lab/assets/ (shipped: {', '.join(shipped) or 'none'}). Rebuild tiny_llama with "
+            f"`python -m lora_lab.pretrain`, or use model=tiny_llama_scratch.")
+    return target
 
 
 def cache_dir() -> Path:
@@ -122,6 +140,8 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a pad token set (padding is needed for batching)."""
     if cfg.source == "builtin":
         return builtin_tokenizer()
+    if cfg.source == "package":
+        return AutoTokenizer.from_pretrained(package_model_dir(cfg), local_files_only=True)
     tokenizer = _from_hub(AutoTokenizer.from_pretrained, cfg, "tokenizer")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -179,6 +199,9 @@ def load_base_model(model_cfg: ModelConfig, quant: QuantConfig,
     load_args = dict(dtype=dtype, quantization_config=quantization, device_map={"": str(device())})
     if model_cfg.source == "builtin":
         model = AutoModelForCausalLM.from_pretrained(materialize_builtin(model_cfg, tokenizer), **load_args)
+    elif model_cfg.source == "package":
+        model = AutoModelForCausalLM.from_pretrained(package_model_dir(model_cfg), local_files_only=True,
+                                                     **load_args)
     else:
         model = _from_hub(AutoModelForCausalLM.from_pretrained, model_cfg, "model", **load_args)
     model.config.use_cache = False
@@ -304,8 +327,8 @@ def save_adapter(peft_model: PeftModel, directory: str | Path, base_model: str |
 
 def base_model_id(cfg: ModelConfig) -> str:
     """The base model's name as an adapter records it: the Hub id (``Qwen/Qwen2.5-0.5B``), the config's
-    name for a local directory, ``lora_lab/<name>`` for a built-in model; never a path on this machine."""
-    if cfg.source == "builtin" or not cfg.pretrained:
+    name for a local directory, ``lora_lab/<name>`` for a built-in or shipped model; never a path on this machine."""
+    if cfg.source in ("builtin", "package") or not cfg.pretrained:
         return f"lora_lab/{cfg.name}"
     if Path(cfg.pretrained).expanduser().exists() or cfg.pretrained.startswith(("/", ".", "~")):
         return cfg.name
@@ -318,6 +341,8 @@ def base_writes(lora: LoraSettings) -> list[str]:
     """The settings of ``lora`` that write to the base model they adapt, each as 'field=value: why';
     empty when the adapter leaves the base untouched (PEFT's default: only A and B train)."""
     writes = []
+    if lora.method == "full":
+        writes.append("lora.method=full: full fine-tuning trains every base weight")
     if lora.init_lora_weights in BASE_REWRITING_INITS:
         writes.append(f"lora.init_lora_weights={lora.init_lora_weights}: moves the principal directions "
                       f"of the base weights into the adapter, rewriting the base weights")

@@ -246,7 +246,8 @@ class TrialRun:
         now = int(time.time() * 1000)
         # eval_loss / eval_token_accuracy at the final step already came in through StepLogger
         # (the final evaluation is a Trainer evaluation too): logging them again would duplicate it.
-        metrics = {k: v for k, v in result.metrics().items() if k not in STEP_METRICS.values()}
+        # A trial that never trained (the zero-shot baseline, steps 0) had no Trainer evaluation to log them.
+        metrics = {k: v for k, v in result.metrics().items() if result.steps == 0 or k not in STEP_METRICS.values()}
         ranks = self.effective_rank
         if ranks:
             values = list(ranks.values())

@@ -41,7 +41,7 @@ from lora_lab import cli
 from lora_lab.config import TrialConfig, register_configs, to_trial_config
 from lora_lab.data import TaskData, build_task_data
 from lora_lab.errors import TrialFailedError
-from lora_lab.evaluate import argmax_logits, exact_match, perplexity, token_accuracy
+from lora_lab.evaluate import argmax_logits, exact_match, perplexity, score, token_accuracy
 from lora_lab.model import (
     attach_adapter,
     base_model_id,
@@ -54,6 +54,7 @@ from lora_lab.model import (
     save_adapter,
     trial_base,
 )
+from lora_lab.names import FORGET_PREFIX, RETAIN_PREFIX
 
 
 @dataclass
@@ -64,6 +65,9 @@ class TrialResources:
     tokenizer: PreTrainedTokenizerBase
     base_model: PreTrainedModel
     task: TaskData
+    retain_before: dict[int, dict[str, float]] = field(default_factory=dict)
+    """The base model's task A scores before any adaptation (see ``retain_scores``), computed once
+    per number of generated prompts (train.eval_generate)."""
 
 
 def resources_key(cfg: TrialConfig) -> str:
@@ -129,6 +133,11 @@ class TrialResult:
     target_modules: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     effective_rank: dict[str, Any] = field(default_factory=dict)
+    retain: dict[str, float] = field(default_factory=dict)
+    """Task A and forgetting metrics (names.TASK_A_METRICS, names.FORGET_METRICS) when the data has
+    a task A (data.task=cipher_swap); empty otherwise."""
+    method: str = "lora"
+    """lora.method of the trial: 'lora', or a baseline ('full', 'none')."""
 
     def metrics(self) -> dict[str, float]:
         """The scalar final metrics under the names they are logged to MLflow with (and that
@@ -137,6 +146,7 @@ class TrialResult:
                  "trainable_pct", "wall_time_s", "train_time_s", "tokens_per_s", "peak_memory_mb")
         out = {name: float(getattr(self, name)) for name in names}
         out["eval_token_accuracy"] = float(self.token_accuracy)
+        out.update({name: float(value) for name, value in self.retain.items()})
         return out
 
 
@@ -197,14 +207,89 @@ def _peak_memory_mb() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
 
 
+def retain_scores(model: torch.nn.Module, resources: TrialResources, cfg: TrialConfig,
+                  generate: bool = True) -> dict[str, float]:
+    """Loss, token accuracy and exact match of ``model`` on held-out task A (the base's pretraining
+    task, on the keys the new task leaves unchanged); {} when the data has no task A."""
+    task = resources.task
+    if task.retain_examples is None:
+        return {}
+    scores = score(model, task.retain_examples, batch_size=max(cfg.train.batch_size, 64))
+    records = task.retain_records[: cfg.train.eval_generate]
+    match = (exact_match(model, resources.tokenizer, records, task.max_response_tokens)
+             if generate and records else float("nan"))
+    return {f"{RETAIN_PREFIX}eval_loss": scores["loss"], f"{RETAIN_PREFIX}token_accuracy": scores["token_accuracy"],
+            f"{RETAIN_PREFIX}exact_match": match}
+
+
+def base_retain_scores(resources: TrialResources, cfg: TrialConfig) -> dict[str, float]:
+    """The shared base model's task A scores, computed once (per train.eval_generate). Must first be
+    called before an adapter is attached: PEFT wraps the base model's own layers in place."""
+    if cfg.train.eval_generate not in resources.retain_before:
+        if any(hasattr(module, "lora_A") for module in resources.base_model.modules()):
+            raise RuntimeError("the base model's task A scores were asked for while an adapter is attached")
+        resources.retain_before[cfg.train.eval_generate] = retain_scores(resources.base_model, resources, cfg)
+    return resources.retain_before[cfg.train.eval_generate]
+
+
+def retain_metrics(model: torch.nn.Module, resources: TrialResources, cfg: TrialConfig,
+                   generate: bool = True) -> dict[str, float]:
+    """Task A scores of the adapted model and forgetting: how much worse than the base before
+    adaptation (``forget_eval_loss`` = after - before, ``forget_exact_match`` = before - after)."""
+    if resources.task.retain_examples is None:
+        return {}
+    before = base_retain_scores(resources, cfg)
+    after = retain_scores(model, resources, cfg, generate=generate)
+    after[f"{FORGET_PREFIX}eval_loss"] = after[f"{RETAIN_PREFIX}eval_loss"] - before[f"{RETAIN_PREFIX}eval_loss"]
+    after[f"{FORGET_PREFIX}exact_match"] = before[f"{RETAIN_PREFIX}exact_match"] - after[f"{RETAIN_PREFIX}exact_match"]
+    return after
+
+
+def fully_trainable(model: PreTrainedModel) -> PreTrainedModel:
+    """The full fine-tuning baseline's model: every weight trainable. Give it the trial's private
+    copy of the base (``model.trial_base`` with lora.method=full), never the shared base itself:
+    training that in place would hand every later trial a fine-tuned base."""
+    for param in model.parameters():
+        param.requires_grad_(True)
+    return model
+
+
+def _parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    if hasattr(model, "get_nb_trainable_parameters"):  # PEFT counts 4-bit weights at their real size
+        return model.get_nb_trainable_parameters()
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def zero_shot_trial(cfg: TrialConfig, output_dir: Path, resources: TrialResources, started: float) -> TrialResult:
+    """The zero-shot baseline (lora.method=none): the base model scored on the held-out split as it
+    is; nothing trains, so task A is unchanged (forgetting 0 by construction)."""
+    model = resources.base_model
+    scores = score(model, resources.task.eval_examples, batch_size=max(cfg.train.batch_size, 64))
+    match = (exact_match(model, resources.tokenizer, resources.task.eval_records[: cfg.train.eval_generate],
+                         resources.task.max_response_tokens) if cfg.train.eval_generate > 0 else float("nan"))
+    retain = retain_metrics(model, resources, cfg)
+    _, total = _parameter_counts(model)
+    peak, peak_kind = _peak_memory_mb()
+    return TrialResult(
+        eval_loss=scores["loss"], perplexity=perplexity(scores["loss"]), token_accuracy=scores["token_accuracy"],
+        exact_match=match, trainable_params=0, total_params=int(total), trainable_pct=0.0,
+        wall_time_s=time.perf_counter() - started, train_time_s=0.0, tokens_per_s=float("nan"),
+        peak_memory_mb=peak, peak_memory_kind=peak_kind, steps=0, output_dir=str(output_dir), adapter_dir=None,
+        history=[{"step": 0, "eval_loss": scores["loss"], "eval_token_accuracy": scores["token_accuracy"]}],
+        retain=retain, method="none")
+
+
 def run_trial(cfg: TrialConfig, output_dir: str | Path, resources: TrialResources | None = None,
               callbacks: Iterable[TrainerCallback] = (), show_progress: bool = True,
               on_adapter_ready=None, pruned=None) -> TrialResult:
-    """Train and evaluate one adapter. Reuses ``resources`` (a sweep's shared base model and data)
-    when given; the base model is left as it was found, so the next trial starts clean.
+    """Train and evaluate one adapter (or, with lora.method, one baseline). Reuses ``resources`` (a
+    sweep's shared base model and data) when given; the base model is left as it was found, so the
+    next trial starts clean.
 
     ``on_adapter_ready(peft_model)`` is called after training, before the adapter is removed, so
-    callers can inspect the trained adapter (the sweep measures its effective rank there).
+    callers can inspect the trained adapter (the sweep measures its effective rank there); it is
+    not called for the baselines, which have no adapter.
     ``pruned()``, asked after training, says whether the caller stopped the trial for good (a
     pruned sweep trial): its exact-match generation and adapter saving are then skipped, as
     nothing uses a pruned trial's adapter (exact_match is NaN, adapter_dir None)."""
@@ -215,6 +300,11 @@ def run_trial(cfg: TrialConfig, output_dir: str | Path, resources: TrialResource
         resources = build_resources(cfg)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    method = cfg.lora.method
+    if resources.task.retain_examples is not None:
+        base_retain_scores(resources, cfg)  # the "before" of forgetting, while the base is still bare
+    if method == "none":
+        return zero_shot_trial(cfg, output_dir, resources, started)
 
     set_seed(cfg.train.seed)  # the adapter's initialisation depends on it
     with trial_base(resources.base_model, base_writes(cfg.lora)) as base:
@@ -224,9 +314,15 @@ def run_trial(cfg: TrialConfig, output_dir: str | Path, resources: TrialResource
 
 def _train_and_evaluate(cfg: TrialConfig, output_dir: Path, resources: TrialResources, base: PreTrainedModel,
                         callbacks, show_progress: bool, on_adapter_ready, pruned, started: float) -> TrialResult:
-    model = attach_adapter(base, cfg.lora, cfg.model)
+    method = cfg.lora.method
+    if method == "full":
+        # ``base`` is a private copy here (lora.method=full is one of model.base_writes), so the shared
+        # base stays the pretrained one for the trials after this.
+        model = fully_trainable(base)
+    else:
+        model = attach_adapter(base, cfg.lora, cfg.model)
     try:
-        trainable, total = model.get_nb_trainable_parameters()
+        trainable, total = _parameter_counts(model)
         if show_progress:
             print(f"trainable params: {trainable:,} || all params: {total:,} || "
                   f"trainable%: {100 * trainable / total:.4f}")
@@ -246,25 +342,30 @@ def _train_and_evaluate(cfg: TrialConfig, output_dir: Path, resources: TrialReso
         match = (exact_match(model, resources.tokenizer, resources.task.eval_records[: cfg.train.eval_generate],
                              resources.task.max_response_tokens)
                  if cfg.train.eval_generate > 0 and not was_pruned else float("nan"))
+        retain = retain_metrics(model, resources, cfg, generate=not was_pruned)
         adapter_dir = None
-        if cfg.train.save_adapter and not was_pruned:
+        if cfg.train.save_adapter and not was_pruned and method == "lora":
             adapter_dir = str(output_dir / "adapter")
             save_adapter(model, adapter_dir, base_model=base_model_id(cfg.model))
-        if on_adapter_ready is not None:
+        if on_adapter_ready is not None and method == "lora":
             on_adapter_ready(model)
         train_time = float(train_output.metrics["train_runtime"])
         peak, peak_kind = _peak_memory_mb()
         eval_loss = float(final["eval_loss"])
+        targets = sorted(model.peft_config["default"].target_modules) if method == "lora" else []
         return TrialResult(
             eval_loss=eval_loss, perplexity=perplexity(eval_loss), token_accuracy=float(final["eval_token_accuracy"]),
             exact_match=match, trainable_params=int(trainable), total_params=int(total),
             trainable_pct=100.0 * trainable / total, wall_time_s=time.perf_counter() - started,
             train_time_s=train_time, tokens_per_s=trainer.state.num_input_tokens_seen / max(train_time, 1e-9),
             peak_memory_mb=peak, peak_memory_kind=peak_kind, steps=steps, output_dir=str(output_dir),
-            adapter_dir=adapter_dir, target_modules=sorted(model.peft_config["default"].target_modules),
-            history=list(trainer.state.log_history))
+            adapter_dir=adapter_dir, target_modules=targets, history=list(trainer.state.log_history),
+            retain=retain, method=method)
     finally:
-        detach_adapter(model)
+        if method == "lora":
+            detach_adapter(model)
+        else:
+            del model  # the trial's private copy of the base; the shared base was never touched
 
 
 def print_result(result: TrialResult) -> None:
@@ -274,6 +375,7 @@ def print_result(result: TrialResult) -> None:
             ("trainable params", f"{result.trainable_params:,} ({result.trainable_pct:.3f}%)"),
             ("wall time", f"{result.wall_time_s:.1f} s (training {result.train_time_s:.1f} s)"),
             ("tokens/s", f"{result.tokens_per_s:,.0f}"),
+            *[(name.replace("_", " "), f"{value:.4f}") for name, value in result.retain.items()],
             (f"peak memory ({result.peak_memory_kind})", f"{result.peak_memory_mb:,.0f} MiB"),
             ("adapter", result.adapter_dir or "not saved")]
     width = max(len(name) for name, _ in rows)
