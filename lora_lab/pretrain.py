@@ -126,7 +126,7 @@ class Pretrainer:
 register_configs()
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="pretrain")
+@hydra.main(version_base=None, config_path=cli.CONFIG_DIR, config_name="pretrain")
 @cli.reports_errors
 def main(cfg: DictConfig) -> None:
     """Entry point of ``python -m lora_lab.pretrain [overrides]``."""

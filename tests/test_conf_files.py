@@ -16,7 +16,7 @@ KEY_LINE = re.compile(r"^\s*(?:-\s+)?(?:override\s+)?[A-Za-z_][\w./@-]*\s*:(?:\s
 """A line that sets a key: `r: 8`, `hydra:`, `  - model: tiny_llama`, `  - override hydra/job_logging: x`.
 Plain list items (`- _self_`, `- export X=1`) are values, not knobs."""
 
-NOT_YET = {"data/*.yaml", "model/tiny_llama*.yaml"}
+NOT_YET: set[str] = set()
 """Being rewritten elsewhere right now, commented as part of that rewrite; this set must end up empty."""
 
 
