@@ -35,9 +35,12 @@ from lora_lab.config import register_configs, to_trial_config  # noqa: E402
 from lora_lab.names import FORGET_PREFIX, RETAIN_PREFIX  # noqa: E402
 from lora_lab.train import build_resources, run_trial  # noqa: E402
 
-METRICS = [("eval_loss", "task B eval loss", 4), ("exact_match", "task B exact match", 3),
-           (f"{RETAIN_PREFIX}exact_match", "task A exact match", 3),
-           (f"{FORGET_PREFIX}eval_loss", "forgetting (task A loss, after - before)", 3)]
+METRICS = [
+    ("eval_loss", "task B eval loss", 4),
+    ("exact_match", "task B exact match", 3),
+    (f"{RETAIN_PREFIX}exact_match", "task A exact match", 3),
+    (f"{FORGET_PREFIX}eval_loss", "forgetting (task A loss, after - before)", 3),
+]
 
 
 def mean_ci(values: list[float]) -> tuple[float, float, float]:
@@ -79,31 +82,52 @@ def main() -> None:
     configs: list[tuple[str, list[str], int]] = [("zero-shot (lora.method=none)", ["lora.method=none"], 1)]
     for ratio in args.alpha_over_r:
         for r in args.ranks:
-            configs.append((f"LoRA r={r}, alpha/r={ratio:g}", [f"lora.r={r}", f"lora.lora_alpha={ratio * r:g}"],
-                            args.seeds))
-    configs.append((f"full fine-tuning (lr {args.full_lr:g})",
-                    ["lora.method=full", f"train.learning_rate={args.full_lr}"], args.seeds))
+            configs.append(
+                (f"LoRA r={r}, alpha/r={ratio:g}", [f"lora.r={r}", f"lora.lora_alpha={ratio * r:g}"], args.seeds)
+            )
+    configs.append(
+        (
+            f"full fine-tuning (lr {args.full_lr:g})",
+            ["lora.method=full", f"train.learning_rate={args.full_lr}"],
+            args.seeds,
+        )
+    )
 
     rows, resources, times = [], None, []
-    with initialize_config_dir(config_dir=str(_common.CONF), version_base=None), \
-            tempfile.TemporaryDirectory() as scratch:
+    with (
+        initialize_config_dir(config_dir=str(_common.CONF), version_base=None),
+        tempfile.TemporaryDirectory() as scratch,
+    ):
         for label, overrides, seeds in configs:
             results = []
             for seed in range(seeds):
-                cfg = to_trial_config(compose("config", overrides=[*args.overrides, *overrides,
-                                                                   f"train.seed={seed}", "train.save_adapter=false"]))
+                cfg = to_trial_config(
+                    compose(
+                        "config",
+                        overrides=[*args.overrides, *overrides, f"train.seed={seed}", "train.save_adapter=false"],
+                    )
+                )
                 if resources is None:
                     resources = build_resources(cfg)
                 with stopwatch() as t:
                     result = run_trial(cfg, Path(scratch) / "trial", resources, show_progress=False)
                 times.append(t["s"])
                 results.append(result.metrics())
-                print(f"{label} seed {seed}: eval loss {result.eval_loss:.4g}, exact match {result.exact_match:.3f}, "
-                      f"task A exact match {result.metrics().get(f'{RETAIN_PREFIX}exact_match', math.nan):.3f} "
-                      f"({t['s']:.1f} s)", flush=True)
+                print(
+                    f"{label} seed {seed}: eval loss {result.eval_loss:.4g}, exact match {result.exact_match:.3f}, "
+                    f"task A exact match {result.metrics().get(f'{RETAIN_PREFIX}exact_match', math.nan):.3f} "
+                    f"({t['s']:.1f} s)",
+                    flush=True,
+                )
             params = results[0]["trainable_params"]
-            rows.append([label, len(results), f"{params:,.0f}",
-                         *[cell([m.get(key, math.nan) for m in results], digits) for key, _, digits in METRICS]])
+            rows.append(
+                [
+                    label,
+                    len(results),
+                    f"{params:,.0f}",
+                    *[cell([m.get(key, math.nan) for m in results], digits) for key, _, digits in METRICS],
+                ]
+            )
     machine.finish()
     header = ["configuration", "seeds", "trainable params", *[title for _, title, _ in METRICS]]
     lines = _common.table(header, rows)
@@ -125,8 +149,9 @@ def main() -> None:
         f"Trial wall time (training + evaluation, shared base): median {fmt(statistics.median(times))} s over "
         f"{len(times)} trials, at torch intra-op threads {args.threads}.",
     ]
-    _common.write_report("calibrate_default", "Calibration of the default task (pretrained tiny_llama, task B)",
-                         machine, body)
+    _common.write_report(
+        "calibrate_default", "Calibration of the default task (pretrained tiny_llama, task B)", machine, body
+    )
 
 
 if __name__ == "__main__":

@@ -194,7 +194,7 @@ class TrainConfig:
 
     learning_rate: float = 5e-3
     """Peak learning rate of AdamW."""
-    max_steps: Optional[int] = 150
+    max_steps: Optional[int] = 60
     """Optimizer steps (>= 1); null lets ``epochs`` decide the length instead."""
     epochs: float = 1.0
     """Passes over the training set, used only when max_steps is null."""
@@ -212,9 +212,9 @@ class TrainConfig:
     """Gradient clipping norm."""
     max_seq_len: int = 64
     """Longer examples are truncated to this many tokens."""
-    eval_every: int = 50
+    eval_every: int = 6
     """Evaluate on the held-out split every this many steps (these evaluations feed pruning)."""
-    logging_steps: int = 10
+    logging_steps: int = 6
     """Log the training loss every this many steps."""
     eval_generate: int = 64
     """Held-out prompts answered by greedy generation for the exact-match metric (0 skips it)."""
@@ -268,9 +268,9 @@ class DataConfig:
     """Synthetic tasks: held-out examples (disjoint from training)."""
     seed: int = 1234
     """Synthetic tasks: seed of the generator, the cipher key and the split."""
-    min_len: int = 5
+    min_len: int = 6
     """Synthetic tasks: shortest word (or number of digits for 'add')."""
-    max_len: int = 5
+    max_len: int = 6
     """Synthetic tasks: longest word (or number of digits for 'add')."""
     n_keys: int = 4
     """cipher_family/cipher_swap: keys of the pretraining family (task A); tag i prefixes key i's prompts."""

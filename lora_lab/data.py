@@ -143,7 +143,7 @@ def family_keys(family_seed: int, n_keys: int) -> list[dict[str, str]]:
     for index in range(n_keys):
         shuffled = letters[:]
         random.Random(f"cipher-family:{family_seed}:key:{index}").shuffle(shuffled)
-        keys.append(dict(zip(letters, shuffled)))
+        keys.append(dict(zip(letters, shuffled, strict=True)))
     return keys
 
 

@@ -71,16 +71,22 @@ class Pretrainer:
         with tempfile.TemporaryDirectory(prefix="lora_lab_pretrain_") as scratch:
             trial_view = TrialConfig(model=cfg.model, data=cfg.data, train=cfg.train)
             trainer = Trainer(
-                model=self.model, args=training_arguments(trial_view, Path(scratch), self.show_progress),
-                train_dataset=task.train_examples, eval_dataset=task.eval_examples,
-                data_collator=task.train_examples.collator(), compute_metrics=token_accuracy,
-                preprocess_logits_for_metrics=argmax_logits, callbacks=[NonFiniteLossGuard()])
+                model=self.model,
+                args=training_arguments(trial_view, Path(scratch), self.show_progress),
+                train_dataset=task.train_examples,
+                eval_dataset=task.eval_examples,
+                data_collator=task.train_examples.collator(),
+                compute_metrics=token_accuracy,
+                preprocess_logits_for_metrics=argmax_logits,
+                callbacks=[NonFiniteLossGuard()],
+            )
             if not self.show_progress:
                 trainer.remove_callback(PrinterCallback)
             trainer.train()
             final = trainer.evaluate()
-        match = exact_match(self.model, self.tokenizer, task.eval_records[: cfg.train.eval_generate],
-                            task.max_response_tokens)
+        match = exact_match(
+            self.model, self.tokenizer, task.eval_records[: cfg.train.eval_generate], task.max_response_tokens
+        )
         summary = {
             "command": "python -m lora_lab.pretrain",
             "config": {k: v for k, v in asdict(cfg).items() if k != "output_dir"},
@@ -97,7 +103,8 @@ class Pretrainer:
             raise TrialFailedError(
                 f"the pretrained model solves {match:.3f} of held-out task A, below min_exact_match="
                 f"{cfg.min_exact_match}; nothing was written to {self.output_dir}. Train longer "
-                f"(train.max_steps) or wider (model.hidden_size).")
+                f"(train.max_steps) or wider (model.hidden_size)."
+            )
         self._write(summary)
         return summary
 
@@ -136,9 +143,11 @@ def main(cfg: DictConfig) -> None:
     pretrainer = Pretrainer(pretrain_cfg)
     pretrainer.setup()
     summary = pretrainer.run()
-    print(f"wrote {pretrainer.output_dir} ({summary['parameters']:,} parameters, {summary['steps']} steps, "
-          f"{summary['train_time_s']} s): held-out task A exact match {summary['taskA_exact_match']:.3f}, "
-          f"eval loss {summary['taskA_eval_loss']:.4f}")
+    print(
+        f"wrote {pretrainer.output_dir} ({summary['parameters']:,} parameters, {summary['steps']} steps, "
+        f"{summary['train_time_s']} s): held-out task A exact match {summary['taskA_exact_match']:.3f}, "
+        f"eval loss {summary['taskA_eval_loss']:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -99,11 +99,14 @@ def test_flatten_gives_one_param_per_field(make_trial_config):
     (["train.lr_scheduler=step"], "train.lr_scheduler", "'cosine'"),
     (["train.precision=fp8"], "train.precision", "'bf16'"),
     (["data.n_eval=0"], "data.n_eval", "1 <= n_eval"),
-    (["data.min_len=6"], "data.max_len", "6 <= max_len"),
-    (["data.task=poetry"], "data.task", "'cipher', 'reverse', 'add', 'jsonl', 'hf'"),
+    (["data.min_len=7"], "data.max_len", "7 <= max_len"),
+    (["data.task=poetry"], "data.task", "'cipher_swap', 'cipher_family', 'cipher', 'reverse', 'add', 'jsonl', 'hf'"),
+    (["data.swaps=14"], "data.swaps", "0 <= swaps <= 13"),
+    (["lora.method=adapter"], "lora.method", "'lora', 'full', 'none'"),
     (["data=jsonl"], "data.path", "JSONL file"),
     (["model.num_attention_heads=3"], "model.num_attention_heads", "divisor of model.hidden_size=64"),
-    (["model.source=hub"], "model.pretrained", "Hub model id"),
+    (["model=tiny_llama_scratch", "model.source=hub"], "model.pretrained", "Hub model id"),
+    (["model.pretrained=null"], "model.pretrained", "shipped in lora_lab/assets/"),
 ])
 def test_out_of_range_values_are_rejected(make_trial_config, overrides, field, allowed):
     with pytest.raises(ConfigError) as info:

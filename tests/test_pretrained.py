@@ -25,8 +25,13 @@ from lora_lab.names import FORGET_METRICS, TASK_A_METRICS
 from lora_lab.pretrain import SUMMARY_FILE, Pretrainer
 from lora_lab.train import build_resources, run_trial
 
-SMALL = ("data.n_train=128", "data.n_eval=64", "train.batch_size=16", "train.eval_generate=32",
-         "train.save_adapter=false")
+SMALL = (
+    "data.n_train=128",
+    "data.n_eval=64",
+    "train.batch_size=16",
+    "train.eval_generate=32",
+    "train.save_adapter=false",
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +53,21 @@ def test_shipped_weights_load_offline_and_solve_held_out_task_a(task_a):
     assert resources.tokenizer.name_or_path == str(ASSETS_DIR / "tiny_llama")  # the shipped tokenizer
     scores = score(resources.base_model, resources.task.eval_examples)
     assert scores["token_accuracy"] == 1.0 and scores["loss"] < 0.01
-    assert exact_match(resources.base_model, resources.tokenizer, resources.task.eval_records,
-                       resources.task.max_response_tokens) == 1.0
+    assert (
+        exact_match(
+            resources.base_model, resources.tokenizer, resources.task.eval_records, resources.task.max_response_tokens
+        )
+        == 1.0
+    )
 
 
 def test_shipped_weights_solve_task_a_under_nf4(make_trial_config, task_a):
     cfg = make_trial_config("data=cipher_family", "data.n_train=64", "data.n_eval=64", "quant=nf4")
     resources = build_resources(cfg)
     assert type(resources.base_model.model.layers[0].mlp.up_proj).__name__ == "Linear4bit"
-    match = exact_match(resources.base_model, resources.tokenizer, resources.task.eval_records,
-                        resources.task.max_response_tokens)
+    match = exact_match(
+        resources.base_model, resources.tokenizer, resources.task.eval_records, resources.task.max_response_tokens
+    )
     assert match >= 0.95
 
 
@@ -95,11 +105,21 @@ def test_zero_shot_baseline_scores_the_untouched_base(make_trial_config, task_b,
     result = run_trial(cfg, tmp_path, resources, show_progress=False)
     assert result.steps == 0 and result.trainable_params == 0 and result.adapter_dir is None
     # the same numbers transformers' Trainer.evaluate gives for the base model
-    trainer = Trainer(model=resources.base_model, args=TrainingArguments(
-        output_dir=str(tmp_path / "ref"), per_device_eval_batch_size=64, report_to="none", use_cpu=True,
-        label_names=["labels"], remove_unused_columns=False),
-        eval_dataset=resources.task.eval_examples, data_collator=resources.task.eval_examples.collator(),
-        compute_metrics=token_accuracy, preprocess_logits_for_metrics=argmax_logits)
+    trainer = Trainer(
+        model=resources.base_model,
+        args=TrainingArguments(
+            output_dir=str(tmp_path / "ref"),
+            per_device_eval_batch_size=64,
+            report_to="none",
+            use_cpu=True,
+            label_names=["labels"],
+            remove_unused_columns=False,
+        ),
+        eval_dataset=resources.task.eval_examples,
+        data_collator=resources.task.eval_examples.collator(),
+        compute_metrics=token_accuracy,
+        preprocess_logits_for_metrics=argmax_logits,
+    )
     reference = trainer.evaluate()
     assert result.eval_loss == pytest.approx(reference["eval_loss"], rel=1e-5)
     assert result.token_accuracy == pytest.approx(reference["eval_token_accuracy"], abs=1e-9)
@@ -109,12 +129,12 @@ def test_zero_shot_baseline_scores_the_untouched_base(make_trial_config, task_b,
     assert metrics["forget_exact_match"] == 0.0
 
 
-def test_full_fine_tuning_trains_every_weight_and_leaves_the_shared_base_unchanged(make_trial_config, task_b,
-                                                                                   tmp_path):
+def test_full_fine_tuning_trains_every_weight_and_leaves_the_shared_base_unchanged(make_trial_config, task_b, tmp_path):
     _, resources = task_b
     before = {name: tensor.clone() for name, tensor in resources.base_model.state_dict().items()}
-    cfg = make_trial_config(*SMALL, "lora.method=full", "train.learning_rate=2e-3", "train.max_steps=4",
-                            "train.eval_every=2")
+    cfg = make_trial_config(
+        *SMALL, "lora.method=full", "train.learning_rate=2e-3", "train.max_steps=4", "train.eval_every=2"
+    )
     result = run_trial(cfg, tmp_path, resources, show_progress=False)
     n_params = sum(p.numel() for p in resources.base_model.parameters())
     assert result.trainable_params == result.total_params == n_params
@@ -143,8 +163,14 @@ def test_default_trial_logs_task_a_forgetting_and_ten_evaluations(compose_config
     cfg = to_trial_config(composed)
     _, resources = task_b
     with track.single_run(cfg, OmegaConf.to_yaml(composed)) as run:
-        result = run_trial(cfg, tmp_path, resources, callbacks=run.callbacks(), show_progress=False,
-                           on_adapter_ready=run.on_adapter_ready)
+        result = run_trial(
+            cfg,
+            tmp_path,
+            resources,
+            callbacks=run.callbacks(),
+            show_progress=False,
+            on_adapter_ready=run.on_adapter_ready,
+        )
         run.log_result(result, log_adapter=False)
     client = MlflowClient()
     logged = client.get_run(run.run_id).data.metrics
@@ -159,11 +185,18 @@ def test_default_trial_logs_task_a_forgetting_and_ten_evaluations(compose_config
 
 
 def test_pretrainer_writes_a_loadable_model_only_when_it_solves_task_a(tmp_path, monkeypatch):
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PretrainConfig), {
-        "model": {"hidden_size": 32, "intermediate_size": 64},
-        "data": {"n_train": 256, "n_eval": 32, "min_len": 6, "max_len": 6},
-        "train": {"max_steps": 4, "batch_size": 32, "eval_every": 4, "eval_generate": 8},
-        "output_dir": str(tmp_path / "weak"), "min_exact_match": 0.99}))
+    cfg = OmegaConf.to_object(
+        OmegaConf.merge(
+            OmegaConf.structured(PretrainConfig),
+            {
+                "model": {"hidden_size": 32, "intermediate_size": 64},
+                "data": {"n_train": 256, "n_eval": 32, "min_len": 6, "max_len": 6},
+                "train": {"max_steps": 4, "batch_size": 32, "eval_every": 4, "eval_generate": 8},
+                "output_dir": str(tmp_path / "weak"),
+                "min_exact_match": 0.99,
+            },
+        )
+    )
     pretrainer = Pretrainer(cfg, show_progress=False)
     with pytest.raises(TrialFailedError, match="min_exact_match"):
         pretrainer.run()

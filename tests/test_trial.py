@@ -182,7 +182,7 @@ def test_explicit_target_modules_replace_the_named_set(make_trial_config, resour
     assert resolve_target_modules(base, trial_cfg.lora, trial_cfg.model) == ["k_proj", "down_proj"]
     with adapter_on(base, trial_cfg) as model:
         assert {n.rsplit(".", 1)[-1] for n in wrapped_modules(model)} == {"k_proj", "down_proj"}
-        assert model.get_nb_trainable_parameters()[0] == 2 * 3 * ((64 + 32) + (128 + 64))
+        assert model.get_nb_trainable_parameters()[0] == 2 * 3 * ((128 + 64) + (256 + 128))
 
 
 def test_target_sets_come_from_the_model_config(make_trial_config, resources):
@@ -212,7 +212,7 @@ def test_run_trial_reports_the_trainable_count(make_trial_config, resources, tmp
                                   "train.save_adapter=false")
     result = run_trial(trial_cfg, tmp_path, resources, show_progress=False)
     base = resources.base_model
-    assert result.trainable_params == expected_trainable(base, ["q_proj", "v_proj"], 4) == 2 * 4 * (128 + 96)
+    assert result.trainable_params == expected_trainable(base, ["q_proj", "v_proj"], 4) == 2 * 4 * (256 + 192)
     assert result.target_modules == ["q_proj", "v_proj"] and result.steps == 1
     assert result.adapter_dir is None and math.isnan(result.exact_match)
     assert tracked.result.trainable_params == expected_trainable(base, LLAMA_TARGET_SETS["all_linear"], 8)
@@ -328,7 +328,7 @@ def test_single_run_is_logged_to_mlflow(tracked, tmp_path):
     assert run["tags.lora_lab.kind"] == "train"
     assert run["tags.target_modules"] == ",".join(result.target_modules)
     assert (run["params.lora.r"], run["params.lora.targets"], run["params.train.seed"],
-            run["params.data.task"], run["params.quant.method"]) == ("8", "all_linear", "0", "cipher", "none")
+            run["params.data.task"], run["params.quant.method"]) == ("8", "all_linear", "0", "cipher_swap", "none")
     assert run["metrics.eval_loss"] == pytest.approx(result.eval_loss, abs=1e-6)
     assert run["metrics.eval_token_accuracy"] == pytest.approx(result.token_accuracy, abs=1e-9)
     assert run["metrics.exact_match"] == result.exact_match
@@ -348,7 +348,7 @@ def test_single_run_is_logged_to_mlflow(tracked, tmp_path):
     config_yaml = Path(client.download_artifacts(tracked.run_id, "config.yaml", str(tmp_path))).read_text()
     assert OmegaConf.create(config_yaml).train.max_steps == 6
     dataset_inputs = client.get_run(tracked.run_id).inputs.dataset_inputs
-    assert [d.dataset.name for d in dataset_inputs] == ["cipher"]
+    assert [d.dataset.name for d in dataset_inputs] == ["cipher_swap"]
 
 
 def test_trial_that_raises_leaves_its_run_failed(make_trial_config, compose_config, resources, tmp_path):
