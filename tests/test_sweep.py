@@ -86,7 +86,9 @@ def test_search_space_parses_preset_and_derives_alpha():
     dists = search_space.distributions(sweep)
     assert list(dists["lora.r"].choices) == [1, 2, 4, 8, 16]
     assert list(dists["alpha_over_r"].choices) == [1, 4]
-    assert search_space.grid_size(sweep) == 5 * 2 * 3  # each grid point with sweep.seeds=3
+    assert search_space.grid_size(sweep) == 5 * 2 and sweep.seeds == 3
+    assert [(b.name, b.overrides) for b in sweep.baselines] == [
+        ("zero_shot", ["lora.method=none"]), ("full_ft", ["lora.method=full", "train.learning_rate=2.0e-3"])]
     values = search_space.resolve(sweep, {"lora.r": 16, "alpha_over_r": 0.5})
     assert values["lora.lora_alpha"] == 8.0
     assert search_space.to_overrides(values) == ["lora.r=16", "lora.lora_alpha=8"]
@@ -199,7 +201,7 @@ def test_effective_rank_of_an_adapter_with_known_rank():
 
 
 def test_grid_covers_every_point_once_and_logs_the_run_tree(run_sweep):
-    overrides = ["+sweep=rank_alpha", "sweep.study_name=grid_tree", "sweep.seeds=1"]
+    overrides = ["+sweep=rank_alpha", "sweep.study_name=grid_tree", "sweep.seeds=1", "sweep.baselines=[]"]
     sweep, summary = run_sweep(overrides, {"lora.r": [1, 4], "alpha_over_r": [1, 2]})
     assert summary.counts == {"COMPLETE": 4}
     runs = trial_runs("grid_tree")
