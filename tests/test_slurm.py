@@ -33,14 +33,16 @@ TINY = [
 LONGER = [
     "data.n_train=96",
     "data.n_eval=16",
-    "train.max_steps=200",
-    "train.eval_every=100",
+    "train.max_steps=800",
+    "train.eval_every=400",
     "train.batch_size=16",
     "train.eval_generate=4",
     "train.logging_steps=10",
     "tracking.log_adapter=false",
 ]
-"""Trials of ~5-10 s on one core, so a signal lands in the middle of one."""
+"""Trials of several seconds on one idle core (much longer on a loaded one), so a signal lands in one."""
+LONGEST = [o.replace("max_steps=800", "max_steps=5000").replace("eval_every=400", "eval_every=2500") for o in LONGER]
+"""Trials far longer than a one-minute job, however fast the machine."""
 
 JOBS = [
     "hydra.launcher.gpus_per_task=0",
@@ -210,10 +212,10 @@ def test_requeue_mid_trial_resumes_with_every_configuration_once(slurm_cluster, 
     """``scontrol requeue`` (what SLURM does to a preempted job) while a trial trains: the trial is
     ended and recorded, the requeued job runs the rest of the study and the command exits 0."""
     study = f"requeue_{uuid.uuid4().hex[:8]}"
-    launch = Launch(sweep_command(tmp_path, study, 3, 1, LONGER), tmp_path, mlflow_server)
+    launch = Launch(sweep_command(tmp_path, study, 2, 1, LONGER), tmp_path, mlflow_server)
     (job,) = launch.job_ids(1)
     victim = wait_for_running_trial(str(tmp_path / "study.journal"), study, launch)
-    time.sleep(1.5)  # into training
+    time.sleep(0.5)  # into training
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
     deadline = time.monotonic() + 120
     while squeue_state(job) != "PENDING":  # back in the queue once the first run has exited
@@ -227,7 +229,7 @@ def test_requeue_mid_trial_resumes_with_every_configuration_once(slurm_cluster, 
     log = (tmp_path / "multirun" / ".submitit" / job / f"{job}_0_log.out").read_text()
     assert log.count("Starting with JobEnvironment") == 2  # the same job ran again after its requeue
 
-    trials, trial_runs = check_study(tmp_path, study, mlflow_server, 3)
+    trials, trial_runs = check_study(tmp_path, study, mlflow_server, 2)
     client = MlflowClient(mlflow_server)
     assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "KILLED"
     assert victim.params in [t.params for t in trials if t.state == TrialState.COMPLETE]  # nothing lost
@@ -237,11 +239,13 @@ def test_requeue_mid_trial_resumes_with_every_configuration_once(slurm_cluster, 
 def test_time_limit_ends_the_trial_cleanly_and_the_same_command_resumes(slurm_cluster, mlflow_server, tmp_path):
     """A job with a one-minute limit gets SLURM's warning signal (``signal_delay_s`` before the limit)
     while training: the trial is ended and recorded, the job is not requeued (``max_num_timeout=0``) and
-    the command names it with its log; the same command with more time finishes the study."""
+    the command names it with its log; the same command with more time finishes the study (and, to keep
+    the test short, with shorter trials: a study's configurations are its sampled values, so the rerun
+    runs the same ones)."""
     study = f"timeout_{uuid.uuid4().hex[:8]}"
-    n_trials = 8  # more than fit in a minute
+    n_trials = 3
     limited = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=1", "hydra.launcher.max_num_timeout=0"]
-    launch = Launch(sweep_command(tmp_path, study, n_trials, 1, LONGER, *limited), tmp_path, mlflow_server)
+    launch = Launch(sweep_command(tmp_path, study, n_trials, 1, LONGEST, *limited), tmp_path, mlflow_server)
     (job,) = launch.job_ids(1)
     output = launch.wait()
     assert launch.proc.returncode == 1, output[-4000:]
@@ -255,7 +259,7 @@ def test_time_limit_ends_the_trial_cleanly_and_the_same_command_resumes(slurm_cl
     )
     first = optuna.load_study(study_name=study, storage=storage).get_trials()
     assert not [t for t in first if t.state == TrialState.RUNNING]
-    assert 0 < len([t for t in first if t.state == TrialState.COMPLETE]) < n_trials
+    assert len([t for t in first if t.state == TrialState.COMPLETE]) < n_trials
     client = MlflowClient(mlflow_server)
     interrupted = [t for t in first if "mlflow_run_id" in t.user_attrs and t.state != TrialState.COMPLETE]
     assert interrupted and all(
@@ -263,7 +267,7 @@ def test_time_limit_ends_the_trial_cleanly_and_the_same_command_resumes(slurm_cl
     )
 
     again = Launch(
-        sweep_command(tmp_path, study, n_trials, 1, LONGER, "hydra.launcher.timeout_min=10"), tmp_path, mlflow_server
+        sweep_command(tmp_path, study, n_trials, 1, TINY, "hydra.launcher.timeout_min=10"), tmp_path, mlflow_server
     )
     output = again.wait()
     assert again.proc.returncode == 0, output[-4000:]
