@@ -537,12 +537,22 @@ def report(args, ref, target, machine, sides, results) -> None:
         "",
         f"- `recommended`: `{shlex.join(['python', '-m', 'lora_lab.sweep', f'+sweep={PRESET}', *_budget(args), *shlex.split(args.overrides)])}` "
         "(the preset's defaults, see conf/sweep/full.yaml; with `sweep.baselines=[]`: the search alone);",
-        "- `lora_lab random`: the same with `sweep.sampler.name=random sweep.pruner.name=none`;",
+        *(
+            ["- `lora_lab random`: the same with `sweep.sampler.name=random sweep.pruner.name=none`;"]
+            if "lora_lab random" in sides
+            else []
+        ),
         f'- `{PEER}`: `Trainer.hyperparameter_search(backend="optuna", hp_space=..., n_trials=..., '
         'direction="minimize", sampler=TPESampler(seed=seed))` over the same space, model, data and training '
         "settings, evaluating once at the end (the Trainer's default), so Optuna's default pruner gets nothing;",
-        f"- `{PEER} + pruner`: the same evaluating every {args.peer_eval_every} steps with "
-        f"`{args.peer_pruner}` (Optuna's class with its defaults), fed by transformers at each evaluation;",
+        *(
+            [
+                f"- `{PEER} + pruner`: the same evaluating every {args.peer_eval_every} steps with "
+                f"`{args.peer_pruner}` (Optuna's class with its defaults), fed by transformers at each evaluation;"
+            ]
+            if f"{PEER} + pruner" in sides
+            else []
+        ),
         *[
             f"- `{label}`: `+sweep={PRESET} {shlex.join(extra)}`"
             for label, (kind, extra) in sides.items()
