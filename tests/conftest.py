@@ -70,7 +70,7 @@ def compose_config():
 
 @pytest.fixture(scope="session")
 def make_trial_config(compose_config):
-    """``make_trial_config(*overrides)``: a checked TrialConfig, as ``lora_lab.train.main`` builds it."""
+    """``make_trial_config(*overrides)``: a checked TrialConfig, as ``lora_lab.train.command`` builds it."""
     from lora_lab.config import to_trial_config
 
     def make(*overrides: str):

@@ -116,7 +116,7 @@ def fresh_base(cfg, resources):
 
 @pytest.fixture(scope="module")
 def tracked(compose_config, cfg, resources, batch, tmp_path_factory):
-    """One trial run exactly as ``lora_lab.train.main`` runs it with tracking on, recording the trained
+    """One trial run exactly as ``lora_lab.train.command`` runs it with tracking on, recording the trained
     adapter's outputs just before it is removed from the base model."""
     composed = compose_config(*TINY, f"tracking.experiment={EXPERIMENT}")
     seen = {}
