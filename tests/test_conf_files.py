@@ -16,9 +16,6 @@ KEY_LINE = re.compile(r"^\s*(?:-\s+)?(?:override\s+)?[A-Za-z_][\w./@-]*\s*:(?:\s
 """A line that sets a key: `r: 8`, `hydra:`, `  - model: tiny_llama`, `  - override hydra/job_logging: x`.
 Plain list items (`- _self_`, `- export X=1`) are values, not knobs."""
 
-NOT_YET: set[str] = set()
-"""Being rewritten elsewhere right now, commented as part of that rewrite; this set must end up empty."""
-
 
 def _conf_files() -> list[Path]:
     return sorted(CONF.rglob("*.yaml"))
@@ -39,11 +36,7 @@ def _uncommented_keys(path: Path) -> list[str]:
     return missing
 
 
-def _waived(path: Path) -> bool:
-    return any(path.relative_to(CONF).match(pattern) for pattern in NOT_YET)
-
-
-@pytest.mark.parametrize("path", [p for p in _conf_files() if not _waived(p)], ids=lambda p: str(p.relative_to(CONF)))
+@pytest.mark.parametrize("path", _conf_files(), ids=lambda p: str(p.relative_to(CONF)))
 def test_every_key_line_has_a_comment(path):
     assert yaml.safe_load(path.read_text()) is not None  # the comments left it valid YAML with content
     assert _uncommented_keys(path) == []
@@ -57,10 +50,3 @@ def test_the_check_finds_an_uncommented_knob(tmp_path):
     )
     assert [m.split(": ", 1)[1] for m in _uncommented_keys(sample)] == ["dropout: 0.1", "- model: tiny"]
     assert "r: 8" not in str(_uncommented_keys(sample))
-
-
-def test_not_yet_lists_only_files_that_still_lack_comments():
-    """A waived file that has been commented is taken off NOT_YET (so the waiver cannot outlive its reason)."""
-    waived = [p for p in _conf_files() if _waived(p)]
-    done = [str(p.relative_to(CONF)) for p in waived if not _uncommented_keys(p)]
-    assert done == [], f"commented now, remove from NOT_YET: {done}"

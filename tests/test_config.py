@@ -13,8 +13,16 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 from lora_lab import cli
-from lora_lab.config import (LLAMA_TARGET_SETS, TRIAL_GROUPS, LoraSettings, TrainConfig, TrialConfig,
-                             _merged_trial_config, flatten, to_trial_config)
+from lora_lab.config import (
+    LLAMA_TARGET_SETS,
+    TRIAL_GROUPS,
+    LoraSettings,
+    TrainConfig,
+    TrialConfig,
+    _merged_trial_config,
+    flatten,
+    to_trial_config,
+)
 from lora_lab.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
