@@ -60,6 +60,8 @@ def sweep_command(tmp_path: Path, study: str, n_trials: int, workers: int, trial
         "+sweep=rank_alpha",
         f"sweep.study_name={study}",
         f"sweep.n_trials={n_trials}",
+        "sweep.seeds=1",
+        "sweep.baselines=[]",
         *trial,
         "sweep.cpu_threads=1",
         f"sweep.storage={tmp_path / 'study.journal'}",
