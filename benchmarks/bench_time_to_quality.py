@@ -299,6 +299,24 @@ def _prepare(workdir: Path) -> dict[str, str]:
     return env
 
 
+def _defaults_identity() -> dict:
+    """The default model and data the target belongs to (a reference is void once they change)."""
+    from dataclasses import asdict
+
+    from hydra import compose, initialize_config_dir
+
+    from lora_lab.config import register_configs, to_trial_config
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(_common.CONF), version_base=None):
+        cfg = to_trial_config(compose("config", overrides=[f"+sweep={PRESET}"]))
+    return json.loads(
+        json.dumps(
+            {"model": asdict(cfg.model), "data": asdict(cfg.data), "max_steps": cfg.train.max_steps}, default=str
+        )
+    )
+
+
 def reference(args) -> None:
     """The best mean eval loss known for the space: a long TPE study, then its best configurations again
     with more seeds."""
@@ -334,6 +352,7 @@ def reference(args) -> None:
         "seeds": args.ref_seeds,
         "max_steps": args.max_steps,
         "ref_overrides": args.ref_overrides,
+        "defaults": _defaults_identity(),
         "best_values": by_config[best_key],
         "configurations": [{"params": params[k], "mean": m, "values": by_config[k]} for m, k in means],
         "explored_trials": len(done),
@@ -409,6 +428,11 @@ def compare(args) -> None:
     if not REFERENCE.exists():
         raise SystemExit(f"no reference: run `python {Path(__file__).relative_to(_common.REPO)} --reference` first")
     ref = json.loads(REFERENCE.read_text())
+    if ref.get("defaults") != _defaults_identity():
+        raise SystemExit(
+            "the reference was made for another default model, data or training length: make a new one "
+            "with --reference (its target means nothing for these)"
+        )
     if ref.get("max_steps", 0) != args.max_steps:
         raise SystemExit(
             f"the reference was made with --max-steps {ref.get('max_steps', 0)}: compare with the same "
