@@ -255,8 +255,10 @@ class Heartbeat:
 class SlotBook:
     """One Optuna study seen as slots: which are done, held or missing, and who may run which."""
 
-    def __init__(self, study: optuna.Study):
+    def __init__(self, study: optuna.Study, heartbeat: bool = False):
         self.study = study
+        self.heartbeat = heartbeat
+        """Whether the storage fails a trial whose worker stopped beating (database storages)."""
 
     def trials(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False)
@@ -342,6 +344,21 @@ class SlotBook:
                 if tuple(old.choices) != tuple(dist.choices):
                     out.append((name, list(old.choices), list(dist.choices)))
         return out
+
+    def watchable_others(self) -> bool:
+        """Whether other processes run trials whose death this worker would notice: on this host
+        (by process id), or anywhere when the storage has a heartbeat. A trial on another host in a
+        journal file is not waited for, since nothing here could tell that its worker died."""
+        me = os.getpid()
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if (
+                t.user_attrs.get(names.ATTR_WORKER_PID) == me
+                and t.user_attrs.get(names.ATTR_WORKER_HOST) == socket.gethostname()
+            ):
+                continue
+            if self.heartbeat or t.user_attrs.get(names.ATTR_WORKER_HOST) == socket.gethostname():
+                return True
+        return False
 
     def dead_trials(self) -> list[FrozenTrial]:
         """RUNNING trials whose worker process is gone (this host only; database storages also fail

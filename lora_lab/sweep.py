@@ -83,6 +83,10 @@ MAX_UNUSED_PROPOSALS = 25
 """A sampler that proposes this many configurations in a row that the study already holds has
 exhausted the space (or is stuck): the worker stops searching instead of spinning."""
 
+WATCH_S = 2.0
+"""A worker with nothing left to start checks this often, while other workers' trials run, whether
+one of them died (its slot is then enqueued again and taken over)."""
+
 FAILURES_WITHOUT_SUCCESS = 3
 """Without ``sweep.max_failures``: stop once this many trials failed and none succeeded (the set-up
 is broken, not the samples)."""
@@ -280,7 +284,7 @@ class Sweep:
         self.study = optuna.load_study(
             study_name=name, storage=self.raw_storage, sampler=sampler, pruner=make_pruner(self.sweep)
         )
-        self.search = Phase("search", self.study, SlotBook(self.study), samples=not self.is_grid)
+        self.search = Phase("search", self.study, SlotBook(self.study, self._has_heartbeat()), samples=not self.is_grid)
         for param, before, now in self.search.book.changed_choices(search_space.distributions(self.sweep)):
             raise ConfigError(
                 f"sweep.params.{param}.choices",
@@ -309,6 +313,9 @@ class Sweep:
         self.progress = SweepProgress(name, self._total(), enabled=self.console_progress)
         self.ready = True
 
+    def _has_heartbeat(self) -> bool:
+        return isinstance(self.raw_storage, optuna.storages.RDBStorage)
+
     def _side_phase(self, kind: str, suffix: str) -> Phase:
         study = optuna.create_study(
             study_name=self.sweep.study_name + suffix,
@@ -316,7 +323,7 @@ class Sweep:
             directions=[o.direction for o in self.objectives],
             load_if_exists=True,
         )
-        return Phase(kind, study, SlotBook(study))
+        return Phase(kind, study, SlotBook(study, self._has_heartbeat()))
 
     def _plan(self) -> None:
         """The fixed plans (baselines, grid) and a record of what the study is asked to hold;
@@ -428,7 +435,10 @@ class Sweep:
             self._reap(phase)
             self._reconcile(phase)
             if not self._wants_trial(phase):
-                break
+                if not phase.book.watchable_others():
+                    break
+                time.sleep(WATCH_S)  # take over a trial whose worker dies before it ends
+                continue
             if phase.kind == "search" and self._too_many_failures(phase):
                 self.stopped = True
                 break
