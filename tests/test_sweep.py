@@ -88,7 +88,9 @@ def test_search_space_parses_preset_and_derives_alpha():
     assert list(dists["alpha_over_r"].choices) == [1, 4]
     assert search_space.grid_size(sweep) == 5 * 2 and sweep.seeds == 3
     assert [(b.name, b.overrides) for b in sweep.baselines] == [
-        ("zero_shot", ["lora.method=none"]), ("full_ft", ["lora.method=full", "train.learning_rate=2.0e-3"])]
+        ("zero_shot", ["lora.method=none"]),
+        ("full_ft", ["lora.method=full", "train.learning_rate=2.0e-3"]),
+    ]
     values = search_space.resolve(sweep, {"lora.r": 16, "alpha_over_r": 0.5})
     assert values["lora.lora_alpha"] == 8.0
     assert search_space.to_overrides(values) == ["lora.r=16", "lora.lora_alpha=8"]
