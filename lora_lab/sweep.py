@@ -135,16 +135,27 @@ class Interrupts:
         signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.interruptible or self.pending is not None:
+        forced = self.pending is not None
+        self.pending = signum  # kept: a raise inside a finalizer or weakref callback is swallowed by Python
+        if self.interruptible or forced:
             self.interruptible = False
             raise KeyboardInterrupt(f"signal {signum}")
-        self.pending = signum
 
     def checkpoint(self) -> None:
         """Raise a signal that arrived while it had to wait."""
         if self.pending is not None:
             signum, self.pending = self.pending, None
             raise KeyboardInterrupt(f"signal {signum}")
+
+    def trainer_callback(self) -> TrainerCallback:
+        """Raises a signal whose KeyboardInterrupt was swallowed at the next optimizer step."""
+        interrupts = self
+
+        class _Check(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                interrupts.checkpoint()
+
+        return _Check()
 
     @contextlib.contextmanager
     def allowed(self) -> Iterator[None]:
@@ -500,6 +511,7 @@ class Sweep:
                 result, pruning = self._train(phase, trial, state)
                 return self._record(phase, trial, state, result, pruning)
         except KeyboardInterrupt as exc:
+            self.interrupts.pending = None  # handled here
             self._fail(phase, trial, state, names.OUTCOME_INTERRUPTED, exc)
             raise
         except Exception as exc:
@@ -578,7 +590,12 @@ class Sweep:
                 prefix="c" if phase.kind == "confirm" else "t",
             ),
         )
-        callbacks = [*state.run.callbacks(), self.progress.trainer_callback(), *self.trial_callbacks]
+        callbacks = [
+            *state.run.callbacks(),
+            self.progress.trainer_callback(),
+            self.interrupts.trainer_callback(),
+            *self.trial_callbacks,
+        ]
         pruning = (
             PruningReporter(trial, self.pruning_signal) if self.pruning_signal and phase.kind == "search" else None
         )
