@@ -86,12 +86,14 @@ def trial_configs(cfg: DictConfig, sweep: SweepConfig) -> list[TrialConfig]:
 
 def trial_metric_names() -> list[str]:
     """Every metric a trial's result offers as a sweep objective: the names ``TrialResult.metrics()``
-    returns, plus the adapter's mean effective rank that the sweep adds."""
+    returns, plus the adapter's mean effective rank that the sweep adds, plus the task A and
+    forgetting metrics that trials on a family's task B (data.task=cipher_swap) log."""
     from lora_lab.train import TrialResult  # heavy (transformers): only when a sweep is checked
 
     required = {f.name: 0 for f in dataclasses.fields(TrialResult)
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-    return sorted({*TrialResult(**required).metrics(), names.EFFECTIVE_RANK_METRIC})
+    return sorted({*TrialResult(**required).metrics(), names.EFFECTIVE_RANK_METRIC, *names.TASK_A_METRICS,
+                   *names.FORGET_METRICS})
 
 
 def check_objectives(sweep: SweepConfig) -> None:

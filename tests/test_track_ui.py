@@ -48,7 +48,7 @@ def sweep_result(store, tmp_path_factory):
     os.environ["MLFLOW_TRACKING_URI"] = store.tracking_uri
     try:
         register_configs()
-        overrides = ["+sweep=rank_alpha", "sweep.study_name=ui_names"]
+        overrides = ["+sweep=rank_alpha", "sweep.study_name=ui_names", "sweep.seeds=1", "sweep.baselines=[]"]
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
             cfg = compose("config", overrides=overrides + TINY)
             cfg.sweep.params["lora.r"].choices = [2, 8]
