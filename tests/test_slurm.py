@@ -58,11 +58,9 @@ def sweep_command(tmp_path: Path, study: str, n_trials: int, workers: int, trial
         "-m",
         "lora_lab.sweep",
         "+sweep=rank_alpha",
-        "sweep.seeds=1",  # one trial per grid point, no baselines: the waves below count trials
-        "sweep.baselines=[]",
         f"sweep.study_name={study}",
         f"sweep.n_trials={n_trials}",
-        "sweep.seeds=1",
+        "sweep.seeds=1",  # one trial per grid point, no baselines: the waves below count trials
         "sweep.baselines=[]",
         *trial,
         "sweep.cpu_threads=1",
