@@ -42,9 +42,11 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-THREADS_HELP = ("torch intra-op threads for both sides (default 1; 0 keeps torch's default of one per core). "
-                "On a shared 2-core machine two OpenMP threads per process made each step of the tiny model "
-                "10-40x slower and the run-to-run spread about 10x; one thread keeps the two sides comparable.")
+THREADS_HELP = (
+    "torch intra-op threads for both sides (default 1; 0 keeps torch's default of one per core). "
+    "On a shared 2-core machine two OpenMP threads per process made each step of the tiny model "
+    "10-40x slower and the run-to-run spread about 10x; one thread keeps the two sides comparable."
+)
 
 
 def set_threads(threads: int) -> None:
@@ -97,10 +99,16 @@ def uptime_line() -> str:
 
 def git_revision() -> str:
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "lora_lab"],
-                               cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "lora_lab"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return rev + (" (lora_lab/ has uncommitted changes)" if dirty else "")
     except Exception:
         return "unknown"
@@ -138,16 +146,17 @@ class Machine:
 
         lines = [
             f"- machine: {self.cpu}, {self.cores} cores (torch intra-op threads: {self.threads}), "
-            f"Python {self.python}, torch {self.torch}, transformers {transformers.__version__}"
-            + _versions(),
+            f"Python {self.python}, torch {self.torch}, transformers {transformers.__version__}" + _versions(),
             f"- date: {self.started:%Y-%m-%d %H:%M} UTC; lora_lab revision {git_revision()}",
             f"- `uptime` before: `{self.uptime_before}`",
             f"- `uptime` after: `{self.uptime_after}`",
         ]
         if self.shared:
-            lines.append("- **the machine was shared**: other processes (another engineer's test runs) were using "
-                         "the CPU during this run, so absolute times are inflated and noisy; the two sides were "
-                         "measured interleaved in the same run, so compare the ratios, not the seconds.")
+            lines.append(
+                "- **the machine was shared**: other processes (another engineer's test runs) were using "
+                "the CPU during this run, so absolute times are inflated and noisy; the two sides were "
+                "measured interleaved in the same run, so compare the ratios, not the seconds."
+            )
         return lines
 
 
@@ -211,8 +220,9 @@ def run_child(script: str | Path, args: list[str]) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         out = Path(handle.name)
     try:
-        proc = subprocess.run([sys.executable, str(script), *args, "--child-out", str(out)], cwd=REPO,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, str(script), *args, "--child-out", str(out)], cwd=REPO, capture_output=True, text=True
+        )
         if proc.returncode != 0:
             sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
             raise SystemExit(f"benchmark child failed ({proc.returncode}): {script} {' '.join(args)}")

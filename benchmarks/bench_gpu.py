@@ -44,25 +44,61 @@ from _common import fmt, median, stopwatch  # noqa: E402
 
 SHAPES = {
     # published configs of the models (random weights here): the dimensions that set the cost
-    "qwen2_5_0_5b": dict(kind="qwen2", hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
-                         num_key_value_heads=2, intermediate_size=4864, vocab_size=151936,
-                         max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
-                         tie_word_embeddings=True),
-    "llama3_2_1b": dict(kind="llama", hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
-                        num_key_value_heads=8, intermediate_size=8192, vocab_size=128256,
-                        max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5,
-                        tie_word_embeddings=True),
+    "qwen2_5_0_5b": dict(
+        kind="qwen2",
+        hidden_size=896,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        intermediate_size=4864,
+        vocab_size=151936,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    ),
+    "llama3_2_1b": dict(
+        kind="llama",
+        hidden_size=2048,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=8192,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+    ),
 }
 SMOKE_SHAPES = {
-    "tiny_qwen2": dict(kind="qwen2", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, intermediate_size=128, vocab_size=512, max_position_embeddings=512,
-                       rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True),
+    "tiny_qwen2": dict(
+        kind="qwen2",
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=512,
+        max_position_embeddings=512,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    ),
 }
 
 # Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, from the vendors' data sheets; matched in order
 # against torch.cuda.get_device_name().
-BF16_PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4),
-                    ("GH200", 989.4), ("A100", 312.0), ("L40S", 362.05), ("L4", 121.0)]
+BF16_PEAK_TFLOPS = [
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),
+    ("H200", 989.4),
+    ("GH200", 989.4),
+    ("A100", 312.0),
+    ("L40S", 362.05),
+    ("L4", 121.0),
+]
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -86,8 +122,13 @@ def build_model_dir(name: str, shape: dict, root: Path, device: str):
     tokenizer = builtin_tokenizer()
     fields = {k: v for k, v in shape.items() if k != "kind"}
     config_cls = Qwen2Config if shape["kind"] == "qwen2" else LlamaConfig
-    config = config_cls(**fields, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.eos_token_id, use_cache=False)
+    config = config_cls(
+        **fields,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        use_cache=False,
+    )
     with torch.device("meta"):
         n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
     target = root / name
@@ -116,8 +157,9 @@ def write_data(root: Path, seq_len: int, n_train: int, n_eval: int) -> tuple[Pat
         path = root / f"{split}.jsonl"
         with path.open("w") as handle:
             for _ in range(n):
-                handle.write(json.dumps({"prompt": text(seq_len // 2 - 2) + ": ", "response": text(seq_len // 2 - 2)})
-                             + "\n")
+                handle.write(
+                    json.dumps({"prompt": text(seq_len // 2 - 2) + ": ", "response": text(seq_len // 2 - 2)}) + "\n"
+                )
         paths.append(path)
     return paths[0], paths[1]
 
@@ -128,12 +170,26 @@ def lora_lab_cfg(model_dir: Path, name: str, variant: str, train_path: Path, eva
     from lora_lab.config import to_trial_config
 
     overrides = [
-        "model.source=hub", f"model.pretrained={model_dir}", f"model.name={name}", f"quant={variant if variant != 'bf16' else 'none'}",
-        "data=jsonl", f"data.path={train_path}", f"data.eval_path={eval_path}", f"train.max_seq_len={args.seq_len}",
-        f"train.batch_size={args.batch_size}", f"train.max_steps={steps}", f"train.eval_every={steps + 1}",
-        f"train.learning_rate={args.lr}", "train.eval_generate=0", "train.save_adapter=false",
-        f"train.logging_steps={max(1, steps // 4)}", f"lora.r={args.r}", f"lora.lora_alpha={2 * args.r}",
-        "lora.targets=all_linear", "tracking.enabled=false"]
+        "model.source=hub",
+        f"model.pretrained={model_dir}",
+        f"model.name={name}",
+        f"quant={variant if variant != 'bf16' else 'none'}",
+        "data=jsonl",
+        f"data.path={train_path}",
+        f"data.eval_path={eval_path}",
+        f"train.max_seq_len={args.seq_len}",
+        f"train.batch_size={args.batch_size}",
+        f"train.max_steps={steps}",
+        f"train.eval_every={steps + 1}",
+        f"train.learning_rate={args.lr}",
+        "train.eval_generate=0",
+        "train.save_adapter=false",
+        f"train.logging_steps={max(1, steps // 4)}",
+        f"lora.r={args.r}",
+        f"lora.lora_alpha={2 * args.r}",
+        "lora.targets=all_linear",
+        "tracking.enabled=false",
+    ]
     with initialize_config_dir(config_dir=str(_common.CONF), version_base=None):
         return to_trial_config(compose("config", overrides=overrides)), overrides
 
@@ -159,8 +215,12 @@ def run_lora_lab(cfg, out: Path) -> dict:
     peak = peak_at_train_end()
     # run_trial loads the model, resets the peak memory statistics, trains, evaluates
     result = run_trial(cfg, out, callbacks=[peak], show_progress=False)
-    run = {"train": result.train_time_s, "tokens": result.tokens_per_s * result.train_time_s, "peak_mb": peak.peak_mb,
-           "loss": next(e["train_loss"] for e in reversed(result.history) if "train_loss" in e)}
+    run = {
+        "train": result.train_time_s,
+        "tokens": result.tokens_per_s * result.train_time_s,
+        "peak_mb": peak.peak_mb,
+        "loss": next(e["train_loss"] for e in reversed(result.history) if "train_loss" in e),
+    }
     del result
     return run
 
@@ -190,25 +250,55 @@ def run_plain(model_dir: Path, variant: str, cfg, out: Path) -> dict:
     data = build_task_data(cfg.data, tokenizer, t.max_seq_len)  # the same records and tokens as lora_lab's
     quantization = None
     if variant == "nf4":
-        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                          bnb_4bit_compute_dtype=dtype)
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        )
     set_seed(t.seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, quantization_config=quantization,
-                                                 device_map={"": "cuda" if on_cuda else "cpu"})
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=dtype, quantization_config=quantization, device_map={"": "cuda" if on_cuda else "cpu"}
+    )
     model.config.use_cache = False
     if quantization is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     set_seed(t.seed)
-    model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=0.0,
-                                             target_modules=TARGETS, task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=TARGETS,
+            task_type="CAUSAL_LM",
+        ),
+    )
     args = TrainingArguments(
-        output_dir=str(out), max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=max(t.batch_size, 64), learning_rate=t.learning_rate, warmup_steps=t.warmup_ratio,
-        lr_scheduler_type=t.lr_scheduler, max_grad_norm=t.max_grad_norm, eval_strategy="no",
-        logging_steps=t.logging_steps, save_strategy="no", report_to="none", seed=t.seed, data_seed=t.seed,
-        bf16=bf16, use_cpu=not on_cuda, disable_tqdm=True, label_names=["labels"], remove_unused_columns=False)
-    trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True))
+        output_dir=str(out),
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=max(t.batch_size, 64),
+        learning_rate=t.learning_rate,
+        warmup_steps=t.warmup_ratio,
+        lr_scheduler_type=t.lr_scheduler,
+        max_grad_norm=t.max_grad_norm,
+        eval_strategy="no",
+        logging_steps=t.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=bf16,
+        use_cpu=not on_cuda,
+        disable_tqdm=True,
+        label_names=["labels"],
+        remove_unused_columns=False,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
+    )
     trainer.remove_callback(PrinterCallback)
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -260,8 +350,10 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (smoke test)"
     peak = peak_flops(device_name, args.peak_tflops)
     machine = _common.Machine()
-    print(f"device: {device_name}; dense bf16 peak {fmt(peak / 1e12 if peak else float('nan'), 4)} TFLOP/s; "
-          f"host {machine.cpu}, {machine.cores} cores, torch {machine.torch}")
+    print(
+        f"device: {device_name}; dense bf16 peak {fmt(peak / 1e12 if peak else float('nan'), 4)} TFLOP/s; "
+        f"host {machine.cpu}, {machine.cores} cores, torch {machine.torch}"
+    )
 
     root = Path(tempfile.mkdtemp(prefix="bench_gpu_"))
     train_path, eval_path = write_data(root, args.seq_len, max(args.batch_size * (args.steps + 5), 256), 16)
@@ -284,28 +376,60 @@ def main() -> None:
                     run = run_lora_lab(cfg, out) if side == "lora_lab" else run_plain(model_dir, variant, cfg, out)
                     free()
                     runs[side].append(run)
-                    print(f"  {variant:<5} run {i + 1} {side:<9} train_runtime {run['train']:8.2f} s  "
-                          f"peak {run['peak_mb']:9,.0f} MiB  final train loss {run['loss']:.4f}", flush=True)
+                    print(
+                        f"  {variant:<5} run {i + 1} {side:<9} train_runtime {run['train']:8.2f} s  "
+                        f"peak {run['peak_mb']:9,.0f} MiB  final train loss {run['loss']:.4f}",
+                        flush=True,
+                    )
             tokens = runs["lora_lab"][0]["tokens"]  # the same batches on both sides
             for side, rs in runs.items():
                 train = median([r["train"] for r in rs])
                 tps = tokens / train
-                results.append({"model": name, "params": n_params, "variant": variant, "side": side, "train": train,
-                                "tokens_per_s": tps, "peak_mb": median([r["peak_mb"] for r in rs]),
-                                "mfu": 6 * n_params * tps / peak if peak else float("nan"),
-                                "loss": median([r["loss"] for r in rs]), "overrides": overrides})
+                results.append(
+                    {
+                        "model": name,
+                        "params": n_params,
+                        "variant": variant,
+                        "side": side,
+                        "train": train,
+                        "tokens_per_s": tps,
+                        "peak_mb": median([r["peak_mb"] for r in rs]),
+                        "mfu": 6 * n_params * tps / peak if peak else float("nan"),
+                        "loss": median([r["loss"] for r in rs]),
+                        "overrides": overrides,
+                    }
+                )
     machine.finish()
 
     rows = []
     for r in results:
-        base = next(b for b in results if b["model"] == r["model"] and b["variant"] == r["variant"]
-                    and b["side"] == "plain")
-        rows.append([r["model"], f"{fmt(r['params'] / 1e6, 4)}M", "LoRA bf16" if r["variant"] == "bf16" else "QLoRA NF4",
-                     r["side"], fmt(r["tokens_per_s"], 5), f"{r['tokens_per_s'] / base['tokens_per_s']:.3f}",
-                     fmt(r["peak_mb"], 5), f"{r['peak_mb'] / base['peak_mb']:.3f}" if base["peak_mb"] == base["peak_mb"] else "n/a",
-                     "n/a" if r["mfu"] != r["mfu"] else f"{100 * r['mfu']:.1f}%"])
-    header = ["model shape", "params", "variant", "side", "tokens/s", "tokens/s vs plain", "peak MiB",
-              "peak vs plain", "MFU"]
+        base = next(
+            b for b in results if b["model"] == r["model"] and b["variant"] == r["variant"] and b["side"] == "plain"
+        )
+        rows.append(
+            [
+                r["model"],
+                f"{fmt(r['params'] / 1e6, 4)}M",
+                "LoRA bf16" if r["variant"] == "bf16" else "QLoRA NF4",
+                r["side"],
+                fmt(r["tokens_per_s"], 5),
+                f"{r['tokens_per_s'] / base['tokens_per_s']:.3f}",
+                fmt(r["peak_mb"], 5),
+                f"{r['peak_mb'] / base['peak_mb']:.3f}" if base["peak_mb"] == base["peak_mb"] else "n/a",
+                "n/a" if r["mfu"] != r["mfu"] else f"{100 * r['mfu']:.1f}%",
+            ]
+        )
+    header = [
+        "model shape",
+        "params",
+        "variant",
+        "side",
+        "tokens/s",
+        "tokens/s vs plain",
+        "peak MiB",
+        "peak vs plain",
+        "MFU",
+    ]
     for line in _common.table(header, rows):
         print(line)
     if args.no_report:

@@ -62,8 +62,16 @@ def _first_trial_start(repo: Path, env: dict[str, str], cwd: Path, store: Path) 
     from mlflow.tracking import MlflowClient
 
     study = f"startup_{random.randrange(10**9)}"
-    cmd = [sys.executable, "-m", "lora_lab.sweep", "+sweep=rank_alpha", f"sweep.study_name={study}",
-           "sweep.n_trials=1", "train.max_steps=1", f"sweep.storage={cwd / (study + '.journal')}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lora_lab.sweep",
+        "+sweep=rank_alpha",
+        f"sweep.study_name={study}",
+        "sweep.n_trials=1",
+        "train.max_steps=1",
+        f"sweep.storage={cwd / (study + '.journal')}",
+    ]
     launched = time.time()
     _timed(cmd, env, cwd)
     client = MlflowClient(f"sqlite:///{store}")
@@ -82,16 +90,22 @@ def _ratio_ci(values: list[float], floors: list[float]) -> tuple[float, float, f
     ratios = np.array(values) / np.array(floors)
     if len(ratios) < 3:
         return float(np.median(ratios)), float("nan"), float("nan")
-    ci = stats.bootstrap((ratios,), np.median, confidence_level=0.95, n_resamples=2000,
-                         method="percentile", random_state=0).confidence_interval
+    ci = stats.bootstrap(
+        (ratios,), np.median, confidence_level=0.95, n_resamples=2000, method="percentile", random_state=0
+    ).confidence_interval
     return float(np.median(ratios)), float(ci.low), float(ci.high)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=7, help="rounds; each runs every command once")
-    parser.add_argument("--repo", action="append", default=[], metavar="LABEL=PATH",
-                        help="also time lora_lab's commands from this checkout (e.g. before=/tmp/old)")
+    parser.add_argument(
+        "--repo",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="also time lora_lab's commands from this checkout (e.g. before=/tmp/old)",
+    )
     parser.add_argument("--no-report", action="store_true", help="print only; do not write the results file")
     args = parser.parse_args()
 
@@ -132,7 +146,9 @@ def main() -> None:
                 else:
                     value = _first_trial_start(repo, env, cwd, store)
             series[key].append(value)
-        print(f"round {round_ + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in series.items()), flush=True)
+        print(
+            f"round {round_ + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in series.items()), flush=True
+        )
     machine.finish()
 
     floors = series["floor"]

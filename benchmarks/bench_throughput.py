@@ -53,23 +53,54 @@ def plain_run(cfg, model_dir: Path, tokenizer, data, output_dir: Path, timer) ->
         set_seed(t.seed)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         model.config.use_cache = False
-        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
-                          target_modules=cfg.model.target_sets[cfg.lora.targets], task_type="CAUSAL_LM")
+        lora = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.lora_alpha,
+            lora_dropout=cfg.lora.lora_dropout,
+            target_modules=cfg.model.target_sets[cfg.lora.targets],
+            task_type="CAUSAL_LM",
+        )
         model = get_peft_model(model, lora)
         args = TrainingArguments(
-            output_dir=str(output_dir), max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
-            per_device_eval_batch_size=max(t.batch_size, 64), learning_rate=t.learning_rate,
-            warmup_steps=t.warmup_ratio, lr_scheduler_type=t.lr_scheduler, weight_decay=t.weight_decay,
-            max_grad_norm=t.max_grad_norm, eval_strategy="steps", eval_steps=t.eval_every,
-            logging_steps=t.logging_steps, save_strategy="no", report_to="none", seed=t.seed, data_seed=t.seed,
-            use_cpu=True, disable_tqdm=True, label_names=["labels"], remove_unused_columns=False)
-        trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                          data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True), callbacks=[timer])
+            output_dir=str(output_dir),
+            max_steps=t.max_steps,
+            per_device_train_batch_size=t.batch_size,
+            per_device_eval_batch_size=max(t.batch_size, 64),
+            learning_rate=t.learning_rate,
+            warmup_steps=t.warmup_ratio,
+            lr_scheduler_type=t.lr_scheduler,
+            weight_decay=t.weight_decay,
+            max_grad_norm=t.max_grad_norm,
+            eval_strategy="steps",
+            eval_steps=t.eval_every,
+            logging_steps=t.logging_steps,
+            save_strategy="no",
+            report_to="none",
+            seed=t.seed,
+            data_seed=t.seed,
+            use_cpu=True,
+            disable_tqdm=True,
+            label_names=["labels"],
+            remove_unused_columns=False,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=data.train,
+            eval_dataset=data.eval,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
+            callbacks=[timer],
+        )
         trainer.remove_callback(PrinterCallback)  # quiet, like run_trial(show_progress=False)
         output = trainer.train()
         model.save_pretrained(output_dir / "adapter")
-    return {"wall": wall["s"], "train": output.metrics["train_runtime"], "steps": trainer.state.global_step,
-            "loss": output.training_loss, "step_s": timer.steps_s}
+    return {
+        "wall": wall["s"],
+        "train": output.metrics["train_runtime"],
+        "steps": trainer.state.global_step,
+        "loss": output.training_loss,
+        "step_s": timer.steps_s,
+    }
 
 
 def lora_lab_run(cfg, resources, output_dir: Path, timer) -> dict:
@@ -77,8 +108,14 @@ def lora_lab_run(cfg, resources, output_dir: Path, timer) -> dict:
 
     result = run_trial(cfg, output_dir, resources, callbacks=[timer], show_progress=False)
     loss = next(e["train_loss"] for e in reversed(result.history) if "train_loss" in e)
-    return {"wall": result.wall_time_s, "train": result.train_time_s, "steps": result.steps, "loss": loss,
-            "step_s": timer.steps_s, "tokens": result.tokens_per_s * result.train_time_s}
+    return {
+        "wall": result.wall_time_s,
+        "train": result.train_time_s,
+        "steps": result.steps,
+        "loss": loss,
+        "step_s": timer.steps_s,
+        "tokens": result.tokens_per_s * result.train_time_s,
+    }
 
 
 def compose_configs(overrides: list[str]):
@@ -139,18 +176,27 @@ def main() -> None:
     machine = _common.Machine()
     print(f"machine: {machine.cpu}, {machine.cores} cores, torch {machine.torch}; {machine.uptime_before}")
     cfg, _ = compose_configs(overrides)
-    assert cfg.quant.method == "none" and cfg.lora.target_modules is None and not cfg.lora.use_rslora \
-        and not cfg.lora.use_dora and cfg.lora.bias == "none" and cfg.train.gradient_accumulation_steps == 1 \
-        and cfg.model.source == "builtin", "the plain script covers plain LoRA on the built-in model only"
+    assert (
+        cfg.quant.method == "none"
+        and cfg.lora.target_modules is None
+        and not cfg.lora.use_rslora
+        and not cfg.lora.use_dora
+        and cfg.lora.bias == "none"
+        and cfg.train.gradient_accumulation_steps == 1
+        and cfg.model.source == "builtin"
+    ), "the plain script covers plain LoRA on the built-in model only"
 
     runs: dict[str, list[dict]] = {"lora_lab": [], "plain": []}
     for i in range(max(args.runs, 1)):
-        for side in (("lora_lab", "plain") if i % 2 == 0 else ("plain", "lora_lab")):
+        for side in ("lora_lab", "plain") if i % 2 == 0 else ("plain", "lora_lab"):
             run = _common.run_child(__file__, ["--threads", str(args.threads), "--child", side, *overrides])
             runs[side].append(run)
-            print(f"run {i + 1} {side:<9} train {run['train']:7.2f} s  {run['steps'] / run['train']:6.2f} steps/s  "
-                  f"steps alone {run['step_s']:7.2f} s  end-to-end {run['wall']:7.2f} s  "
-                  f"final train loss {run['loss']:.6f}", flush=True)
+            print(
+                f"run {i + 1} {side:<9} train {run['train']:7.2f} s  {run['steps'] / run['train']:6.2f} steps/s  "
+                f"steps alone {run['step_s']:7.2f} s  end-to-end {run['wall']:7.2f} s  "
+                f"final train loss {run['loss']:.6f}",
+                flush=True,
+            )
     machine.finish()
     print(machine.uptime_after)
 
@@ -159,10 +205,13 @@ def main() -> None:
     stats = {}
     for side, rs in runs.items():
         train = median([r["train"] for r in rs])
-        stats[side] = {"train": train, "steps_per_s": median([r["steps"] / r["train"] for r in rs]),
-                       "tokens_per_s": median([tokens / r["train"] for r in rs]),
-                       "step_only": median([r["steps"] / r["step_s"] for r in rs]),
-                       "wall": median([r["wall"] for r in rs])}
+        stats[side] = {
+            "train": train,
+            "steps_per_s": median([r["steps"] / r["train"] for r in rs]),
+            "tokens_per_s": median([tokens / r["train"] for r in rs]),
+            "step_only": median([r["steps"] / r["step_s"] for r in rs]),
+            "wall": median([r["wall"] for r in rs]),
+        }
     a, b = stats["lora_lab"], stats["plain"]
     medians_ratio = a["tokens_per_s"] / b["tokens_per_s"]
     # the headline: the median of the per-pair ratios (each pair ran back to back, so drift cancels)
@@ -174,9 +223,11 @@ def main() -> None:
     # the part of train_runtime outside the optimizer steps (data loading, logging, evaluations, set-up),
     # where the two sides' code differs; the steps themselves are the same model computations
     loop = {side: median([r["train"] - r["step_s"] for r in rs]) for side, rs in runs.items()}
-    print(f"\nthroughput lora_lab / plain = {ratio:.3f} (median of the per-pair ratios; ratio of the medians "
-          f"{medians_ratio:.3f}, of the fastest runs {best_ratio:.3f}); train_runtime outside optimizer steps: lora_lab {loop['lora_lab']:.2f} s, "
-          f"plain {loop['plain']:.2f} s; same work: {same_work}")
+    print(
+        f"\nthroughput lora_lab / plain = {ratio:.3f} (median of the per-pair ratios; ratio of the medians "
+        f"{medians_ratio:.3f}, of the fastest runs {best_ratio:.3f}); train_runtime outside optimizer steps: lora_lab {loop['lora_lab']:.2f} s, "
+        f"plain {loop['plain']:.2f} s; same work: {same_work}"
+    )
     if args.no_report:
         return
 
@@ -188,7 +239,8 @@ def main() -> None:
         f"alpha={cfg.lora.lora_alpha:g} on {cfg.lora.targets} ({', '.join(cfg.model.target_sets[cfg.lora.targets])}), "
         f"{t.max_steps} steps of batch {t.batch_size}, learning rate {t.learning_rate:g} ({t.lr_scheduler}, warmup "
         f"{t.warmup_ratio:g}), evaluation every {t.eval_every} steps, seed {t.seed}"
-        + (f", overrides `{' '.join(overrides)}`" if overrides else "") + ".",
+        + (f", overrides `{' '.join(overrides)}`" if overrides else "")
+        + ".",
         "",
         "- **lora_lab**: `lora_lab.train.run_trial(cfg, out, resources, show_progress=False)`, the base model and "
         "tokenized data built once beforehand (as in a sweep); its defaults add token accuracy to each "
@@ -212,29 +264,60 @@ def main() -> None:
     ]
     body += _common.table(
         ["", "lora_lab", "plain PEFT + Trainer", "ratio lora_lab / plain"],
-        [["tokens/s (train_runtime)", fmt(a["tokens_per_s"], 5), fmt(b["tokens_per_s"], 5), f"{medians_ratio:.3f}"],
-         ["steps/s (train_runtime)", fmt(a["steps_per_s"], 4), fmt(b["steps_per_s"], 4),
-          f"{a['steps_per_s'] / b['steps_per_s']:.3f}"],
-         ["steps/s, optimizer steps alone", fmt(a["step_only"], 4), fmt(b["step_only"], 4),
-          f"{a['step_only'] / b['step_only']:.3f}"],
-         ["train_runtime (s)", fmt(a["train"], 4), fmt(b["train"], 4), f"{a['train'] / b['train']:.3f}"],
-         ["end-to-end (s)", fmt(a["wall"], 4), fmt(b["wall"], 4), f"{a['wall'] / b['wall']:.3f}"]])
-    body += ["", f"Per back-to-back pair, throughput ratio lora_lab / plain: "
-             f"{', '.join(f'{r:.3f}' for r in pair_ratios)} (median **{ratio:.3f}**). Fastest run of each "
-             f"side (the least disturbed by other processes): ratio {best_ratio:.3f}. The time inside "
-             "`train_runtime` but outside the optimizer steps (data loading, logging, evaluations, set-up: where "
-             "the two sides' code differs most; the steps are the same model computations, lora_lab's without the "
-             f"stock Trainer's per-step parameter recount for its FLOP count) was {loop['lora_lab']:.2f} s for "
-             f"lora_lab and {loop['plain']:.2f} s for plain (medians).", "",
-             "## Runs", ""]
+        [
+            ["tokens/s (train_runtime)", fmt(a["tokens_per_s"], 5), fmt(b["tokens_per_s"], 5), f"{medians_ratio:.3f}"],
+            [
+                "steps/s (train_runtime)",
+                fmt(a["steps_per_s"], 4),
+                fmt(b["steps_per_s"], 4),
+                f"{a['steps_per_s'] / b['steps_per_s']:.3f}",
+            ],
+            [
+                "steps/s, optimizer steps alone",
+                fmt(a["step_only"], 4),
+                fmt(b["step_only"], 4),
+                f"{a['step_only'] / b['step_only']:.3f}",
+            ],
+            ["train_runtime (s)", fmt(a["train"], 4), fmt(b["train"], 4), f"{a['train'] / b['train']:.3f}"],
+            ["end-to-end (s)", fmt(a["wall"], 4), fmt(b["wall"], 4), f"{a['wall'] / b['wall']:.3f}"],
+        ],
+    )
+    body += [
+        "",
+        f"Per back-to-back pair, throughput ratio lora_lab / plain: "
+        f"{', '.join(f'{r:.3f}' for r in pair_ratios)} (median **{ratio:.3f}**). Fastest run of each "
+        f"side (the least disturbed by other processes): ratio {best_ratio:.3f}. The time inside "
+        "`train_runtime` but outside the optimizer steps (data loading, logging, evaluations, set-up: where "
+        "the two sides' code differs most; the steps are the same model computations, lora_lab's without the "
+        f"stock Trainer's per-step parameter recount for its FLOP count) was {loop['lora_lab']:.2f} s for "
+        f"lora_lab and {loop['plain']:.2f} s for plain (medians).",
+        "",
+        "## Runs",
+        "",
+    ]
     body += _common.table(
         ["run", "side", "train_runtime (s)", "steps/s", "steps alone (s)", "end-to-end (s)", "final train loss"],
-        [[i + 1, side, fmt(r["train"], 4), fmt(r["steps"] / r["train"], 4), fmt(r["step_s"], 4), fmt(r["wall"], 4),
-          f"{r['loss']:.6f}"]
-         for i in range(len(runs["lora_lab"])) for side in ("lora_lab", "plain") for r in [runs[side][i]]])
-    body += ["", "End-to-end: lora_lab's `TrialResult.wall_time_s` (attach adapter to detach, exact-match "
-             "generation and adapter saving included, resources reused); plain: from `set_seed` to the saved "
-             "adapter, loading the base model included."]
+        [
+            [
+                i + 1,
+                side,
+                fmt(r["train"], 4),
+                fmt(r["steps"] / r["train"], 4),
+                fmt(r["step_s"], 4),
+                fmt(r["wall"], 4),
+                f"{r['loss']:.6f}",
+            ]
+            for i in range(len(runs["lora_lab"]))
+            for side in ("lora_lab", "plain")
+            for r in [runs[side][i]]
+        ],
+    )
+    body += [
+        "",
+        "End-to-end: lora_lab's `TrialResult.wall_time_s` (attach adapter to detach, exact-match "
+        "generation and adapter saving included, resources reused); plain: from `set_seed` to the saved "
+        "adapter, loading the base model included.",
+    ]
     _common.write_report("throughput", "Training throughput: lora_lab trial vs plain PEFT + Trainer", machine, body)
 
 

@@ -142,8 +142,10 @@ def breakdown(trial: dict[str, float]) -> dict[str, float]:
     out = dict(trial)
     out["training"] = trial["steps"] + trial["fetch"]
     out["loop_other"] = trial["train"] - out["training"] - trial["eval"]
-    named = sum(trial[k] for k in ("compose", "resources", "attach", "trainer_init", "generate", "save", "rank",
-                                   "detach", "mlflow_log"))
+    named = sum(
+        trial[k]
+        for k in ("compose", "resources", "attach", "trainer_init", "generate", "save", "rank", "detach", "mlflow_log")
+    )
     out["rest"] = trial["wall"] - named - trial["train"]
     # evaluation = the Trainer's evaluations + exact-match generation + the adapter's effective rank
     out["evaluation"] = trial["eval"] + trial["generate"] + trial["rank"]
@@ -204,9 +206,12 @@ def main() -> None:
                 recorder.current["number"] = trial.number
                 recorder.current = None
                 t = breakdown(recorder.trials[-1])
-                print(f"trial {trial.number}: wall {t['wall']:.2f} s, training steps {t['training']:.2f} s "
-                      f"({int(t['n_steps'])}), evaluation {t['evaluation']:.2f} s, overhead {t['overhead']:.2f} s "
-                      f"= {100 * t['share']:.1f}%", flush=True)
+                print(
+                    f"trial {trial.number}: wall {t['wall']:.2f} s, training steps {t['training']:.2f} s "
+                    f"({int(t['n_steps'])}), evaluation {t['evaluation']:.2f} s, overhead {t['overhead']:.2f} s "
+                    f"= {100 * t['share']:.1f}%",
+                    flush=True,
+                )
 
         sweep.objective = timed_objective
         sweep.run()
@@ -229,10 +234,14 @@ def main() -> None:
         return median([t[key] for t in warm])
 
     build_s = median(builds)
-    print(f"\ncold trial overhead {100 * cold['share']:.1f}%  warm trials (median) {100 * warm_median('share'):.1f}%"
-          f"  (batch fetch counted as overhead: {100 * warm_median('share_with_fetch'):.1f}%)")
-    print(f"build_resources {build_s:.2f} s = {100 * build_s / warm_median('wall'):.1f}% of a warm trial "
-          f"({warm_median('wall'):.1f} s)")
+    print(
+        f"\ncold trial overhead {100 * cold['share']:.1f}%  warm trials (median) {100 * warm_median('share'):.1f}%"
+        f"  (batch fetch counted as overhead: {100 * warm_median('share_with_fetch'):.1f}%)"
+    )
+    print(
+        f"build_resources {build_s:.2f} s = {100 * build_s / warm_median('wall'):.1f}% of a warm trial "
+        f"({warm_median('wall'):.1f} s)"
+    )
     for key, text in PHASES:
         print(f"  {text:<85} cold {cold[key]:7.3f} s   warm {warm_median(key):7.3f} s")
     if args.no_report:
@@ -258,19 +267,51 @@ def main() -> None:
         "",
     ]
     body += _common.table(
-        ["trial", "wall (s)", "training steps (s)", "evaluation (s)", "overhead (s)", "overhead share",
-         "run_trial view: (wall_time_s - train_time_s) / wall_time_s"],
-        [[f"{int(t['number'])} ({'cold' if i == 0 else 'warm'})", fmt(t["wall"], 4), fmt(t["training"], 4),
-          fmt(t["evaluation"], 3), fmt(t["overhead"], 3), f"**{100 * t['share']:.1f}%**", f"{100 * t['result_share']:.1f}%"]
-         for i, t in enumerate(trials)]
-        + [["warm median", fmt(warm_median("wall"), 4), fmt(warm_median("training"), 4), fmt(warm_median("evaluation"), 3),
-            fmt(warm_median("overhead"), 3), f"**{100 * warm_median('share'):.1f}%**",
-            f"{100 * warm_median('result_share'):.1f}%"]])
-    body += ["", f"Counting each step's batch fetch as overhead instead of as part of the step, the warm median "
-             f"would be {100 * warm_median('share_with_fetch'):.1f}%.", "",
-             "## Where the overhead goes (seconds per trial)", ""]
-    body += _common.table(["phase", "cold trial", "warm trials (median)"],
-                          [[text, fmt(cold[key], 3), fmt(warm_median(key), 3)] for key, text in PHASES])
+        [
+            "trial",
+            "wall (s)",
+            "training steps (s)",
+            "evaluation (s)",
+            "overhead (s)",
+            "overhead share",
+            "run_trial view: (wall_time_s - train_time_s) / wall_time_s",
+        ],
+        [
+            [
+                f"{int(t['number'])} ({'cold' if i == 0 else 'warm'})",
+                fmt(t["wall"], 4),
+                fmt(t["training"], 4),
+                fmt(t["evaluation"], 3),
+                fmt(t["overhead"], 3),
+                f"**{100 * t['share']:.1f}%**",
+                f"{100 * t['result_share']:.1f}%",
+            ]
+            for i, t in enumerate(trials)
+        ]
+        + [
+            [
+                "warm median",
+                fmt(warm_median("wall"), 4),
+                fmt(warm_median("training"), 4),
+                fmt(warm_median("evaluation"), 3),
+                fmt(warm_median("overhead"), 3),
+                f"**{100 * warm_median('share'):.1f}%**",
+                f"{100 * warm_median('result_share'):.1f}%",
+            ]
+        ],
+    )
+    body += [
+        "",
+        f"Counting each step's batch fetch as overhead instead of as part of the step, the warm median "
+        f"would be {100 * warm_median('share_with_fetch'):.1f}%.",
+        "",
+        "## Where the overhead goes (seconds per trial)",
+        "",
+    ]
+    body += _common.table(
+        ["phase", "cold trial", "warm trials (median)"],
+        [[text, fmt(cold[key], 3), fmt(warm_median(key), 3)] for key, text in PHASES],
+    )
     body += [
         "",
         "## Reusing the base model and tokenized data",

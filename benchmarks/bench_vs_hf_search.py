@@ -47,8 +47,9 @@ MAX_SEQ_LEN = 64
 LOGGING_STEPS = 10
 
 
-def hf_search(workdir: Path, trials: int, steps: int, eval_every: int, seed: int, pruner, storage, study_name: str,
-              callbacks=()):
+def hf_search(
+    workdir: Path, trials: int, steps: int, eval_every: int, seed: int, pruner, storage, study_name: str, callbacks=()
+):
     """Trainer.hyperparameter_search over r and alpha/r with a LoRA model built in model_init."""
     import optuna
     import torch
@@ -71,42 +72,84 @@ def hf_search(workdir: Path, trials: int, steps: int, eval_every: int, seed: int
     data = build_task_data(DataConfig(), tokenizer, MAX_SEQ_LEN)  # the cipher task, tokenized
 
     def hp_space(trial):
-        return {"lora_r": trial.suggest_categorical("lora.r", R_CHOICES),
-                "alpha_over_r": trial.suggest_categorical("alpha_over_r", ALPHA_OVER_R)}
+        return {
+            "lora_r": trial.suggest_categorical("lora.r", R_CHOICES),
+            "alpha_over_r": trial.suggest_categorical("alpha_over_r", ALPHA_OVER_R),
+        }
 
     def model_init(trial):
         hp = hp_space(trial) if trial is not None else {"lora_r": 8, "alpha_over_r": 2}
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         model.config.use_cache = False
-        lora = LoraConfig(r=hp["lora_r"], lora_alpha=hp["alpha_over_r"] * hp["lora_r"], lora_dropout=0.0,
-                          target_modules=TARGETS, task_type="CAUSAL_LM")
+        lora = LoraConfig(
+            r=hp["lora_r"],
+            lora_alpha=hp["alpha_over_r"] * hp["lora_r"],
+            lora_dropout=0.0,
+            target_modules=TARGETS,
+            task_type="CAUSAL_LM",
+        )
         return get_peft_model(model, lora)
 
     args = TrainingArguments(
-        output_dir=str(workdir / "hf"), max_steps=steps, per_device_train_batch_size=BATCH_SIZE,
-        per_device_eval_batch_size=EVAL_BATCH_SIZE, learning_rate=LEARNING_RATE, warmup_steps=WARMUP,
-        lr_scheduler_type=SCHEDULER, eval_strategy="steps", eval_steps=eval_every, logging_steps=LOGGING_STEPS,
-        save_strategy="no", report_to="none", seed=seed, data_seed=seed, use_cpu=True, disable_tqdm=True,
-        label_names=["labels"], remove_unused_columns=False)
-    trainer = Trainer(model_init=model_init, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True), callbacks=list(callbacks))
+        output_dir=str(workdir / "hf"),
+        max_steps=steps,
+        per_device_train_batch_size=BATCH_SIZE,
+        per_device_eval_batch_size=EVAL_BATCH_SIZE,
+        learning_rate=LEARNING_RATE,
+        warmup_steps=WARMUP,
+        lr_scheduler_type=SCHEDULER,
+        eval_strategy="steps",
+        eval_steps=eval_every,
+        logging_steps=LOGGING_STEPS,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        use_cpu=True,
+        disable_tqdm=True,
+        label_names=["labels"],
+        remove_unused_columns=False,
+    )
+    trainer = Trainer(
+        model_init=model_init,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
+        callbacks=list(callbacks),
+    )
     trainer.remove_callback(PrinterCallback)  # no log lines on stdout (lora_lab's sweep prints none either)
     grid = {"lora.r": R_CHOICES, "alpha_over_r": ALPHA_OVER_R}
     return trainer.hyperparameter_search(
-        backend="optuna", hp_space=hp_space, n_trials=trials, direction="minimize",
-        sampler=optuna.samplers.GridSampler(grid, seed=seed), pruner=pruner,
-        storage=storage, study_name=study_name)  # storage/name only so the trials can be listed afterwards
+        backend="optuna",
+        hp_space=hp_space,
+        n_trials=trials,
+        direction="minimize",
+        sampler=optuna.samplers.GridSampler(grid, seed=seed),
+        pruner=pruner,
+        storage=storage,
+        study_name=study_name,
+    )  # storage/name only so the trials can be listed afterwards
+
+
 # ----------------------------------------------------------------------------------------------------
 
 
-def lora_lab_overrides(name: str, trials: int, steps: int, eval_every: int, pruning: bool,
-                       n_startup: int) -> list[str]:
+def lora_lab_overrides(name: str, trials: int, steps: int, eval_every: int, pruning: bool, n_startup: int) -> list[str]:
     # the study goes to lora_lab's default storage: a journal file under <working directory>/sweeps/<name>/
-    out = ["+sweep=rank_alpha", f"sweep.study_name={name}", f"sweep.n_trials={trials}",
-           f"train.max_steps={steps}", f"train.eval_every={eval_every}"]
+    out = [
+        "+sweep=rank_alpha",
+        f"sweep.study_name={name}",
+        f"sweep.n_trials={trials}",
+        f"train.max_steps={steps}",
+        f"train.eval_every={eval_every}",
+    ]
     if pruning:
-        out += ["sweep.pruner.name=median", f"sweep.pruner.n_startup_trials={n_startup}",
-                "sweep.pruner.n_warmup_steps=0"]
+        out += [
+            "sweep.pruner.name=median",
+            f"sweep.pruner.n_startup_trials={n_startup}",
+            "sweep.pruner.n_warmup_steps=0",
+        ]
     return out
 
 
@@ -141,9 +184,16 @@ def check_same_search(workdir: Path, seed: int) -> None:
     assert sweep.sampler.name == "grid" and sweep.sampler.seed == seed, sweep.sampler
     trial = to_trial_config(cfg)
     t = trial.train
-    assert (t.learning_rate, t.batch_size, t.warmup_ratio, t.lr_scheduler, t.max_seq_len, t.logging_steps,
-            t.seed, t.gradient_accumulation_steps) == (LEARNING_RATE, BATCH_SIZE, WARMUP, SCHEDULER, MAX_SEQ_LEN,
-                                                       LOGGING_STEPS, seed, 1), t
+    assert (
+        t.learning_rate,
+        t.batch_size,
+        t.warmup_ratio,
+        t.lr_scheduler,
+        t.max_seq_len,
+        t.logging_steps,
+        t.seed,
+        t.gradient_accumulation_steps,
+    ) == (LEARNING_RATE, BATCH_SIZE, WARMUP, SCHEDULER, MAX_SEQ_LEN, LOGGING_STEPS, seed, 1), t
     assert trial.model.target_sets[trial.lora.targets] == TARGETS and trial.lora.lora_dropout == 0.0
     assert trial.data == DataConfig() and trial.quant.method == "none"
 
@@ -158,8 +208,17 @@ def trial_rows(study) -> list[list]:
         else:
             value = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else float("nan")
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else float("nan")
-        rows.append([t.number, t.params.get("lora.r"), t.params.get("alpha_over_r"), t.state.name, value,
-                     len(t.intermediate_values), seconds])
+        rows.append(
+            [
+                t.number,
+                t.params.get("lora.r"),
+                t.params.get("alpha_over_r"),
+                t.state.name,
+                value,
+                len(t.intermediate_values),
+                seconds,
+            ]
+        )
     return rows
 
 
@@ -184,8 +243,7 @@ def child(args) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = uri
         mlflow.set_tracking_uri(uri)
         lora_lab_search(lora_lab_overrides(f"warmup_{args.name}", 1, 2, 1, False, 1))
-        overrides = lora_lab_overrides(args.name, args.trials, args.steps, args.eval_every, pruning,
-                                       args.n_startup)
+        overrides = lora_lab_overrides(args.name, args.trials, args.steps, args.eval_every, pruning, args.n_startup)
         timer = _common.loop_timer()
         with stopwatch() as t:
             study = lora_lab_search(overrides, [timer])
@@ -193,19 +251,31 @@ def child(args) -> None:
         import optuna
 
         hf_search(workdir, 1, 2, 1, args.seed, optuna.pruners.NopPruner(), optuna.storages.InMemoryStorage(), "warmup")
-        pruner = (optuna.pruners.MedianPruner(n_startup_trials=args.n_startup, n_warmup_steps=0)
-                  if pruning else optuna.pruners.NopPruner())
+        pruner = (
+            optuna.pruners.MedianPruner(n_startup_trials=args.n_startup, n_warmup_steps=0)
+            if pruning
+            else optuna.pruners.NopPruner()
+        )
         storage = optuna.storages.InMemoryStorage()
         timer = _common.loop_timer()
         with stopwatch() as t:
-            best = hf_search(workdir, args.trials, args.steps, args.eval_every, args.seed, pruner, storage, args.name,
-                             [timer])
+            best = hf_search(
+                workdir, args.trials, args.steps, args.eval_every, args.seed, pruner, storage, args.name, [timer]
+            )
         study = optuna.load_study(study_name=args.name, storage=storage)
         assert abs(best.objective - best_value(study)) < 1e-9
     rows = trial_rows(study)
-    _common.write_child(args.child_out, {"wall_s": t["s"], "best": best_value(study), "rows": rows,
-                                         "pruned": sum(1 for r in rows if r[3] == "PRUNED"),
-                                         "steps_s": timer.steps_s, "evals_s": timer.evals_s})
+    _common.write_child(
+        args.child_out,
+        {
+            "wall_s": t["s"],
+            "best": best_value(study),
+            "rows": rows,
+            "pruned": sum(1 for r in rows if r[3] == "PRUNED"),
+            "steps_s": timer.steps_s,
+            "evals_s": timer.evals_s,
+        },
+    )
 
 
 def main() -> None:
@@ -238,9 +308,22 @@ def main() -> None:
 
     MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").search_experiments()  # the store's schema, untimed
 
-    common = ["--trials", str(args.trials), "--steps", str(args.steps), "--eval-every", str(args.eval_every),
-              "--n-startup", str(args.n_startup), "--seed", str(args.seed), "--threads", str(args.threads),
-              "--workdir", str(workdir)]
+    common = [
+        "--trials",
+        str(args.trials),
+        "--steps",
+        str(args.steps),
+        "--eval-every",
+        str(args.eval_every),
+        "--n-startup",
+        str(args.n_startup),
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(args.threads),
+        "--workdir",
+        str(workdir),
+    ]
     results: dict[tuple[str, str], list[dict]] = {}
     for rnd in range(args.repeats):
         for condition in ("no pruning", "median pruning"):
@@ -251,11 +334,15 @@ def main() -> None:
             for side in sides:
                 name = f"{'prune' if pruning else 'noprune'}_{side}_{rnd}"
                 print(f"round {rnd + 1}/{args.repeats} {condition:<14} {side:<12} ...", end=" ", flush=True)
-                out = _common.run_child(__file__, common + ["--child", side, "--name", name]
-                                        + (["--pruning"] if pruning else []))
+                out = _common.run_child(
+                    __file__, common + ["--child", side, "--name", name] + (["--pruning"] if pruning else [])
+                )
                 results.setdefault((condition, side), []).append(out)
-                print(f"{out['wall_s']:7.1f} s (steps {out['steps_s']:.1f} s, evaluations {out['evals_s']:.1f} s)  "
-                      f"best eval loss {out['best']:.4f}  pruned {out['pruned']}/{len(out['rows'])}", flush=True)
+                print(
+                    f"{out['wall_s']:7.1f} s (steps {out['steps_s']:.1f} s, evaluations {out['evals_s']:.1f} s)  "
+                    f"best eval loss {out['best']:.4f}  pruned {out['pruned']}/{len(out['rows'])}",
+                    flush=True,
+                )
     machine.finish()
     print(f"\n{machine.uptime_after}")
 
@@ -263,14 +350,27 @@ def main() -> None:
     for condition in ("no pruning", "median pruning"):
         lab, hf = results[(condition, "lora_lab")], results[(condition, "transformers")]
         ratios = [a["wall_s"] / b["wall_s"] for a, b in zip(lab, hf, strict=True)]
-        summary.append((condition, median([r["wall_s"] for r in lab]), median([r["wall_s"] for r in hf]),
-                        median(ratios), ratios, median([r["best"] for r in lab]), median([r["best"] for r in hf]),
-                        lab[-1]["pruned"], hf[-1]["pruned"]))
-        print(f"{condition:<15} wall lora_lab/transformers = {median(ratios):.3f} "
-              f"(rounds {', '.join(f'{r:.3f}' for r in ratios)})  best eval loss lora_lab {summary[-1][5]:.4f} "
-              f"vs transformers {summary[-1][6]:.4f}")
-    cross = median([a["wall_s"] for a in results[("median pruning", "lora_lab")]]) / \
-        median([b["wall_s"] for b in results[("no pruning", "transformers")]])
+        summary.append(
+            (
+                condition,
+                median([r["wall_s"] for r in lab]),
+                median([r["wall_s"] for r in hf]),
+                median(ratios),
+                ratios,
+                median([r["best"] for r in lab]),
+                median([r["best"] for r in hf]),
+                lab[-1]["pruned"],
+                hf[-1]["pruned"],
+            )
+        )
+        print(
+            f"{condition:<15} wall lora_lab/transformers = {median(ratios):.3f} "
+            f"(rounds {', '.join(f'{r:.3f}' for r in ratios)})  best eval loss lora_lab {summary[-1][5]:.4f} "
+            f"vs transformers {summary[-1][6]:.4f}"
+        )
+    cross = median([a["wall_s"] for a in results[("median pruning", "lora_lab")]]) / median(
+        [b["wall_s"] for b in results[("no pruning", "transformers")]]
+    )
     print(f"lora_lab with pruning / transformers without pruning = {cross:.3f}")
     if args.no_report:
         return
@@ -293,7 +393,7 @@ def main() -> None:
         "config, dataset, effective rank, adapter artifact), exact-match generation on 64 held-out prompts, "
         "adapter saved: its defaults. The base model and tokenized data are built once per sweep.",
         "- **transformers**: the plain script in `hf_search()`: `Trainer(model_init=...)` + "
-        "`Trainer.hyperparameter_search(backend=\"optuna\", hp_space=..., n_trials=..., direction=\"minimize\", "
+        '`Trainer.hyperparameter_search(backend="optuna", hp_space=..., n_trials=..., direction="minimize", '
         "sampler=GridSampler(...), pruner=...)`; `model_init` loads the base model with "
         "`AutoModelForCausalLM.from_pretrained` and wraps it with `peft.get_peft_model` with the trial's r and "
         "alpha. No tracking, no generation, no adapter saving. transformers reports each evaluation to the "
@@ -309,33 +409,70 @@ def main() -> None:
         "",
     ]
     body += _common.table(
-        ["condition", "lora_lab wall (s)", "transformers wall (s)", "wall ratio lora_lab / transformers",
-         "best eval loss lora_lab", "best eval loss transformers", "pruned trials lora_lab / transformers"],
-        [[c, fmt(a, 4), fmt(b, 4), f"**{r:.3f}**" + (f" (rounds: {', '.join(f'{x:.3f}' for x in rs)})"
-                                                      if len(rs) > 1 else ""),
-          f"{bl:.4f}", f"{bh:.4f}", f"{pl} / {ph}"]
-         for c, a, b, r, rs, bl, bh, pl, ph in summary])
-    body += ["", "Where the time went (medians over the rounds, seconds): the optimizer steps (timed by a Trainer "
-             "callback on both sides, on_step_begin to on_step_end) and the evaluations (`eval_runtime`) are the "
-             "same computations on both sides; the rest is each side's own work per search and per trial.", ""]
+        [
+            "condition",
+            "lora_lab wall (s)",
+            "transformers wall (s)",
+            "wall ratio lora_lab / transformers",
+            "best eval loss lora_lab",
+            "best eval loss transformers",
+            "pruned trials lora_lab / transformers",
+        ],
+        [
+            [
+                c,
+                fmt(a, 4),
+                fmt(b, 4),
+                f"**{r:.3f}**" + (f" (rounds: {', '.join(f'{x:.3f}' for x in rs)})" if len(rs) > 1 else ""),
+                f"{bl:.4f}",
+                f"{bh:.4f}",
+                f"{pl} / {ph}",
+            ]
+            for c, a, b, r, rs, bl, bh, pl, ph in summary
+        ],
+    )
+    body += [
+        "",
+        "Where the time went (medians over the rounds, seconds): the optimizer steps (timed by a Trainer "
+        "callback on both sides, on_step_begin to on_step_end) and the evaluations (`eval_runtime`) are the "
+        "same computations on both sides; the rest is each side's own work per search and per trial.",
+        "",
+    ]
     body += _common.table(
         ["condition", "side", "wall", "optimizer steps", "evaluations", "the rest", "median trial (s)"],
-        [[c, side, fmt(median([r["wall_s"] for r in rs]), 4), fmt(median([r["steps_s"] for r in rs]), 4),
-          fmt(median([r["evals_s"] for r in rs]), 3),
-          fmt(median([r["wall_s"] - r["steps_s"] - r["evals_s"] for r in rs]), 3),
-          fmt(median([row[6] for r in rs for row in r["rows"] if row[3] == "COMPLETE"]), 3)]
-         for c in ("no pruning", "median pruning") for side in ("lora_lab", "transformers")
-         for rs in [results[(c, side)]]])
-    body += ["", f"lora_lab with pruning against transformers without pruning (medians): **{cross:.3f}**.",
-             "", "Wall times are medians over the rounds; the ratio is the median of the per-round ratios "
-             "(each round ran the two sides back to back).", "", "## Trials (last round)", ""]
+        [
+            [
+                c,
+                side,
+                fmt(median([r["wall_s"] for r in rs]), 4),
+                fmt(median([r["steps_s"] for r in rs]), 4),
+                fmt(median([r["evals_s"] for r in rs]), 3),
+                fmt(median([r["wall_s"] - r["steps_s"] - r["evals_s"] for r in rs]), 3),
+                fmt(median([row[6] for r in rs for row in r["rows"] if row[3] == "COMPLETE"]), 3),
+            ]
+            for c in ("no pruning", "median pruning")
+            for side in ("lora_lab", "transformers")
+            for rs in [results[(c, side)]]
+        ],
+    )
+    body += [
+        "",
+        f"lora_lab with pruning against transformers without pruning (medians): **{cross:.3f}**.",
+        "",
+        "Wall times are medians over the rounds; the ratio is the median of the per-round ratios "
+        "(each round ran the two sides back to back).",
+        "",
+        "## Trials (last round)",
+        "",
+    ]
     for condition in ("no pruning", "median pruning"):
         for side in ("lora_lab", "transformers"):
             rows = results[(condition, side)][-1]["rows"]
             body += [f"{condition}, {side}:", ""]
-            body += _common.table(["trial", "r", "alpha/r", "state", "last eval loss", "evaluations reported to Optuna",
-                                   "seconds"],
-                                  [[n, r, a, s, f"{v:.4f}", e, fmt(sec, 3)] for n, r, a, s, v, e, sec in rows])
+            body += _common.table(
+                ["trial", "r", "alpha/r", "state", "last eval loss", "evaluations reported to Optuna", "seconds"],
+                [[n, r, a, s, f"{v:.4f}", e, fmt(sec, 3)] for n, r, a, s, v, e, sec in rows],
+            )
             body.append("")
     _common.write_report("vs_hf_search", "lora_lab sweep vs transformers hyperparameter_search", machine, body)
 

@@ -45,8 +45,10 @@ def reports_errors(fn):
         except LoraLabError as exc:
             fail(str(exc), exc.exit_code)
         except MissingMandatoryValue as exc:
-            fail(f"'{exc.full_key}' must be set (it is '???' in the chosen config); "
-                 f"add {exc.full_key}=... to the command line.")
+            fail(
+                f"'{exc.full_key}' must be set (it is '???' in the chosen config); "
+                f"add {exc.full_key}=... to the command line."
+            )
         except OmegaConfBaseException as exc:
             fail(f"invalid config: {str(exc).splitlines()[0]} (at '{getattr(exc, 'full_key', '?')}').")
 
@@ -74,8 +76,7 @@ def check_overrides(argv: list[str], root: type = TrialConfig) -> None:
             continue
         fields = _schema_fields(schema)
         if name not in fields:
-            fail(f"unknown field '{group}.{name}' in override '{arg}'. Fields of '{group}': "
-                 f"{', '.join(fields)}.")
+            fail(f"unknown field '{group}.{name}' in override '{arg}'. Fields of '{group}': {', '.join(fields)}.")
 
 
 def hydra_argv(argv: list[str]) -> list[str]:
@@ -129,8 +130,11 @@ def skip_bitsandbytes(cfg: typing.Any) -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-            and any(arg.lstrip("+~").startswith("quant") for arg in sys.argv[1:])):
+    if (
+        HydraConfig.initialized()
+        and HydraConfig.get().mode == RunMode.MULTIRUN
+        and any(arg.lstrip("+~").startswith("quant") for arg in sys.argv[1:])
+    ):
         return False
     sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
     return True

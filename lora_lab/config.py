@@ -34,8 +34,14 @@ def _check_choice(name: str, value: Any, choices: list[Any] | tuple[Any, ...]) -
         raise ConfigError(name, value, "one of " + ", ".join(repr(c) for c in choices))
 
 
-def _check_range(name: str, value: float, low: float | None = None, high: float | None = None,
-                 low_inclusive: bool = True, high_inclusive: bool = True) -> None:
+def _check_range(
+    name: str,
+    value: float,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> None:
     ok = not (isinstance(value, float) and math.isnan(value))
     if ok and low is not None:
         ok = value >= low if low_inclusive else value > low
@@ -93,31 +99,48 @@ class ModelConfig:
         _check_choice("model.source", self.source, ("package", "builtin", "hub"))
         _check_choice("model.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
         if self.source == "hub" and not self.pretrained:
-            raise ConfigError("model.pretrained", self.pretrained,
-                              "a Hub model id or a local directory when model.source='hub'")
+            raise ConfigError(
+                "model.pretrained", self.pretrained, "a Hub model id or a local directory when model.source='hub'"
+            )
         if self.source == "package" and not self.pretrained:
-            raise ConfigError("model.pretrained", self.pretrained,
-                              "the name of a model shipped in lora_lab/assets/ (tiny_llama) when "
-                              "model.source='package'")
-        for name in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
+            raise ConfigError(
+                "model.pretrained",
+                self.pretrained,
+                "the name of a model shipped in lora_lab/assets/ (tiny_llama) when model.source='package'",
+            )
+        for name in (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+        ):
             _check_range(f"model.{name}", getattr(self, name), low=1)
         if self.hidden_size % self.num_attention_heads:
-            raise ConfigError("model.num_attention_heads", self.num_attention_heads,
-                              f"a divisor of model.hidden_size={self.hidden_size}")
+            raise ConfigError(
+                "model.num_attention_heads",
+                self.num_attention_heads,
+                f"a divisor of model.hidden_size={self.hidden_size}",
+            )
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError("model.num_key_value_heads", self.num_key_value_heads,
-                              f"a divisor of model.num_attention_heads={self.num_attention_heads}")
+            raise ConfigError(
+                "model.num_key_value_heads",
+                self.num_key_value_heads,
+                f"a divisor of model.num_attention_heads={self.num_attention_heads}",
+            )
 
 
 INIT_LORA_WEIGHTS = ("true", "false", "gaussian", "pissa", "olora")
 """The adapter initialisations lora.init_lora_weights accepts."""
 BASE_REWRITING_INITS = ("pissa", "olora")
 """Initialisations that rewrite the base weights (they move the adapter's start out of them)."""
-LOFTQ_REFUSAL = ("one of " + ", ".join(repr(c) for c in INIT_LORA_WEIGHTS) + " ('loftq' is not supported: "
-                 "PEFT's LoftQ needs a full-precision base that it quantizes itself with a LoftQConfig, "
-                 "which the quant group does not describe; for QLoRA use quant=nf4 with "
-                 "lora.init_lora_weights=true)")
+LOFTQ_REFUSAL = (
+    "one of " + ", ".join(repr(c) for c in INIT_LORA_WEIGHTS) + " ('loftq' is not supported: "
+    "PEFT's LoftQ needs a full-precision base that it quantizes itself with a LoftQConfig, "
+    "which the quant group does not describe; for QLoRA use quant=nf4 with "
+    "lora.init_lora_weights=true)"
+)
 METHODS = ("lora", "full", "none")
 """lora.method values: an adapter, or one of the two baselines (full fine-tuning, zero-shot)."""
 
@@ -164,8 +187,11 @@ class LoraSettings:
             raise ConfigError("lora.init_lora_weights", "loftq", LOFTQ_REFUSAL)
         _check_choice("lora.init_lora_weights", self.init_lora_weights, INIT_LORA_WEIGHTS)
         if self.target_modules is not None and not self.target_modules:
-            raise ConfigError("lora.target_modules", self.target_modules,
-                              "a non-empty list of module names, or null to use lora.targets")
+            raise ConfigError(
+                "lora.target_modules",
+                self.target_modules,
+                "a non-empty list of module names, or null to use lora.targets",
+            )
 
 
 @dataclass
@@ -184,8 +210,7 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         _check_choice("quant.method", self.method, ("none", "int8", "nf4", "fp4"))
-        _check_choice("quant.compute_dtype", self.compute_dtype,
-                      ("auto", "float32", "bfloat16", "float16"))
+        _check_choice("quant.compute_dtype", self.compute_dtype, ("auto", "float32", "bfloat16", "float16"))
 
 
 @dataclass
@@ -238,14 +263,27 @@ class TrainConfig:
         _check_range("train.logging_steps", self.logging_steps, low=1)
         _check_range("train.eval_generate", self.eval_generate, low=0)
         if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError("train.max_steps", self.max_steps,
-                              "a whole number of optimizer steps >= 1, or null to train for train.epochs")
+            raise ConfigError(
+                "train.max_steps",
+                self.max_steps,
+                "a whole number of optimizer steps >= 1, or null to train for train.epochs",
+            )
         if self.max_steps is None:
             _check_range("train.epochs", self.epochs, low=0, low_inclusive=False)
         _check_choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
-        _check_choice("train.lr_scheduler", self.lr_scheduler,
-                      ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-                       "constant_with_warmup", "inverse_sqrt"))
+        _check_choice(
+            "train.lr_scheduler",
+            self.lr_scheduler,
+            (
+                "linear",
+                "cosine",
+                "cosine_with_restarts",
+                "polynomial",
+                "constant",
+                "constant_with_warmup",
+                "inverse_sqrt",
+            ),
+        )
 
 
 SYNTHETIC_TASKS = ("cipher_swap", "cipher_family", "cipher", "reverse", "add")
@@ -312,8 +350,7 @@ class DataConfig:
         _check_range("data.n_keys", self.n_keys, low=1, high=10)
         _check_range("data.key_index", self.key_index, low=0, high=self.n_keys - 1)
         _check_range("data.swaps", self.swaps, low=0, high=13)
-        _check_range("data.eval_fraction", self.eval_fraction, low=0, high=1,
-                     low_inclusive=False, high_inclusive=False)
+        _check_range("data.eval_fraction", self.eval_fraction, low=0, high=1, low_inclusive=False, high_inclusive=False)
         if self.task == "jsonl" and not self.path:
             raise ConfigError("data.path", self.path, "a path to a JSONL file when data.task='jsonl'")
         if self.task == "hf" and not self.hf_name:
@@ -458,10 +495,8 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if not self.objectives:
             raise ConfigError("sweep.objectives", self.objectives, "at least one {metric, direction}")
-        _check_choice("sweep.sampler.name", self.sampler.name,
-                      ("tpe", "random", "grid", "cmaes", "nsgaii", "qmc"))
-        _check_choice("sweep.pruner.name", self.pruner.name,
-                      ("none", "median", "hyperband", "successive_halving"))
+        _check_choice("sweep.sampler.name", self.sampler.name, ("tpe", "random", "grid", "cmaes", "nsgaii", "qmc"))
+        _check_choice("sweep.pruner.name", self.pruner.name, ("none", "median", "hyperband", "successive_halving"))
         _check_range("sweep.seeds", self.seeds, low=1)
         if self.n_trials is not None:
             _check_range("sweep.n_trials", self.n_trials, low=1)
@@ -476,11 +511,13 @@ class SweepConfig:
             if spec.type == "categorical" and not spec.choices:
                 raise ConfigError(f"sweep.params.{name}.choices", spec.choices, "a non-empty list of scalars")
             if spec.type != "categorical" and (spec.low is None or spec.high is None or spec.low > spec.high):
-                raise ConfigError(f"sweep.params.{name}", f"low={spec.low}, high={spec.high}",
-                                  "numbers with low <= high")
+                raise ConfigError(
+                    f"sweep.params.{name}", f"low={spec.low}, high={spec.high}", "numbers with low <= high"
+                )
         if self.sampler.name == "grid" and any(s.type != "categorical" for s in self.params.values()):
-            raise ConfigError("sweep.sampler.name", "grid", "grid only with categorical params "
-                              "(give int/float params as choices)")
+            raise ConfigError(
+                "sweep.sampler.name", "grid", "grid only with categorical params (give int/float params as choices)"
+            )
 
 
 @dataclass
@@ -532,19 +569,32 @@ class TrialConfig:
     def __post_init__(self) -> None:
         init = self.lora.init_lora_weights
         if init in BASE_REWRITING_INITS and self.quant.method != "none":
-            raise ConfigError("lora.init_lora_weights", init,
-                              f"{', '.join(repr(c) for c in INIT_LORA_WEIGHTS if c not in BASE_REWRITING_INITS)} "
-                              f"with quant.method={self.quant.method!r} ({init} rewrites the base weights it "
-                              f"starts from, which a quantized base cannot hold exactly; use quant=none for {init})")
+            raise ConfigError(
+                "lora.init_lora_weights",
+                init,
+                f"{', '.join(repr(c) for c in INIT_LORA_WEIGHTS if c not in BASE_REWRITING_INITS)} "
+                f"with quant.method={self.quant.method!r} ({init} rewrites the base weights it "
+                f"starts from, which a quantized base cannot hold exactly; use quant=none for {init})",
+            )
         if self.lora.method == "full" and self.quant.method != "none":
-            raise ConfigError("lora.method", "full", f"'lora' or 'none' with quant.method={self.quant.method!r}: "
-                              "full fine-tuning trains the base weights themselves, which needs them "
-                              "unquantized (quant=none)")
+            raise ConfigError(
+                "lora.method",
+                "full",
+                f"'lora' or 'none' with quant.method={self.quant.method!r}: "
+                "full fine-tuning trains the base weights themselves, which needs them "
+                "unquantized (quant=none)",
+            )
 
 
 def _pretrain_model() -> ModelConfig:
-    return ModelConfig(name="tiny_llama", source="builtin", pretrained=None, hidden_size=128,
-                       intermediate_size=256, initializer_range=0.02)
+    return ModelConfig(
+        name="tiny_llama",
+        source="builtin",
+        pretrained=None,
+        hidden_size=128,
+        intermediate_size=256,
+        initializer_range=0.02,
+    )
 
 
 @dataclass

@@ -46,9 +46,12 @@ class TensorExamples(torch.utils.data.Dataset):
         self.lengths = torch.tensor([len(ids) for ids in rows["input_ids"]], dtype=torch.long)
         self.fields = {}
         for key, fill in FIELDS.items():
-            self.fields[key] = pad_sequence([torch.tensor(values, dtype=torch.long) for values in rows[key]],
-                                            batch_first=True, padding_side=padding_side,
-                                            padding_value=pad_token_id if fill is None else fill)
+            self.fields[key] = pad_sequence(
+                [torch.tensor(values, dtype=torch.long) for values in rows[key]],
+                batch_first=True,
+                padding_side=padding_side,
+                padding_value=pad_token_id if fill is None else fill,
+            )
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -84,9 +87,15 @@ class PadToLongest:
     def __call__(self, rows: list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if isinstance(rows, dict):
             return rows
-        return {key: pad_sequence([row[key] for row in rows], batch_first=True, padding_side=self.padding_side,
-                                  padding_value=self.pad_token_id if fill is None else fill)
-                for key, fill in FIELDS.items()}
+        return {
+            key: pad_sequence(
+                [row[key] for row in rows],
+                batch_first=True,
+                padding_side=self.padding_side,
+                padding_value=self.pad_token_id if fill is None else fill,
+            )
+            for key, fill in FIELDS.items()
+        }
 
 
 @dataclass
@@ -111,12 +120,15 @@ class TaskData:
     """``retain_records`` tokenized, as tensors."""
 
 
-def _random_words(rng: random.Random, n: int, min_len: int, max_len: int,
-                  alphabet: str = string.ascii_lowercase) -> list[str]:
+def _random_words(
+    rng: random.Random, n: int, min_len: int, max_len: int, alphabet: str = string.ascii_lowercase
+) -> list[str]:
     capacity = sum(len(alphabet) ** k for k in range(min_len, max_len + 1))
     if n > capacity // 2:
-        raise DataError(f"data.n_train + data.n_eval = {n} is more than half the {capacity} distinct "
-                        f"words of length {min_len}..{max_len}; lower them or widen data.min_len/max_len.")
+        raise DataError(
+            f"data.n_train + data.n_eval = {n} is more than half the {capacity} distinct "
+            f"words of length {min_len}..{max_len}; lower them or widen data.min_len/max_len."
+        )
     words: set[str] = set()
     ordered: list[str] = []
     while len(ordered) < n:
@@ -214,10 +226,12 @@ def synthetic_records(cfg: DataConfig) -> tuple[list[dict[str, str]], list[dict[
     elif cfg.task == "add":
         pairs: set[tuple[int, int]] = set()
         ordered: list[tuple[int, int]] = []
-        lo, hi = 10 ** (cfg.min_len - 1) if cfg.min_len > 1 else 0, 10 ** cfg.max_len - 1
+        lo, hi = 10 ** (cfg.min_len - 1) if cfg.min_len > 1 else 0, 10**cfg.max_len - 1
         if total > ((hi - lo + 1) ** 2) // 2:
-            raise DataError(f"data.n_train + data.n_eval = {total} is more than half the distinct "
-                            f"sums of {cfg.min_len}..{cfg.max_len}-digit numbers; lower them.")
+            raise DataError(
+                f"data.n_train + data.n_eval = {total} is more than half the distinct "
+                f"sums of {cfg.min_len}..{cfg.max_len}-digit numbers; lower them."
+            )
         while len(ordered) < total:
             pair = (rng.randint(lo, hi), rng.randint(lo, hi))
             if pair not in pairs:
@@ -226,14 +240,16 @@ def synthetic_records(cfg: DataConfig) -> tuple[list[dict[str, str]], list[dict[
         records = [{"prompt": f"{a}+{b}=", "response": str(a + b)} for a, b in ordered]
     else:
         raise DataError(f"data.task={cfg.task!r} is not a synthetic task")
-    return records[: cfg.n_train], records[cfg.n_train:]
+    return records[: cfg.n_train], records[cfg.n_train :]
 
 
 def _read_jsonl(path: str, cfg: DataConfig, field: str = "data.path") -> list[dict[str, Any]]:
     file = Path(path)
     if not file.is_file():
-        raise DataError(f"{field}: no such file {str(file)!r}. Give a JSONL file with one "
-                        f"{{\"{cfg.prompt_field}\": ..., \"{cfg.response_field}\": ...}} object per line.")
+        raise DataError(
+            f"{field}: no such file {str(file)!r}. Give a JSONL file with one "
+            f'{{"{cfg.prompt_field}": ..., "{cfg.response_field}": ...}} object per line.'
+        )
     rows = []
     with file.open(encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
@@ -247,9 +263,11 @@ def _read_jsonl(path: str, cfg: DataConfig, field: str = "data.path") -> list[di
                 raise DataError(f"{file}:{lineno}: expected a JSON object, got {type(row).__name__}.")
             for key in (cfg.prompt_field, cfg.response_field):
                 if not isinstance(row.get(key), str):
-                    raise DataError(f"{file}:{lineno}: field {key!r} is missing or not a string "
-                                    f"(fields present: {', '.join(row) or 'none'}); set data.prompt_field / "
-                                    f"data.response_field to the record's field names.")
+                    raise DataError(
+                        f"{file}:{lineno}: field {key!r} is missing or not a string "
+                        f"(fields present: {', '.join(row) or 'none'}); set data.prompt_field / "
+                        f"data.response_field to the record's field names."
+                    )
             rows.append(row)
     if not rows:
         raise DataError(f"{file}: holds no records.")
@@ -262,11 +280,15 @@ def _template(rows: list[dict[str, Any]], cfg: DataConfig, where: str) -> list[d
         try:
             prompt = cfg.prompt_template.format(**row)
         except (KeyError, IndexError) as exc:
-            raise DataError(f"data.prompt_template names {exc} which record {i} of {where} lacks "
-                            f"(fields present: {', '.join(row)}).") from None
+            raise DataError(
+                f"data.prompt_template names {exc} which record {i} of {where} lacks "
+                f"(fields present: {', '.join(row)})."
+            ) from None
         except ValueError as exc:
-            raise DataError(f"data.prompt_template={cfg.prompt_template!r} is not a valid format string "
-                            f"({exc}); name record fields in braces, e.g. 'Q: {{prompt}}\\nA: '.") from None
+            raise DataError(
+                f"data.prompt_template={cfg.prompt_template!r} is not a valid format string "
+                f"({exc}); name record fields in braces, e.g. 'Q: {{prompt}}\\nA: '."
+            ) from None
         out.append({"prompt": prompt, "response": row[cfg.response_field]})
     return out
 
@@ -276,8 +298,10 @@ def _split(rows: list[dict[str, str]], fraction: float, seed: int) -> tuple[list
     random.Random(seed).shuffle(order)
     n_eval = max(1, int(round(len(rows) * fraction)))
     if n_eval >= len(rows):
-        raise DataError(f"{len(rows)} record(s) are too few to hold out data.eval_fraction={fraction}; "
-                        f"add records or give data.eval_path.")
+        raise DataError(
+            f"{len(rows)} record(s) are too few to hold out data.eval_fraction={fraction}; "
+            f"add records or give data.eval_path."
+        )
     held = set(order[:n_eval])
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
@@ -316,17 +340,23 @@ def hf_records(cfg: DataConfig) -> tuple[list[dict[str, str]], list[dict[str, st
     try:
         with _hub_offline(offline):
             train_ds = datasets.load_dataset(cfg.hf_name, cfg.hf_config, split=cfg.hf_train_split)
-            eval_ds = (datasets.load_dataset(cfg.hf_name, cfg.hf_config, split=cfg.hf_eval_split)
-                       if cfg.hf_eval_split else None)
+            eval_ds = (
+                datasets.load_dataset(cfg.hf_name, cfg.hf_config, split=cfg.hf_eval_split)
+                if cfg.hf_eval_split
+                else None
+            )
     except Exception as exc:  # datasets raises many types for "not reachable / not cached"
         raise DataError(
             f"data.hf_name={cfg.hf_name!r} could not be loaded ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). Offline, only datasets already in the "
-            f"local Hugging Face cache load; otherwise export it to JSONL and use data=jsonl data.path=...") from None
+            f"local Hugging Face cache load; otherwise export it to JSONL and use data=jsonl data.path=..."
+        ) from None
     for column in (cfg.prompt_field, cfg.response_field):
         if column not in train_ds.column_names:
-            raise DataError(f"data.{'prompt' if column == cfg.prompt_field else 'response'}_field={column!r} "
-                            f"is not a column of {cfg.hf_name} (columns: {', '.join(train_ds.column_names)}).")
+            raise DataError(
+                f"data.{'prompt' if column == cfg.prompt_field else 'response'}_field={column!r} "
+                f"is not a column of {cfg.hf_name} (columns: {', '.join(train_ds.column_names)})."
+            )
     train = _template(list(train_ds), cfg, cfg.hf_name)
     if eval_ds is not None:
         return train, _template(list(eval_ds), cfg, cfg.hf_name)
@@ -368,20 +398,31 @@ def build_task_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, max_seq
         rows = [encode_record(r, tokenizer, max_seq_len) for r in records]
         rows = [r for r in rows if any(label != IGNORE_INDEX for label in r["labels"])]
         if not rows:
-            raise DataError(f"every example is longer than train.max_seq_len={max_seq_len} tokens before "
-                            f"its response starts; raise train.max_seq_len.")
+            raise DataError(
+                f"every example is longer than train.max_seq_len={max_seq_len} tokens before "
+                f"its response starts; raise train.max_seq_len."
+            )
         return datasets.Dataset.from_list(rows)
 
     retain = retain_records(cfg)
-    max_response = max(len(tokenizer(r["response"], add_special_tokens=False)["input_ids"])
-                       for r in eval_records + (retain or []))
+    max_response = max(
+        len(tokenizer(r["response"], add_special_tokens=False)["input_ids"]) for r in eval_records + (retain or [])
+    )
     name = cfg.task if cfg.task in SYNTHETIC_TASKS else (cfg.path or cfg.hf_name or cfg.task)
     train, held_out = to_dataset(train_records), to_dataset(eval_records)
 
     def tensors(rows: datasets.Dataset) -> TensorExamples:
         return TensorExamples(rows, tokenizer.pad_token_id, tokenizer.padding_side)
 
-    return TaskData(name=name, train=train, eval=held_out, eval_records=eval_records,
-                    digest=records_digest(train_records, eval_records), max_response_tokens=max_response + 1,
-                    train_examples=tensors(train), eval_examples=tensors(held_out), retain_records=retain,
-                    retain_examples=tensors(to_dataset(retain)) if retain else None)
+    return TaskData(
+        name=name,
+        train=train,
+        eval=held_out,
+        eval_records=eval_records,
+        digest=records_digest(train_records, eval_records),
+        max_response_tokens=max_response + 1,
+        train_examples=tensors(train),
+        eval_examples=tensors(held_out),
+        retain_records=retain,
+        retain_examples=tensors(to_dataset(retain)) if retain else None,
+    )

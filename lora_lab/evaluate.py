@@ -68,8 +68,13 @@ def perplexity(loss: float) -> float:
 
 
 @torch.no_grad()
-def exact_match(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[dict[str, str]],
-                max_new_tokens: int, batch_size: int = 64) -> float:
+def exact_match(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    records: list[dict[str, str]],
+    max_new_tokens: int,
+    batch_size: int = 64,
+) -> float:
     """Share of held-out prompts whose greedy continuation equals the reference response."""
     if not records:
         return float("nan")
@@ -81,12 +86,17 @@ def exact_match(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reco
     hits = 0
     try:
         for start in range(0, len(records), batch_size):
-            batch = records[start:start + batch_size]
+            batch = records[start : start + batch_size]
             prompts = [(tokenizer.bos_token or "") + r["prompt"] for r in batch]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(target_device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             hits += sum(text.strip() == r["response"].strip() for text, r in zip(texts, batch, strict=True))
     finally:
         tokenizer.padding_side = previous_side

@@ -62,7 +62,8 @@ def package_model_dir(cfg: ModelConfig) -> Path:
         raise ModelUnavailableError(
             f"model.pretrained={cfg.pretrained!r} (model.source='package'): no shipped model of that name in "
             f"lora_lab/assets/ (shipped: {', '.join(shipped) or 'none'}). Rebuild tiny_llama with "
-            f"`python -m lora_lab.pretrain`, or use model=tiny_llama_scratch.")
+            f"`python -m lora_lab.pretrain`, or use model=tiny_llama_scratch."
+        )
     return target
 
 
@@ -106,7 +107,8 @@ def _hub_failure(what: str, cfg: ModelConfig, exc: Exception) -> ModelUnavailabl
         f"model.pretrained={cfg.pretrained!r} (model={cfg.name}): the {what} could not be loaded ({first}). "
         f"Hub models need their files in the local Hugging Face cache or internet access; this machine "
         f"may be offline. Download it once with `huggingface-cli download {cfg.pretrained}` where there is "
-        f"a network, point model.pretrained at a local directory, or use the built-in model=tiny_llama.")
+        f"a network, point model.pretrained at a local directory, or use the built-in model=tiny_llama."
+    )
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:
@@ -150,19 +152,27 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
 
 def _builtin_llama_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
     return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads, max_position_embeddings=cfg.max_position_embeddings,
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
         initializer_range=cfg.initializer_range,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
 
 
 def materialize_builtin(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Path:
     """Save the seeded random tiny Llama (and its tokenizer) once; later calls reuse the directory."""
     llama_config = _builtin_llama_config(cfg, tokenizer)
-    key = hashlib.sha256(json.dumps([llama_config.to_dict(), cfg.init_seed, BUILTIN_CHARS],
-                                    sort_keys=True, default=str).encode()).hexdigest()[:12]
+    key = hashlib.sha256(
+        json.dumps([llama_config.to_dict(), cfg.init_seed, BUILTIN_CHARS], sort_keys=True, default=str).encode()
+    ).hexdigest()[:12]
     target = cache_dir() / "models" / f"{cfg.name}-{key}"
     if (target / "config.json").is_file():
         return target
@@ -186,13 +196,15 @@ def bnb_config(quant: QuantConfig) -> BitsAndBytesConfig | None:
         return None
     if quant.method == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.method,
-                              bnb_4bit_use_double_quant=quant.double_quant,
-                              bnb_4bit_compute_dtype=resolve_dtype(quant.compute_dtype))
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.method,
+        bnb_4bit_use_double_quant=quant.double_quant,
+        bnb_4bit_compute_dtype=resolve_dtype(quant.compute_dtype),
+    )
 
 
-def load_base_model(model_cfg: ModelConfig, quant: QuantConfig,
-                    tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+def load_base_model(model_cfg: ModelConfig, quant: QuantConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     """The frozen base model on the trial device, quantized and prepared for k-bit training if asked."""
     quantization = bnb_config(quant)
     dtype = resolve_dtype(model_cfg.dtype) if quantization is None else resolve_dtype(quant.compute_dtype)
@@ -200,8 +212,7 @@ def load_base_model(model_cfg: ModelConfig, quant: QuantConfig,
     if model_cfg.source == "builtin":
         model = AutoModelForCausalLM.from_pretrained(materialize_builtin(model_cfg, tokenizer), **load_args)
     elif model_cfg.source == "package":
-        model = AutoModelForCausalLM.from_pretrained(package_model_dir(model_cfg), local_files_only=True,
-                                                     **load_args)
+        model = AutoModelForCausalLM.from_pretrained(package_model_dir(model_cfg), local_files_only=True, **load_args)
     else:
         model = _from_hub(AutoModelForCausalLM.from_pretrained, model_cfg, "model", **load_args)
     model.config.use_cache = False
@@ -248,20 +259,28 @@ def resolve_target_modules(model: torch.nn.Module, lora: LoraSettings, model_cfg
     if lora.target_modules:
         missing = [m for m in lora.target_modules if m not in available]
         if missing:
-            raise ConfigError("lora.target_modules", list(lora.target_modules),
-                              f"names of linear modules of {model_cfg.name}: {', '.join(available)} "
-                              f"(not found: {', '.join(missing)})")
+            raise ConfigError(
+                "lora.target_modules",
+                list(lora.target_modules),
+                f"names of linear modules of {model_cfg.name}: {', '.join(available)} "
+                f"(not found: {', '.join(missing)})",
+            )
         return list(lora.target_modules)
     if lora.targets not in model_cfg.target_sets:
-        raise ConfigError("lora.targets", lora.targets,
-                          "a set defined for this model in model.target_sets: "
-                          + ", ".join(model_cfg.target_sets))
+        raise ConfigError(
+            "lora.targets",
+            lora.targets,
+            "a set defined for this model in model.target_sets: " + ", ".join(model_cfg.target_sets),
+        )
     modules = list(model_cfg.target_sets[lora.targets])
     missing = [m for m in modules if m not in available]
     if missing:
-        raise ConfigError("lora.targets", lora.targets,
-                          f"a set whose modules {model_cfg.name} has; it lacks {', '.join(missing)} "
-                          f"(its linear modules: {', '.join(available)})")
+        raise ConfigError(
+            "lora.targets",
+            lora.targets,
+            f"a set whose modules {model_cfg.name} has; it lacks {', '.join(missing)} "
+            f"(its linear modules: {', '.join(available)})",
+        )
     return modules
 
 
@@ -270,9 +289,17 @@ def lora_config(lora: LoraSettings, target_modules: list[str]) -> LoraConfig:
     from peft import LoraConfig
 
     init = {"true": True, "false": False}.get(lora.init_lora_weights, lora.init_lora_weights)
-    return LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout, bias=lora.bias,
-                      target_modules=target_modules, use_rslora=lora.use_rslora, use_dora=lora.use_dora,
-                      init_lora_weights=init, task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.lora_alpha,
+        lora_dropout=lora.lora_dropout,
+        bias=lora.bias,
+        target_modules=target_modules,
+        use_rslora=lora.use_rslora,
+        use_dora=lora.use_dora,
+        init_lora_weights=init,
+        task_type="CAUSAL_LM",
+    )
 
 
 def attach_adapter(base: PreTrainedModel, lora: LoraSettings, model_cfg: ModelConfig) -> PeftModel:
@@ -337,6 +364,7 @@ def base_model_id(cfg: ModelConfig) -> str:
 
 # -- the shared base model stays as it was loaded ------------------------------------------------
 
+
 def base_writes(lora: LoraSettings) -> list[str]:
     """The settings of ``lora`` that write to the base model they adapt, each as 'field=value: why';
     empty when the adapter leaves the base untouched (PEFT's default: only A and B train)."""
@@ -344,8 +372,10 @@ def base_writes(lora: LoraSettings) -> list[str]:
     if lora.method == "full":
         writes.append("lora.method=full: full fine-tuning trains every base weight")
     if lora.init_lora_weights in BASE_REWRITING_INITS:
-        writes.append(f"lora.init_lora_weights={lora.init_lora_weights}: moves the principal directions "
-                      f"of the base weights into the adapter, rewriting the base weights")
+        writes.append(
+            f"lora.init_lora_weights={lora.init_lora_weights}: moves the principal directions "
+            f"of the base weights into the adapter, rewriting the base weights"
+        )
     if lora.bias != "none":
         writes.append(f"lora.bias={lora.bias}: trains the base model's biases")
     return writes
@@ -402,7 +432,8 @@ def trial_base(shared_base: PreTrainedModel, writes: list[str]) -> Iterator[PreT
             "the shared base model is no longer the model that was loaded (its weight checksum "
             "changed before this trial started: an earlier trial that failed, or code outside "
             "lora_lab's trials, wrote to it), so this trial would not adapt the configured base "
-            "model. Run the sweep again: a new process loads the base afresh.")
+            "model. Run the sweep again: a new process loads the base afresh."
+        )
     failed = False
     try:
         yield base_for_trial(shared_base, writes)
@@ -416,4 +447,5 @@ def trial_base(shared_base: PreTrainedModel, writes: list[str]) -> Iterator[PreT
                 "trial), so later trials would adapt a different model than their saved adapters "
                 f"claim. Settings that write to the base: {'; '.join(writes) or 'none known'}. "
                 "Report this with the trial's overrides: the setting needs to be added to "
-                "lora_lab.model.base_writes.")
+                "lora_lab.model.base_writes."
+            )

@@ -91,8 +91,11 @@ TAG_RUN_VIEW = "lora_lab.runs_view"
 
 EFFECTIVE_RANK_METRIC = "effective_rank_mean"
 """The adapter's mean effective rank over its modules: logged by every trial, usable as a sweep objective."""
-TASK_A_METRICS: tuple[str, ...] = (f"{RETAIN_PREFIX}eval_loss", f"{RETAIN_PREFIX}token_accuracy",
-                                   f"{RETAIN_PREFIX}exact_match")
+TASK_A_METRICS: tuple[str, ...] = (
+    f"{RETAIN_PREFIX}eval_loss",
+    f"{RETAIN_PREFIX}token_accuracy",
+    f"{RETAIN_PREFIX}exact_match",
+)
 """The task A metrics a trial on a family's task B logs (see RETAIN_PREFIX)."""
 FORGET_METRICS: tuple[str, ...] = (f"{FORGET_PREFIX}eval_loss", f"{FORGET_PREFIX}exact_match")
 """The forgetting metrics (see FORGET_PREFIX): positive means worse on task A than the base was."""

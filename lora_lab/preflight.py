@@ -33,10 +33,12 @@ CONNECT_TIMEOUT_S = 5
 HEARTBEAT_ENV = "LORA_LAB_HEARTBEAT_S"
 HEARTBEAT_DEFAULT_S = 10
 
-STORAGE_FORMS = ("sqlite:///<path to a file in an existing directory>, postgresql://<user>@<host>[:<port>]/<database>, "
-                 "mysql://<user>@<host>[:<port>]/<database> (a SQLAlchemy driver may follow the dialect, e.g. "
-                 "postgresql+psycopg://), a file path ending in .journal, or null for "
-                 "sweeps/<study_name>/optuna.journal")
+STORAGE_FORMS = (
+    "sqlite:///<path to a file in an existing directory>, postgresql://<user>@<host>[:<port>]/<database>, "
+    "mysql://<user>@<host>[:<port>]/<database> (a SQLAlchemy driver may follow the dialect, e.g. "
+    "postgresql+psycopg://), a file path ending in .journal, or null for "
+    "sweeps/<study_name>/optuna.journal"
+)
 """The forms ``sweep.storage`` accepts, as the error message lists them."""
 
 
@@ -55,13 +57,18 @@ def check_sweep(cfg: DictConfig, sweep: SweepConfig) -> None:
 
 # -- what a trial is made of ---------------------------------------------------------------
 
+
 def check_search_space(sweep: SweepConfig) -> None:
     """A sweep has to search something: with no params every trial trains the same configuration."""
     if not sweep.params:
-        raise ConfigError("sweep.params", {}, "at least one searched value in the preset, e.g. "
-                          "`lora.r: {type: categorical, choices: [4, 8, 16]}` (with nothing to search, "
-                          "every trial would train the same configuration; one run is "
-                          "`python -m lora_lab.train`)")
+        raise ConfigError(
+            "sweep.params",
+            {},
+            "at least one searched value in the preset, e.g. "
+            "`lora.r: {type: categorical, choices: [4, 8, 16]}` (with nothing to search, "
+            "every trial would train the same configuration; one run is "
+            "`python -m lora_lab.train`)",
+        )
 
 
 def trial_configs(cfg: DictConfig, sweep: SweepConfig) -> list[TrialConfig]:
@@ -79,8 +86,9 @@ def trial_configs(cfg: DictConfig, sweep: SweepConfig) -> list[TrialConfig]:
                 configs.append(to_trial_config(node))
             except (LoraLabError, OmegaConfBaseException) as exc:
                 detail = str(exc).splitlines()[0]
-                raise LoraLabError(f"sweep.params.{name}: the choice {choice!r} gives an invalid trial "
-                                   f"config. {detail}") from None
+                raise LoraLabError(
+                    f"sweep.params.{name}: the choice {choice!r} gives an invalid trial config. {detail}"
+                ) from None
     return configs
 
 
@@ -90,10 +98,14 @@ def trial_metric_names() -> list[str]:
     forgetting metrics that trials on a family's task B (data.task=cipher_swap) log."""
     from lora_lab.train import TrialResult  # heavy (transformers): only when a sweep is checked
 
-    required = {f.name: 0 for f in dataclasses.fields(TrialResult)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-    return sorted({*TrialResult(**required).metrics(), names.EFFECTIVE_RANK_METRIC, *names.TASK_A_METRICS,
-                   *names.FORGET_METRICS})
+    required = {
+        f.name: 0
+        for f in dataclasses.fields(TrialResult)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    return sorted(
+        {*TrialResult(**required).metrics(), names.EFFECTIVE_RANK_METRIC, *names.TASK_A_METRICS, *names.FORGET_METRICS}
+    )
 
 
 def check_objectives(sweep: SweepConfig) -> None:
@@ -106,6 +118,7 @@ def check_objectives(sweep: SweepConfig) -> None:
 
 
 # -- the device ------------------------------------------------------------------------------
+
 
 def bf16_support() -> tuple[bool, str]:
     """Whether training in bf16 works on the trial device, and the device's name. On CUDA this is
@@ -125,25 +138,37 @@ def bf16_support() -> tuple[bool, str]:
 def check_precision(trial: TrialConfig, support: tuple[bool, str] | None = None) -> None:
     """Refuse bf16 (training precision, weights or 4-bit compute dtype) on a device without it;
     ``support`` is ``bf16_support()`` unless given."""
-    asked = [(field, value) for field, value, bf16 in (
-        ("train.precision", trial.train.precision, "bf16"),
-        ("model.dtype", trial.model.dtype, "bfloat16"),
-        ("quant.compute_dtype", trial.quant.compute_dtype, "bfloat16")) if value == bf16]
+    asked = [
+        (field, value)
+        for field, value, bf16 in (
+            ("train.precision", trial.train.precision, "bf16"),
+            ("model.dtype", trial.model.dtype, "bfloat16"),
+            ("quant.compute_dtype", trial.quant.compute_dtype, "bfloat16"),
+        )
+        if value == bf16
+    ]
     if not asked:
         return
     supported, device_name = support or bf16_support()
     if supported:
         return
     field, value = asked[0]
-    others = {"train.precision": "'auto', 'fp32' or 'fp16'",
-              "model.dtype": "'auto', 'float32' or 'float16'",
-              "quant.compute_dtype": "'auto', 'float32' or 'float16'"}[field]
-    raise ConfigError(field, value, f"{others} on this device ({device_name} has no bf16 support; bf16 needs "
-                      f"an NVIDIA GPU of compute capability 8.0 or newer, such as A100, L4 or H100); 'auto' "
-                      f"picks bf16 wherever it is supported")
+    others = {
+        "train.precision": "'auto', 'fp32' or 'fp16'",
+        "model.dtype": "'auto', 'float32' or 'float16'",
+        "quant.compute_dtype": "'auto', 'float32' or 'float16'",
+    }[field]
+    raise ConfigError(
+        field,
+        value,
+        f"{others} on this device ({device_name} has no bf16 support; bf16 needs "
+        f"an NVIDIA GPU of compute capability 8.0 or newer, such as A100, L4 or H100); 'auto' "
+        f"picks bf16 wherever it is supported",
+    )
 
 
 # -- the environment and the services a sweep talks to ----------------------------------------
+
 
 def heartbeat_interval_s() -> int:
     """How often a running trial tells a database storage it is alive: ``$LORA_LAB_HEARTBEAT_S``
@@ -154,9 +179,13 @@ def heartbeat_interval_s() -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise ConfigError(HEARTBEAT_ENV, raw, f"a whole number of seconds >= 1 (default {HEARTBEAT_DEFAULT_S}): "
-                          "how often a running trial tells a database storage it is alive; a trial silent "
-                          "for three intervals is failed and its configuration queued again")
+        raise ConfigError(
+            HEARTBEAT_ENV,
+            raw,
+            f"a whole number of seconds >= 1 (default {HEARTBEAT_DEFAULT_S}): "
+            "how often a running trial tells a database storage it is alive; a trial silent "
+            "for three intervals is failed and its configuration queued again",
+        )
     return value
 
 
@@ -176,8 +205,12 @@ def check_storage(url: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -> None
         raise ConfigError("sweep.storage", url, STORAGE_FORMS)
     if backend == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
-            raise ConfigError("sweep.storage", url, STORAGE_FORMS + " (an in-memory sqlite study is lost "
-                              "when the process ends and no other worker can see it)")
+            raise ConfigError(
+                "sweep.storage",
+                url,
+                STORAGE_FORMS + " (an in-memory sqlite study is lost "
+                "when the process ends and no other worker can see it)",
+            )
         folder = Path(parsed.database).expanduser().resolve().parent
         if not folder.is_dir():
             raise ConfigError("sweep.storage", url, STORAGE_FORMS + f" (the directory {folder} does not exist)")
@@ -191,9 +224,11 @@ def _connect(url: str, parsed, timeout_s: float) -> None:
     from sqlalchemy.pool import NullPool
 
     shown = parsed.render_as_string(hide_password=True)
-    hint = ("Start the database server or correct host, port, user and database in sweep.storage; "
-            "workers on one machine can share a journal file instead (sweep.storage=null). "
-            "Nothing was created and no trial started.")
+    hint = (
+        "Start the database server or correct host, port, user and database in sweep.storage; "
+        "workers on one machine can share a journal file instead (sweep.storage=null). "
+        "Nothing was created and no trial started."
+    )
     try:
         engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": max(int(timeout_s), 1)})
     except Exception as exc:  # a driver that is not installed, an unknown option
@@ -202,8 +237,9 @@ def _connect(url: str, parsed, timeout_s: float) -> None:
         with engine.connect():
             pass
     except Exception as exc:
-        raise UnreachableError("sweep.storage", shown, f"no connection (timeout {timeout_s:g} s): {_first_line(exc)}",
-                               hint) from None
+        raise UnreachableError(
+            "sweep.storage", shown, f"no connection (timeout {timeout_s:g} s): {_first_line(exc)}", hint
+        ) from None
     finally:
         engine.dispose()
 
@@ -217,20 +253,24 @@ def check_tracking_uri(uri: str | None = None, timeout_s: float = CONNECT_TIMEOU
         uri = mlflow.get_tracking_uri()
     if urlparse(uri).scheme not in ("http", "https"):
         return
-    hint = ("Start the server (`mlflow server --host 127.0.0.1 --port 5000`) or point MLFLOW_TRACKING_URI at "
-            "one that runs, or unset it to log to a local store. Nothing was created and no trial started.")
+    hint = (
+        "Start the server (`mlflow server --host 127.0.0.1 --port 5000`) or point MLFLOW_TRACKING_URI at "
+        "one that runs, or unset it to log to a local store. Nothing was created and no trial started."
+    )
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
             return
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
             return  # it answers, behind authentication: the MLflow client logs in with its own credentials
-        raise UnreachableError("MLFLOW_TRACKING_URI", uri, f"GET /health answered HTTP {exc.code}: "
-                               "not an MLflow tracking server?", hint) from None
+        raise UnreachableError(
+            "MLFLOW_TRACKING_URI", uri, f"GET /health answered HTTP {exc.code}: not an MLflow tracking server?", hint
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise UnreachableError("MLFLOW_TRACKING_URI", uri, f"no answer to GET /health (timeout {timeout_s:g} s): "
-                               f"{reason}", hint) from None
+        raise UnreachableError(
+            "MLFLOW_TRACKING_URI", uri, f"no answer to GET /health (timeout {timeout_s:g} s): {reason}", hint
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:

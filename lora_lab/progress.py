@@ -45,8 +45,12 @@ class SweepProgress:
             step = self.current.get("step", 0)
             loss = self.current.get("loss")
             loss_text = "-" if loss is None else f"{loss:.4f}"
-            table.add_row(f"trial {self.current['number']}", f"step {step}/{self.current.get('max_steps', '?')}",
-                          f"loss {loss_text}", self.current.get("label", ""))
+            table.add_row(
+                f"trial {self.current['number']}",
+                f"step {step}/{self.current.get('max_steps', '?')}",
+                f"loss {loss_text}",
+                self.current.get("label", ""),
+            )
         return table
 
     def _refresh(self) -> None:
@@ -60,8 +64,10 @@ class SweepProgress:
 
     def start_trial(self, number: int, values: dict[str, Any]) -> None:
         """A trial begins with these sampled values."""
-        label = " ".join(f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
-                         for k, v in values.items())
+        label = " ".join(
+            f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+            for k, v in values.items()
+        )
         self.current = {"number": number, "label": label, "step": 0}
         self.started = time.perf_counter()
         self._refresh()
@@ -75,8 +81,11 @@ class SweepProgress:
             detail = f"{type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''}"
         colour = {"COMPLETE": "green", "PRUNED": "yellow"}.get(state, "red")
         if self.enabled:
-            self.console.print(f"trial {number:>4} [{colour}]{state:<8}[/] {elapsed:6.1f}s  "
-                               f"{self.current.get('label', '')}  {detail}", highlight=False, soft_wrap=True)
+            self.console.print(
+                f"trial {number:>4} [{colour}]{state:<8}[/] {elapsed:6.1f}s  {self.current.get('label', '')}  {detail}",
+                highlight=False,
+                soft_wrap=True,
+            )
         self.current = {}
         self._refresh()
 

@@ -72,8 +72,12 @@ class TrialResources:
 
 def resources_key(cfg: TrialConfig) -> str:
     """Trials whose keys match can share one base model and one tokenized dataset."""
-    shared = {"model": asdict(cfg.model), "quant": asdict(cfg.quant), "data": asdict(cfg.data),
-              "max_seq_len": cfg.train.max_seq_len}
+    shared = {
+        "model": asdict(cfg.model),
+        "quant": asdict(cfg.quant),
+        "data": asdict(cfg.data),
+        "max_seq_len": cfg.train.max_seq_len,
+    }
     return json.dumps(shared, sort_keys=True, default=str)
 
 
@@ -142,8 +146,18 @@ class TrialResult:
     def metrics(self) -> dict[str, float]:
         """The scalar final metrics under the names they are logged to MLflow with (and that
         sweep objectives name)."""
-        names = ("eval_loss", "perplexity", "exact_match", "trainable_params", "total_params",
-                 "trainable_pct", "wall_time_s", "train_time_s", "tokens_per_s", "peak_memory_mb")
+        names = (
+            "eval_loss",
+            "perplexity",
+            "exact_match",
+            "trainable_params",
+            "total_params",
+            "trainable_pct",
+            "wall_time_s",
+            "train_time_s",
+            "tokens_per_s",
+            "peak_memory_mb",
+        )
         out = {name: float(getattr(self, name)) for name in names}
         out["eval_token_accuracy"] = float(self.token_accuracy)
         out.update({name: float(value) for name, value in self.retain.items()})
@@ -174,8 +188,10 @@ class NonFiniteLossGuard(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):
-            raise TrialFailedError(f"training loss became {loss} at step {state.global_step}: "
-                                   f"the run diverged (try a lower train.learning_rate or lora.lora_alpha).")
+            raise TrialFailedError(
+                f"training loss became {loss} at step {state.global_step}: "
+                f"the run diverged (try a lower train.learning_rate or lora.lora_alpha)."
+            )
 
 
 def training_arguments(cfg: TrialConfig, output_dir: Path, show_progress: bool) -> TrainingArguments:
@@ -186,18 +202,35 @@ def training_arguments(cfg: TrialConfig, output_dir: Path, show_progress: bool) 
     if precision == "auto":
         precision = "bf16" if bf16_by_default() else "fp32"
     return TrainingArguments(
-        output_dir=str(output_dir), max_steps=train.max_steps if train.max_steps is not None else -1,
-        num_train_epochs=train.epochs, per_device_train_batch_size=train.batch_size,
+        output_dir=str(output_dir),
+        max_steps=train.max_steps if train.max_steps is not None else -1,
+        num_train_epochs=train.epochs,
+        per_device_train_batch_size=train.batch_size,
         per_device_eval_batch_size=max(train.batch_size, 64),
-        gradient_accumulation_steps=train.gradient_accumulation_steps, learning_rate=train.learning_rate,
-        warmup_steps=float(train.warmup_ratio), lr_scheduler_type=train.lr_scheduler, weight_decay=train.weight_decay,
-        max_grad_norm=train.max_grad_norm, eval_strategy="steps", eval_steps=train.eval_every,
-        logging_steps=train.logging_steps, save_strategy="no", report_to="none", seed=train.seed,
-        data_seed=train.seed, bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not on_cuda,
-        gradient_checkpointing=train.gradient_checkpointing, dataloader_num_workers=0,
-        remove_unused_columns=False, include_num_input_tokens_seen="non_padding",
-        disable_tqdm=not show_progress, label_names=["labels"],
-        logging_nan_inf_filter=False)  # a NaN loss must reach NonFiniteLossGuard, not be averaged away
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        learning_rate=train.learning_rate,
+        warmup_steps=float(train.warmup_ratio),
+        lr_scheduler_type=train.lr_scheduler,
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        eval_strategy="steps",
+        eval_steps=train.eval_every,
+        logging_steps=train.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        seed=train.seed,
+        data_seed=train.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not on_cuda,
+        gradient_checkpointing=train.gradient_checkpointing,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=not show_progress,
+        label_names=["labels"],
+        logging_nan_inf_filter=False,
+    )  # a NaN loss must reach NonFiniteLossGuard, not be averaged away
 
 
 def _peak_memory_mb() -> tuple[float, str]:
@@ -207,8 +240,9 @@ def _peak_memory_mb() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
 
 
-def retain_scores(model: torch.nn.Module, resources: TrialResources, cfg: TrialConfig,
-                  generate: bool = True) -> dict[str, float]:
+def retain_scores(
+    model: torch.nn.Module, resources: TrialResources, cfg: TrialConfig, generate: bool = True
+) -> dict[str, float]:
     """Loss, token accuracy and exact match of ``model`` on held-out task A (the base's pretraining
     task, on the keys the new task leaves unchanged); {} when the data has no task A."""
     task = resources.task
@@ -216,10 +250,16 @@ def retain_scores(model: torch.nn.Module, resources: TrialResources, cfg: TrialC
         return {}
     scores = score(model, task.retain_examples, batch_size=max(cfg.train.batch_size, 64))
     records = task.retain_records[: cfg.train.eval_generate]
-    match = (exact_match(model, resources.tokenizer, records, task.max_response_tokens)
-             if generate and records else float("nan"))
-    return {f"{RETAIN_PREFIX}eval_loss": scores["loss"], f"{RETAIN_PREFIX}token_accuracy": scores["token_accuracy"],
-            f"{RETAIN_PREFIX}exact_match": match}
+    match = (
+        exact_match(model, resources.tokenizer, records, task.max_response_tokens)
+        if generate and records
+        else float("nan")
+    )
+    return {
+        f"{RETAIN_PREFIX}eval_loss": scores["loss"],
+        f"{RETAIN_PREFIX}token_accuracy": scores["token_accuracy"],
+        f"{RETAIN_PREFIX}exact_match": match,
+    }
 
 
 def base_retain_scores(resources: TrialResources, cfg: TrialConfig) -> dict[str, float]:
@@ -232,8 +272,9 @@ def base_retain_scores(resources: TrialResources, cfg: TrialConfig) -> dict[str,
     return resources.retain_before[cfg.train.eval_generate]
 
 
-def retain_metrics(model: torch.nn.Module, resources: TrialResources, cfg: TrialConfig,
-                   generate: bool = True) -> dict[str, float]:
+def retain_metrics(
+    model: torch.nn.Module, resources: TrialResources, cfg: TrialConfig, generate: bool = True
+) -> dict[str, float]:
     """Task A scores of the adapted model and forgetting: how much worse than the base before
     adaptation (``forget_eval_loss`` = after - before, ``forget_exact_match`` = before - after)."""
     if resources.task.retain_examples is None:
@@ -266,23 +307,50 @@ def zero_shot_trial(cfg: TrialConfig, output_dir: Path, resources: TrialResource
     is; nothing trains, so task A is unchanged (forgetting 0 by construction)."""
     model = resources.base_model
     scores = score(model, resources.task.eval_examples, batch_size=max(cfg.train.batch_size, 64))
-    match = (exact_match(model, resources.tokenizer, resources.task.eval_records[: cfg.train.eval_generate],
-                         resources.task.max_response_tokens) if cfg.train.eval_generate > 0 else float("nan"))
+    match = (
+        exact_match(
+            model,
+            resources.tokenizer,
+            resources.task.eval_records[: cfg.train.eval_generate],
+            resources.task.max_response_tokens,
+        )
+        if cfg.train.eval_generate > 0
+        else float("nan")
+    )
     retain = retain_metrics(model, resources, cfg)
     _, total = _parameter_counts(model)
     peak, peak_kind = _peak_memory_mb()
     return TrialResult(
-        eval_loss=scores["loss"], perplexity=perplexity(scores["loss"]), token_accuracy=scores["token_accuracy"],
-        exact_match=match, trainable_params=0, total_params=int(total), trainable_pct=0.0,
-        wall_time_s=time.perf_counter() - started, train_time_s=0.0, tokens_per_s=float("nan"),
-        peak_memory_mb=peak, peak_memory_kind=peak_kind, steps=0, output_dir=str(output_dir), adapter_dir=None,
+        eval_loss=scores["loss"],
+        perplexity=perplexity(scores["loss"]),
+        token_accuracy=scores["token_accuracy"],
+        exact_match=match,
+        trainable_params=0,
+        total_params=int(total),
+        trainable_pct=0.0,
+        wall_time_s=time.perf_counter() - started,
+        train_time_s=0.0,
+        tokens_per_s=float("nan"),
+        peak_memory_mb=peak,
+        peak_memory_kind=peak_kind,
+        steps=0,
+        output_dir=str(output_dir),
+        adapter_dir=None,
         history=[{"step": 0, "eval_loss": scores["loss"], "eval_token_accuracy": scores["token_accuracy"]}],
-        retain=retain, method="none")
+        retain=retain,
+        method="none",
+    )
 
 
-def run_trial(cfg: TrialConfig, output_dir: str | Path, resources: TrialResources | None = None,
-              callbacks: Iterable[TrainerCallback] = (), show_progress: bool = True,
-              on_adapter_ready=None, pruned=None) -> TrialResult:
+def run_trial(
+    cfg: TrialConfig,
+    output_dir: str | Path,
+    resources: TrialResources | None = None,
+    callbacks: Iterable[TrainerCallback] = (),
+    show_progress: bool = True,
+    on_adapter_ready=None,
+    pruned=None,
+) -> TrialResult:
     """Train and evaluate one adapter (or, with lora.method, one baseline). Reuses ``resources`` (a
     sweep's shared base model and data) when given; the base model is left as it was found, so the
     next trial starts clean.
@@ -308,12 +376,22 @@ def run_trial(cfg: TrialConfig, output_dir: str | Path, resources: TrialResource
 
     set_seed(cfg.train.seed)  # the adapter's initialisation depends on it
     with trial_base(resources.base_model, base_writes(cfg.lora)) as base:
-        return _train_and_evaluate(cfg, output_dir, resources, base, callbacks, show_progress,
-                                   on_adapter_ready, pruned, started)
+        return _train_and_evaluate(
+            cfg, output_dir, resources, base, callbacks, show_progress, on_adapter_ready, pruned, started
+        )
 
 
-def _train_and_evaluate(cfg: TrialConfig, output_dir: Path, resources: TrialResources, base: PreTrainedModel,
-                        callbacks, show_progress: bool, on_adapter_ready, pruned, started: float) -> TrialResult:
+def _train_and_evaluate(
+    cfg: TrialConfig,
+    output_dir: Path,
+    resources: TrialResources,
+    base: PreTrainedModel,
+    callbacks,
+    show_progress: bool,
+    on_adapter_ready,
+    pruned,
+    started: float,
+) -> TrialResult:
     method = cfg.lora.method
     if method == "full":
         # ``base`` is a private copy here (lora.method=full is one of model.base_writes), so the shared
@@ -324,14 +402,19 @@ def _train_and_evaluate(cfg: TrialConfig, output_dir: Path, resources: TrialReso
     try:
         trainable, total = _parameter_counts(model)
         if show_progress:
-            print(f"trainable params: {trainable:,} || all params: {total:,} || "
-                  f"trainable%: {100 * trainable / total:.4f}")
+            print(
+                f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
+            )
         trainer = LoraTrainer(
-            model=model, args=training_arguments(cfg, output_dir, show_progress),
-            train_dataset=resources.task.train_examples, eval_dataset=resources.task.eval_examples,
+            model=model,
+            args=training_arguments(cfg, output_dir, show_progress),
+            train_dataset=resources.task.train_examples,
+            eval_dataset=resources.task.eval_examples,
             data_collator=resources.task.train_examples.collator(),
-            compute_metrics=token_accuracy, preprocess_logits_for_metrics=argmax_logits,
-            callbacks=[NonFiniteLossGuard(), *callbacks])
+            compute_metrics=token_accuracy,
+            preprocess_logits_for_metrics=argmax_logits,
+            callbacks=[NonFiniteLossGuard(), *callbacks],
+        )
         if not show_progress:
             trainer.remove_callback(PrinterCallback)  # the caller shows progress its own way
         train_output = trainer.train()
@@ -339,9 +422,16 @@ def _train_and_evaluate(cfg: TrialConfig, output_dir: Path, resources: TrialReso
         evals = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
         final = evals[-1] if evals and evals[-1].get("step") == steps else trainer.evaluate()
         was_pruned = pruned is not None and pruned()
-        match = (exact_match(model, resources.tokenizer, resources.task.eval_records[: cfg.train.eval_generate],
-                             resources.task.max_response_tokens)
-                 if cfg.train.eval_generate > 0 and not was_pruned else float("nan"))
+        match = (
+            exact_match(
+                model,
+                resources.tokenizer,
+                resources.task.eval_records[: cfg.train.eval_generate],
+                resources.task.max_response_tokens,
+            )
+            if cfg.train.eval_generate > 0 and not was_pruned
+            else float("nan")
+        )
         retain = retain_metrics(model, resources, cfg, generate=not was_pruned)
         adapter_dir = None
         if cfg.train.save_adapter and not was_pruned and method == "lora":
@@ -354,13 +444,26 @@ def _train_and_evaluate(cfg: TrialConfig, output_dir: Path, resources: TrialReso
         eval_loss = float(final["eval_loss"])
         targets = sorted(model.peft_config["default"].target_modules) if method == "lora" else []
         return TrialResult(
-            eval_loss=eval_loss, perplexity=perplexity(eval_loss), token_accuracy=float(final["eval_token_accuracy"]),
-            exact_match=match, trainable_params=int(trainable), total_params=int(total),
-            trainable_pct=100.0 * trainable / total, wall_time_s=time.perf_counter() - started,
-            train_time_s=train_time, tokens_per_s=trainer.state.num_input_tokens_seen / max(train_time, 1e-9),
-            peak_memory_mb=peak, peak_memory_kind=peak_kind, steps=steps, output_dir=str(output_dir),
-            adapter_dir=adapter_dir, target_modules=targets, history=list(trainer.state.log_history),
-            retain=retain, method=method)
+            eval_loss=eval_loss,
+            perplexity=perplexity(eval_loss),
+            token_accuracy=float(final["eval_token_accuracy"]),
+            exact_match=match,
+            trainable_params=int(trainable),
+            total_params=int(total),
+            trainable_pct=100.0 * trainable / total,
+            wall_time_s=time.perf_counter() - started,
+            train_time_s=train_time,
+            tokens_per_s=trainer.state.num_input_tokens_seen / max(train_time, 1e-9),
+            peak_memory_mb=peak,
+            peak_memory_kind=peak_kind,
+            steps=steps,
+            output_dir=str(output_dir),
+            adapter_dir=adapter_dir,
+            target_modules=targets,
+            history=list(trainer.state.log_history),
+            retain=retain,
+            method=method,
+        )
     finally:
         if method == "lora":
             detach_adapter(model)
@@ -370,14 +473,18 @@ def _train_and_evaluate(cfg: TrialConfig, output_dir: Path, resources: TrialReso
 
 def print_result(result: TrialResult) -> None:
     """One readable block of the final metrics."""
-    rows = [("eval loss", f"{result.eval_loss:.4f}"), ("perplexity", f"{result.perplexity:.3f}"),
-            ("token accuracy", f"{result.token_accuracy:.3f}"), ("exact match", f"{result.exact_match:.3f}"),
-            ("trainable params", f"{result.trainable_params:,} ({result.trainable_pct:.3f}%)"),
-            ("wall time", f"{result.wall_time_s:.1f} s (training {result.train_time_s:.1f} s)"),
-            ("tokens/s", f"{result.tokens_per_s:,.0f}"),
-            *[(name.replace("_", " "), f"{value:.4f}") for name, value in result.retain.items()],
-            (f"peak memory ({result.peak_memory_kind})", f"{result.peak_memory_mb:,.0f} MiB"),
-            ("adapter", result.adapter_dir or "not saved")]
+    rows = [
+        ("eval loss", f"{result.eval_loss:.4f}"),
+        ("perplexity", f"{result.perplexity:.3f}"),
+        ("token accuracy", f"{result.token_accuracy:.3f}"),
+        ("exact match", f"{result.exact_match:.3f}"),
+        ("trainable params", f"{result.trainable_params:,} ({result.trainable_pct:.3f}%)"),
+        ("wall time", f"{result.wall_time_s:.1f} s (training {result.train_time_s:.1f} s)"),
+        ("tokens/s", f"{result.tokens_per_s:,.0f}"),
+        *[(name.replace("_", " "), f"{value:.4f}") for name, value in result.retain.items()],
+        (f"peak memory ({result.peak_memory_kind})", f"{result.peak_memory_mb:,.0f} MiB"),
+        ("adapter", result.adapter_dir or "not saved"),
+    ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
@@ -422,8 +529,9 @@ def command(cfg: DictConfig) -> float:
     track, client = opening.result()
     with track.single_run(trial_cfg, OmegaConf.to_yaml(cfg), client=client) as run:
         run.log_dataset(resources.task, trial_cfg.data)
-        result = run_trial(trial_cfg, output_dir, resources, callbacks=run.callbacks(),
-                           on_adapter_ready=run.on_adapter_ready)
+        result = run_trial(
+            trial_cfg, output_dir, resources, callbacks=run.callbacks(), on_adapter_ready=run.on_adapter_ready
+        )
         run.log_result(result, log_adapter=trial_cfg.tracking.log_adapter)
     print_result(result)
     return result.eval_loss

@@ -58,20 +58,41 @@ def silent_server() -> socket.socket:
 def bad_inputs() -> dict[str, tuple[list[str], dict[str, str], list[str]]]:
     """name -> (overrides, environment, texts the error paragraph must hold)."""
     return {
-        "storage_form": (["sweep.storage=study.db"], {},
-                         ["Invalid value for 'sweep.storage': 'study.db'", "sqlite:///", "postgresql://", ".journal"]),
-        "postgres_down": ([f"sweep.storage=postgresql://postgres@127.0.0.1:{closed_port()}/test"], {},
-                          ["Cannot reach 'sweep.storage'", "Connection refused", "timeout 5 s"]),
-        "mlflow_down": ([], {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"},
-                        ["Cannot reach 'MLFLOW_TRACKING_URI'", "GET /health", "timeout 5 s"]),
-        "heartbeat": ([], {"LORA_LAB_HEARTBEAT_S": "abc"},
-                      ["Invalid value for 'LORA_LAB_HEARTBEAT_S': 'abc'", "a whole number of seconds >= 1"]),
-        "objective": (["sweep.objectives.0.metric=eval_los"], {},
-                      ["Invalid value for 'sweep.objectives.metric': 'eval_los'", "eval_loss, eval_token_accuracy"]),
-        "empty_space": (["+sweep=empty_space"], {},
-                        ["Invalid value for 'sweep.params': {}", "at least one searched value"]),
-        "max_steps_0": (["train.max_steps=0"], {},
-                        ["Invalid value for 'train.max_steps': 0", ">= 1, or null to train for train.epochs"]),
+        "storage_form": (
+            ["sweep.storage=study.db"],
+            {},
+            ["Invalid value for 'sweep.storage': 'study.db'", "sqlite:///", "postgresql://", ".journal"],
+        ),
+        "postgres_down": (
+            [f"sweep.storage=postgresql://postgres@127.0.0.1:{closed_port()}/test"],
+            {},
+            ["Cannot reach 'sweep.storage'", "Connection refused", "timeout 5 s"],
+        ),
+        "mlflow_down": (
+            [],
+            {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"},
+            ["Cannot reach 'MLFLOW_TRACKING_URI'", "GET /health", "timeout 5 s"],
+        ),
+        "heartbeat": (
+            [],
+            {"LORA_LAB_HEARTBEAT_S": "abc"},
+            ["Invalid value for 'LORA_LAB_HEARTBEAT_S': 'abc'", "a whole number of seconds >= 1"],
+        ),
+        "objective": (
+            ["sweep.objectives.0.metric=eval_los"],
+            {},
+            ["Invalid value for 'sweep.objectives.metric': 'eval_los'", "eval_loss, eval_token_accuracy"],
+        ),
+        "empty_space": (
+            ["+sweep=empty_space"],
+            {},
+            ["Invalid value for 'sweep.params': {}", "at least one searched value"],
+        ),
+        "max_steps_0": (
+            ["train.max_steps=0"],
+            {},
+            ["Invalid value for 'train.max_steps': 0", ">= 1, or null to train for train.epochs"],
+        ),
     }
 
 
@@ -87,10 +108,20 @@ def commands(tmp_path_factory):
         tracking = f"sqlite:///{cwd / 'mlflow.db'}"
         env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": tracking, **env_extra}
         preset = [] if any(o.startswith("+sweep=") for o in overrides) else ["+sweep=rank_alpha"]
-        argv = [sys.executable, "-m", "lora_lab.sweep", *preset, *overrides, f"hydra.searchpath=[file://{cwd / 'conf'}]",
-                "train.max_steps=2" if "train.max_steps=0" not in overrides else "data.n_train=64"]
-        started[name] = (subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True), cwd, tracking)
+        argv = [
+            sys.executable,
+            "-m",
+            "lora_lab.sweep",
+            *preset,
+            *overrides,
+            f"hydra.searchpath=[file://{cwd / 'conf'}]",
+            "train.max_steps=2" if "train.max_steps=0" not in overrides else "data.n_train=64",
+        ]
+        started[name] = (
+            subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+            cwd,
+            tracking,
+        )
     done = {}
     for name, (process, cwd, tracking) in started.items():
         out, err = process.communicate(timeout=900)  # generous: a loaded machine starts them slowly
@@ -122,8 +153,18 @@ def test_bad_input_exits_with_one_paragraph_and_leaves_nothing_running(commands,
 
 # -- in-process: the finer cases ------------------------------------------------------------------
 
-@pytest.mark.parametrize("url", ["study.db", "optuna.sqlite", "redis://localhost/0", "sqlite://",
-                                 "sqlite:////no/such/directory/study.db", "postgres:/x"])
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "study.db",
+        "optuna.sqlite",
+        "redis://localhost/0",
+        "sqlite://",
+        "sqlite:////no/such/directory/study.db",
+        "postgres:/x",
+    ],
+)
 def test_malformed_storage_is_refused(url):
     with pytest.raises(ConfigError, match="sweep.storage") as info:
         preflight.check_storage(url)
@@ -167,8 +208,7 @@ def test_a_silent_or_foreign_tracking_server_is_refused(tmp_path):
     preflight.check_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")  # local stores need no server
 
 
-@pytest.mark.parametrize(("value", "ok"), [("abc", False), ("0", False), ("-5", False), ("2.5", False),
-                                           ("7", True)])
+@pytest.mark.parametrize(("value", "ok"), [("abc", False), ("0", False), ("-5", False), ("2.5", False), ("7", True)])
 def test_heartbeat_interval(monkeypatch, value, ok):
     monkeypatch.setenv("LORA_LAB_HEARTBEAT_S", value)
     if ok:
@@ -180,8 +220,11 @@ def test_heartbeat_interval(monkeypatch, value, ok):
 
 def test_bf16_is_refused_on_a_device_without_it(make_trial_config):
     no_bf16 = (False, "Tesla V100-SXM2-16GB")
-    for overrides, field in ((["train.precision=bf16"], "train.precision"), (["model.dtype=bfloat16"], "model.dtype"),
-                             (["quant=nf4", "quant.compute_dtype=bfloat16"], "quant.compute_dtype")):
+    for overrides, field in (
+        (["train.precision=bf16"], "train.precision"),
+        (["model.dtype=bfloat16"], "model.dtype"),
+        (["quant=nf4", "quant.compute_dtype=bfloat16"], "quant.compute_dtype"),
+    ):
         with pytest.raises(ConfigError, match=field) as info:
             preflight.check_precision(make_trial_config(*overrides), support=no_bf16)
         assert "Tesla V100" in str(info.value) and "compute capability 8.0" in str(info.value)
@@ -189,17 +232,25 @@ def test_bf16_is_refused_on_a_device_without_it(make_trial_config):
     preflight.check_precision(make_trial_config("train.precision=fp16"), support=no_bf16)
 
 
-def test_the_objective_metrics_offered_are_the_ones_a_trial_logs_and_bf16_runs_where_allowed(make_trial_config,
-                                                                                         tmp_path):
+def test_the_objective_metrics_offered_are_the_ones_a_trial_logs_and_bf16_runs_where_allowed(
+    make_trial_config, tmp_path
+):
     """A real one-step trial in bf16 where this device's check allows it: its result holds exactly the
     metrics the objective check offers (plus the effective rank the sweep adds)."""
     import math
 
     from lora_lab.train import run_trial
 
-    cfg = make_trial_config("data.n_train=32", "data.n_eval=8", "train.batch_size=8", "train.max_steps=1",
-                            "train.eval_every=1", "train.eval_generate=0", "train.save_adapter=false",
-                            "train.precision=bf16" if preflight.bf16_support()[0] else "train.precision=auto")
+    cfg = make_trial_config(
+        "data.n_train=32",
+        "data.n_eval=8",
+        "train.batch_size=8",
+        "train.max_steps=1",
+        "train.eval_every=1",
+        "train.eval_generate=0",
+        "train.save_adapter=false",
+        "train.precision=bf16" if preflight.bf16_support()[0] else "train.precision=auto",
+    )
     preflight.check_precision(cfg)
     result = run_trial(cfg, tmp_path, show_progress=False)
     assert math.isfinite(result.eval_loss)

@@ -15,9 +15,19 @@ from lora_lab.errors import BaseModelChangedError, ConfigError
 from lora_lab.model import attach_adapter, base_for_trial, base_writes, detach_adapter, fingerprint, trial_base
 from lora_lab.train import TrialResources, build_resources, resources_key, run_trial
 
-TINY = ("data.n_train=64", "data.n_eval=16", "train.batch_size=16", "train.max_steps=3", "train.eval_every=3",
-        "train.logging_steps=1", "train.eval_generate=0", "train.warmup_ratio=0", "train.learning_rate=5e-2",
-        "train.save_adapter=false", "lora.r=4")
+TINY = (
+    "data.n_train=64",
+    "data.n_eval=16",
+    "train.batch_size=16",
+    "train.max_steps=3",
+    "train.eval_every=3",
+    "train.logging_steps=1",
+    "train.eval_generate=0",
+    "train.warmup_ratio=0",
+    "train.learning_rate=5e-2",
+    "train.save_adapter=false",
+    "lora.r=4",
+)
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -41,10 +51,13 @@ def test_base_writes_names_the_settings_that_write_to_the_base():
     assert base_writes(LoraSettings()) == []
     assert base_writes(LoraSettings(init_lora_weights="gaussian", use_dora=True, use_rslora=True)) == []
     for init in ("pissa", "olora"):
-        assert [w.split(":")[0] for w in base_writes(LoraSettings(init_lora_weights=init))] == \
-            [f"lora.init_lora_weights={init}"]
-    assert [w.split(":")[0] for w in base_writes(LoraSettings(bias="lora_only", init_lora_weights="pissa"))] == \
-        ["lora.init_lora_weights=pissa", "lora.bias=lora_only"]
+        assert [w.split(":")[0] for w in base_writes(LoraSettings(init_lora_weights=init))] == [
+            f"lora.init_lora_weights={init}"
+        ]
+    assert [w.split(":")[0] for w in base_writes(LoraSettings(bias="lora_only", init_lora_weights="pissa"))] == [
+        "lora.init_lora_weights=pissa",
+        "lora.bias=lora_only",
+    ]
 
 
 @pytest.mark.parametrize("init", ["pissa", "olora"])
@@ -73,11 +86,21 @@ def test_bias_trials_train_biases_of_a_copy_not_of_the_shared_base(make_trial_co
     cfg = make_trial_config(*TINY)
     tokenizer = build_resources(cfg).tokenizer
     torch.manual_seed(0)
-    base = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=4, num_key_value_heads=2, attention_bias=True, mlp_bias=True,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id)).requires_grad_(False)
+    base = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            attention_bias=True,
+            mlp_bias=True,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    ).requires_grad_(False)
     resources = TrialResources(resources_key(cfg), tokenizer, base, build_resources(cfg).task)
     biases = {n: p.detach().clone() for n, p in base.named_parameters() if n.endswith("bias")}
     assert len(biases) == 7  # q, k, v, o, gate, up, down
@@ -86,11 +109,21 @@ def test_bias_trials_train_biases_of_a_copy_not_of_the_shared_base(make_trial_co
         trained: dict[str, torch.Tensor] = {}
 
         def grab(peft_model, trained=trained):
-            trained.update({n.split("base_model.model.", 1)[-1].replace(".base_layer", ""): p.detach().clone()
-                            for n, p in peft_model.named_parameters() if n.endswith("bias")})
+            trained.update(
+                {
+                    n.split("base_model.model.", 1)[-1].replace(".base_layer", ""): p.detach().clone()
+                    for n, p in peft_model.named_parameters()
+                    if n.endswith("bias")
+                }
+            )
 
-        run_trial(make_trial_config(*TINY, f"lora.bias={bias}"), tmp_path / bias, resources,
-                  show_progress=False, on_adapter_ready=grab)
+        run_trial(
+            make_trial_config(*TINY, f"lora.bias={bias}"),
+            tmp_path / bias,
+            resources,
+            show_progress=False,
+            on_adapter_ready=grab,
+        )
         moved = [n for n, v in biases.items() if not torch.equal(trained[n], v)]
         assert moved, f"lora.bias={bias}: no bias trained in the trial"  # the trial did write biases...
         assert fingerprint(base) == mark  # ...but not the shared base's
@@ -159,11 +192,14 @@ def test_an_adapter_that_leaves_the_base_alone_shares_it(shared):
     assert base_for_trial(shared.base_model, base_writes(LoraSettings())) is shared.base_model
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["lora.init_lora_weights=loftq"], "'loftq' is not supported"),
-    (["lora.init_lora_weights=pissa", "quant=nf4"], "use quant=none for pissa"),
-    (["lora.init_lora_weights=olora", "quant=int8"], "quant.method='int8'"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["lora.init_lora_weights=loftq"], "'loftq' is not supported"),
+        (["lora.init_lora_weights=pissa", "quant=nf4"], "use quant=none for pissa"),
+        (["lora.init_lora_weights=olora", "quant=int8"], "quant.method='int8'"),
+    ],
+)
 def test_settings_that_cannot_protect_the_base_are_refused(make_trial_config, overrides, message):
     with pytest.raises(ConfigError, match="lora.init_lora_weights") as info:
         make_trial_config(*overrides)

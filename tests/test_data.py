@@ -46,6 +46,7 @@ def write_jsonl(path, rows):
 
 # -- synthetic tasks ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("task", ["cipher", "reverse", "add"])
 def test_synthetic_tasks_are_deterministic_and_disjoint(data_cfg, task):
     cfg = data_cfg(task)
@@ -93,6 +94,7 @@ def test_too_many_examples_for_the_word_space_is_a_clear_error():
 
 
 # -- tokenization ----------------------------------------------------------------------------------
+
 
 def test_encode_record_masks_the_prompt_and_keeps_response_and_eos(tokenizer):
     enc = encode_record({"prompt": "abc:", "response": "xyz"}, tokenizer, max_seq_len=64)
@@ -159,13 +161,21 @@ def test_tensor_batches_equal_transformers_seq2seq_collator(data_cfg, tokenizer,
 
 # -- JSONL files ----------------------------------------------------------------------------------
 
+
 def test_jsonl_with_prompt_template_and_eval_file(make_trial_config, tmp_path, tokenizer):
-    train_file = write_jsonl(tmp_path / "train.jsonl", [
-        {"question": f"{i}+{i}", "answer": str(2 * i), "topic": "sums"} for i in range(6)] + [""])
+    train_file = write_jsonl(
+        tmp_path / "train.jsonl",
+        [{"question": f"{i}+{i}", "answer": str(2 * i), "topic": "sums"} for i in range(6)] + [""],
+    )
     eval_file = write_jsonl(tmp_path / "eval.jsonl", [{"question": "9+9", "answer": "18", "topic": "more"}])
-    cfg = make_trial_config("data=jsonl", f"data.path={train_file}", f"data.eval_path={eval_file}",
-                            "data.prompt_field=question", "data.response_field=answer",
-                            "data.prompt_template='Q[{topic}]: {question} A: '").data
+    cfg = make_trial_config(
+        "data=jsonl",
+        f"data.path={train_file}",
+        f"data.eval_path={eval_file}",
+        "data.prompt_field=question",
+        "data.response_field=answer",
+        "data.prompt_template='Q[{topic}]: {question} A: '",
+    ).data
     train, held_out = load_records(cfg)
     assert train[2] == {"prompt": "Q[sums]: 2+2 A: ", "response": "4"}
     assert len(train) == 6  # the blank line is skipped
@@ -187,15 +197,20 @@ def test_jsonl_without_eval_file_holds_out_a_seeded_fraction(tmp_path):
     assert load_records(dataclasses.replace(cfg, seed=4))[1] != held_out
 
 
-@pytest.mark.parametrize("lines, message", [
-    (['{"prompt": "a", "response": "b"}', "", "{'prompt': 'a'}"], r":3: not valid JSON \(Expecting property name"),
-    (['{"prompt": "a", "response": "b"}', "[1, 2]"], r":2: expected a JSON object, got list"),
-    (['{"prompt": "a", "response": "b"}', '{"question": "a", "response": "b"}'],
-     r":2: field 'prompt' is missing or not a string \(fields present: question, response\); "
-     r"set data.prompt_field"),
-    (['{"prompt": "a", "response": 4}'], r":1: field 'response' is missing or not a string"),
-    (["", "  "], r": holds no records"),
-])
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"prompt": "a", "response": "b"}', "", "{'prompt': 'a'}"], r":3: not valid JSON \(Expecting property name"),
+        (['{"prompt": "a", "response": "b"}', "[1, 2]"], r":2: expected a JSON object, got list"),
+        (
+            ['{"prompt": "a", "response": "b"}', '{"question": "a", "response": "b"}'],
+            r":2: field 'prompt' is missing or not a string \(fields present: question, response\); "
+            r"set data.prompt_field",
+        ),
+        (['{"prompt": "a", "response": 4}'], r":1: field 'response' is missing or not a string"),
+        (["", "  "], r": holds no records"),
+    ],
+)
 def test_malformed_jsonl_names_the_line(tmp_path, lines, message):
     path = write_jsonl(tmp_path / "bad.jsonl", lines)
     with pytest.raises(DataError, match=re.escape(str(path)) + message):

@@ -8,8 +8,15 @@ from pathlib import Path
 
 from lora_lab.train import build_resources, run_trial
 
-TINY = ("data.n_train=96", "data.n_eval=16", "train.batch_size=16", "train.max_steps=4", "train.eval_every=2",
-        "train.eval_generate=4", "train.logging_steps=2")
+TINY = (
+    "data.n_train=96",
+    "data.n_eval=16",
+    "train.batch_size=16",
+    "train.max_steps=4",
+    "train.eval_every=2",
+    "train.eval_generate=4",
+    "train.logging_steps=2",
+)
 
 
 def test_pruned_trial_skips_generation_and_adapter_saving(make_trial_config, tmp_path):

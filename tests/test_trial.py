@@ -36,12 +36,22 @@ from lora_lab.train import LoraTrainer, build_resources, run_trial, training_arg
 
 # n_eval <= 64 keeps the held-out set in one evaluation batch of the Trainer (eval batch = max(bs, 64)), so a
 # single forward pass over it computes the same loss the Trainer reports.
-TINY = ("data.n_train=128", "data.n_eval=32", "train.batch_size=16", "train.max_steps=6", "train.eval_every=3",
-        "train.logging_steps=1", "train.eval_generate=8", "train.warmup_ratio=0", "train.learning_rate=1e-2")
+TINY = (
+    "data.n_train=128",
+    "data.n_eval=32",
+    "train.batch_size=16",
+    "train.max_steps=6",
+    "train.eval_every=3",
+    "train.logging_steps=1",
+    "train.eval_generate=8",
+    "train.warmup_ratio=0",
+    "train.learning_rate=1e-2",
+)
 EXPERIMENT = "test_trial_single"
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
 
 def eval_batch_of(resources) -> dict[str, torch.Tensor]:
     collate = DataCollatorForSeq2Seq(resources.tokenizer, padding=True)
@@ -77,22 +87,27 @@ def adapter_on(base, cfg):
 
 def linear_shapes(model) -> dict[str, tuple[int, int]]:
     """Full name -> (d_in, d_out) of every linear layer (plain or bitsandbytes) of a base model."""
-    return {name: (module.in_features, module.out_features) for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear)}
+    return {
+        name: (module.in_features, module.out_features)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
 
 
 def expected_trainable(base, modules: list[str], r: int) -> int:
-    return sum(r * (d_in + d_out) for name, (d_in, d_out) in linear_shapes(base).items()
-               if name.rsplit(".", 1)[-1] in modules)
+    return sum(
+        r * (d_in + d_out) for name, (d_in, d_out) in linear_shapes(base).items() if name.rsplit(".", 1)[-1] in modules
+    )
 
 
 def wrapped_modules(peft_model) -> set[str]:
     """Names (relative to the base model) of the modules that carry a LoRA adapter."""
     prefix = "base_model.model."
-    return {name[len(prefix):] for name, module in peft_model.named_modules() if hasattr(module, "lora_A")}
+    return {name[len(prefix) :] for name, module in peft_model.named_modules() if hasattr(module, "lora_A")}
 
 
 # -- shared fixtures -----------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def cfg(make_trial_config):
@@ -133,17 +148,33 @@ def tracked(compose_config, cfg, resources, batch, tmp_path_factory):
             run.on_adapter_ready(model)
             seen["logits"], seen["loss"], seen["accuracy"] = forward(model, batch)
 
-        result = run_trial(cfg, tmp_path_factory.mktemp("tracked"), resources, callbacks=run.callbacks(),
-                           show_progress=False, on_adapter_ready=on_adapter_ready)
+        result = run_trial(
+            cfg,
+            tmp_path_factory.mktemp("tracked"),
+            resources,
+            callbacks=run.callbacks(),
+            show_progress=False,
+            on_adapter_ready=on_adapter_ready,
+        )
         run.log_result(result, log_adapter=cfg.tracking.log_adapter)
     return SimpleNamespace(result=result, run_id=run.run_id, **seen)
 
 
 # -- 1. the adapter is a no-op at step 0 ---------------------------------------------------------
 
-@pytest.mark.parametrize("overrides", [(), ("lora=qv", "lora.r=2"), ("lora=dora",), ("lora.use_rslora=true",),
-                                       ("lora.init_lora_weights=gaussian",), ("lora.lora_dropout=0.3",)],
-                         ids=["default", "qv", "dora", "rslora", "gaussian", "dropout"])
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (),
+        ("lora=qv", "lora.r=2"),
+        ("lora=dora",),
+        ("lora.use_rslora=true",),
+        ("lora.init_lora_weights=gaussian",),
+        ("lora.lora_dropout=0.3",),
+    ],
+    ids=["default", "qv", "dora", "rslora", "gaussian", "dropout"],
+)
 def test_adapter_leaves_outputs_unchanged_at_step_0(make_trial_config, resources, batch, base_out, overrides):
     trial_cfg = make_trial_config(*TINY, *overrides)
     with adapter_on(resources.base_model, trial_cfg) as model:
@@ -163,6 +194,7 @@ def test_random_b_init_changes_outputs_and_detach_restores_base(make_trial_confi
 
 
 # -- 2/3. target modules and the trainable-parameter count ---------------------------------------
+
 
 @pytest.mark.parametrize("targets, r", [("qv", 1), ("qv", 8), ("attn", 4), ("mlp", 2), ("all_linear", 16)])
 def test_named_target_set_wraps_exactly_its_modules(make_trial_config, resources, targets, r):
@@ -196,15 +228,27 @@ def test_target_sets_come_from_the_model_config(make_trial_config, resources):
     assert resolve_target_modules(resources.base_model, trial_cfg.lora, trial_cfg.model) == ["k_proj", "o_proj"]
 
 
-@pytest.mark.parametrize("overrides, field, expected", [
-    (("lora.target_modules=[q_proj,wq]",), "lora.target_modules",
-     "names of linear modules of tiny_llama: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj "
-     "(not found: wq)"),
-    (("lora.targets=bogus",), "lora.targets", "a set defined for this model in model.target_sets: qv, attn, mlp, "
-                                             "all_linear"),
-    (("+model.target_sets.bad=[q_proj,wq]", "lora.targets=bad"), "lora.targets",
-     "it lacks wq (its linear modules: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj)"),
-])
+@pytest.mark.parametrize(
+    "overrides, field, expected",
+    [
+        (
+            ("lora.target_modules=[q_proj,wq]",),
+            "lora.target_modules",
+            "names of linear modules of tiny_llama: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj "
+            "(not found: wq)",
+        ),
+        (
+            ("lora.targets=bogus",),
+            "lora.targets",
+            "a set defined for this model in model.target_sets: qv, attn, mlp, all_linear",
+        ),
+        (
+            ("+model.target_sets.bad=[q_proj,wq]", "lora.targets=bad"),
+            "lora.targets",
+            "it lacks wq (its linear modules: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj)",
+        ),
+    ],
+)
 def test_targets_the_model_lacks_are_rejected(make_trial_config, resources, overrides, field, expected):
     trial_cfg = make_trial_config(*TINY, *overrides)
     with pytest.raises(ConfigError) as info:
@@ -214,18 +258,22 @@ def test_targets_the_model_lacks_are_rejected(make_trial_config, resources, over
 
 
 def test_run_trial_reports_the_trainable_count(make_trial_config, resources, tmp_path, tracked):
-    trial_cfg = make_trial_config(*TINY, "lora=qv", "lora.r=4", "train.max_steps=1", "train.eval_generate=0",
-                                  "train.save_adapter=false")
+    trial_cfg = make_trial_config(
+        *TINY, "lora=qv", "lora.r=4", "train.max_steps=1", "train.eval_generate=0", "train.save_adapter=false"
+    )
     result = run_trial(trial_cfg, tmp_path, resources, show_progress=False)
     base = resources.base_model
     assert result.trainable_params == expected_trainable(base, ["q_proj", "v_proj"], 4) == 2 * 4 * (256 + 192)
     assert result.target_modules == ["q_proj", "v_proj"] and result.steps == 1
     assert result.adapter_dir is None and math.isnan(result.exact_match)
     assert tracked.result.trainable_params == expected_trainable(base, LLAMA_TARGET_SETS["all_linear"], 8)
-    assert result.total_params - result.trainable_params == tracked.result.total_params - tracked.result.trainable_params
+    assert (
+        result.total_params - result.trainable_params == tracked.result.total_params - tracked.result.trainable_params
+    )
 
 
 # -- 4/5. the saved adapter reloads, and merges --------------------------------------------------
+
 
 def test_trained_adapter_learned_something(tracked, base_out):
     assert tracked.result.steps == 6
@@ -244,8 +292,12 @@ def test_reloaded_adapter_reproduces_eval_metrics(tracked, cfg, resources, batch
     assert accuracy == pytest.approx(result.token_accuracy, abs=1e-9)
     assert accuracy == pytest.approx(tracked.accuracy, abs=1e-9)
     assert torch.allclose(logits, tracked.logits, atol=1e-5)
-    match = exact_match(model, resources.tokenizer, resources.task.eval_records[:cfg.train.eval_generate],
-                        resources.task.max_response_tokens)
+    match = exact_match(
+        model,
+        resources.tokenizer,
+        resources.task.eval_records[: cfg.train.eval_generate],
+        resources.task.max_response_tokens,
+    )
     assert match == result.exact_match
 
 
@@ -261,6 +313,7 @@ def test_merge_and_unload_gives_the_same_outputs(tracked, batch, base_out, fresh
 
 
 # -- 6. reproducibility --------------------------------------------------------------------------
+
 
 def test_same_seed_same_metrics_other_seed_other_metrics(cfg, resources, tracked, tmp_path):
     import dataclasses
@@ -279,10 +332,17 @@ def test_same_seed_same_metrics_other_seed_other_metrics(cfg, resources, tracked
 
 # -- 7. QLoRA ------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def nf4_setup(make_trial_config):
-    nf4_cfg = make_trial_config(*TINY, "quant=nf4", "train.max_steps=8", "train.eval_every=8",
-                                "train.eval_generate=0", "train.save_adapter=false")
+    nf4_cfg = make_trial_config(
+        *TINY,
+        "quant=nf4",
+        "train.max_steps=8",
+        "train.eval_every=8",
+        "train.eval_generate=0",
+        "train.save_adapter=false",
+    )
     return nf4_cfg, build_resources(nf4_cfg)
 
 
@@ -290,8 +350,11 @@ def test_nf4_loads_4bit_linear_layers(nf4_setup):
     import bitsandbytes as bnb
 
     _, nf4_resources = nf4_setup
-    layers = {name: module for name, module in nf4_resources.base_model.named_modules()
-              if name.rsplit(".", 1)[-1] in LLAMA_TARGET_SETS["all_linear"]}
+    layers = {
+        name: module
+        for name, module in nf4_resources.base_model.named_modules()
+        if name.rsplit(".", 1)[-1] in LLAMA_TARGET_SETS["all_linear"]
+    }
     assert len(layers) == 14
     for name, module in layers.items():
         assert f"{type(module).__module__}.{type(module).__name__}" == "bitsandbytes.nn.modules.Linear4bit", name
@@ -307,11 +370,11 @@ def test_qlora_training_lowers_the_loss(nf4_setup, tmp_path):
     assert result.eval_loss < loss_at_step_0 - 0.2
     train_losses = [h["loss"] for h in result.history if "loss" in h]
     assert len(train_losses) == 8 and train_losses[0] > train_losses[-1]
-    assert result.trainable_params == expected_trainable(nf4_resources.base_model,
-                                                         LLAMA_TARGET_SETS["all_linear"], 8)
+    assert result.trainable_params == expected_trainable(nf4_resources.base_model, LLAMA_TARGET_SETS["all_linear"], 8)
 
 
 # -- hub model while offline (in-process; the CLI case is in test_config.py) ----------------------
+
 
 def test_hub_model_offline_is_a_clear_error(make_trial_config):
     with pytest.raises(ModelUnavailableError) as info:
@@ -323,6 +386,7 @@ def test_hub_model_offline_is_a_clear_error(make_trial_config):
 
 # -- 10. MLflow ----------------------------------------------------------------------------------
 
+
 def test_single_run_is_logged_to_mlflow(tracked, tmp_path):
     result = tracked.result
     runs = mlflow.search_runs(experiment_names=[EXPERIMENT])
@@ -333,8 +397,13 @@ def test_single_run_is_logged_to_mlflow(tracked, tmp_path):
     assert run["run_id"] == tracked.run_id and run["status"] == "FINISHED"
     assert run["tags.lora_lab.kind"] == "train"
     assert run["tags.target_modules"] == ",".join(result.target_modules)
-    assert (run["params.lora.r"], run["params.lora.targets"], run["params.train.seed"],
-            run["params.data.task"], run["params.quant.method"]) == ("8", "all_linear", "0", "cipher_swap", "none")
+    assert (
+        run["params.lora.r"],
+        run["params.lora.targets"],
+        run["params.train.seed"],
+        run["params.data.task"],
+        run["params.quant.method"],
+    ) == ("8", "all_linear", "0", "cipher_swap", "none")
     assert run["metrics.eval_loss"] == pytest.approx(result.eval_loss, abs=1e-6)
     assert run["metrics.eval_token_accuracy"] == pytest.approx(result.token_accuracy, abs=1e-9)
     assert run["metrics.exact_match"] == result.exact_match
