@@ -69,7 +69,14 @@ def command_line() -> str:
         python_text = str(python.relative_to(REPO))
     except ValueError:
         python_text = "python"
-    return " ".join([python_text, script_text, *(shlex.quote(a) for a in sys.argv[1:])])
+    return " ".join([python_text, script_text, *(shlex.quote(_no_machine_path(a)) for a in sys.argv[1:])])
+
+
+def _no_machine_path(arg: str) -> str:
+    """An argument as committed results may show it: an absolute path of this machine (alone or after
+    ``label=``) becomes ``<path>``, so no result file names a local directory."""
+    label, sep, value = arg.rpartition("=")
+    return f"{label}{sep}<path>" if value.startswith("/") else arg
 
 
 def cpu_model() -> str:
