@@ -36,9 +36,6 @@ MAXIMIZED_METRICS = {
 STATES = ("COMPLETE", "PRUNED", "FAIL", "KILLED", "EXCLUDED", "RUNNING")
 """What a trial run can be in the report (see trial_state), in the order counts are given."""
 
-OUTCOME_ERROR = "error"
-"""The one ``lora_lab.outcome`` that is a result (the configuration itself failed): such a run counts as
-FAIL; every other outcome (interrupted, worker_lost, duplicate, surplus) excludes the run."""
 
 STATE_WORDS = {
     "COMPLETE": "complete",
@@ -208,7 +205,9 @@ def trial_state(tags: dict[str, str], status: str) -> str:
 
     The ``optuna.state`` tag decides when it says PRUNED or FAIL; the MLflow status otherwise, and a run
     whose status is not FINISHED never counts as complete whatever its tag says."""
-    if tags.get(names.TAG_OUTCOME) not in (None, "", OUTCOME_ERROR):
+    # names.OUTCOME_ERROR is a result (the configuration itself failed): such a run counts as FAIL; every
+    # other outcome (interrupted, worker_lost, duplicate, surplus) excludes the run.
+    if tags.get(names.TAG_OUTCOME) not in (None, "", names.OUTCOME_ERROR):
         return "EXCLUDED"
     tag = tags.get(names.TAG_OPTUNA_STATE, "")
     if tag in ("PRUNED", "FAIL"):
