@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from tiny_trial import TINY
 
 from lora_lab import cli, report
 from lora_lab.config import ReportConfig
@@ -692,17 +693,6 @@ def test_errors_exit_2_with_one_paragraph(store, tmp_path, capsys):
 
 
 # -- a real sweep ----------------------------------------------------------------------------------
-
-TINY = [
-    "data.n_train=96",
-    "data.n_eval=16",
-    "train.max_steps=6",
-    "train.eval_every=3",
-    "train.batch_size=16",
-    "train.eval_generate=4",
-    "train.logging_steps=3",
-    "tracking.log_adapter=false",
-]
 
 
 @pytest.mark.slow

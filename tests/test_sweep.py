@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
+from tiny_trial import TINY
 
 from lora_lab import search_space
 from lora_lab.config import ParamSpec, SamplerConfig, SweepConfig, register_configs
@@ -23,17 +24,6 @@ from lora_lab.evaluate import adapter_singular_values, effective_ranks, entropy_
 from lora_lab.sweep import Sweep, storage_url, to_sweep_config
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
-
-TINY = [
-    "data.n_train=96",
-    "data.n_eval=16",
-    "train.max_steps=6",
-    "train.eval_every=3",
-    "train.batch_size=16",
-    "train.eval_generate=4",
-    "train.logging_steps=3",
-    "tracking.log_adapter=false",
-]
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from tiny_trial import TINY
 from transformers import TrainerCallback
 
 from lora_lab.config import register_configs
@@ -26,16 +27,6 @@ from lora_lab.sweep import Sweep, open_storage
 REPO = Path(__file__).resolve().parent.parent
 CONF = str(REPO / "conf")
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-TINY = [
-    "data.n_train=96",
-    "data.n_eval=16",
-    "train.max_steps=6",
-    "train.eval_every=3",
-    "train.batch_size=16",
-    "train.eval_generate=4",
-    "train.logging_steps=3",
-    "tracking.log_adapter=false",
-]
 
 
 def _env(tracking_uri: str, **extra: str) -> dict[str, str]:
