@@ -194,6 +194,33 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def ratio_ci(ratios: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Median of paired ratios (each measured side by side in one round) and its bootstrap confidence
+    interval over rounds (scipy.stats.bootstrap, percentile method, fixed seed): (median, low, high).
+    Fewer than 3 ratios give no interval (nan, nan)."""
+    import numpy as np
+    from scipy import stats
+
+    values = np.array([r for r in ratios if r == r], dtype=float)
+    if len(values) == 0:
+        return (float("nan"),) * 3
+    if len(values) < 3 or np.ptp(values) == 0:
+        middle = float(np.median(values))
+        return (middle, middle, middle) if len(values) >= 3 else (middle, float("nan"), float("nan"))
+    ci = stats.bootstrap(
+        (values,), np.median, confidence_level=confidence, n_resamples=2000, method="percentile", random_state=0
+    ).confidence_interval
+    return float(np.median(values)), float(ci.low), float(ci.high)
+
+
+def ratio_text(ratios: list[float]) -> str:
+    """``1.03 [0.97, 1.10]``: the median of paired ratios with its 95 % bootstrap CI (``ratio_ci``)."""
+    middle, low, high = ratio_ci(ratios)
+    if low != low:
+        return f"{middle:.3f} (no CI: fewer than 3 rounds)"
+    return f"{middle:.3f} [{low:.3f}, {high:.3f}]"
+
+
 def fmt(value: float, digits: int = 3) -> str:
     if value is None or value != value:
         return "n/a"

@@ -49,7 +49,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
@@ -414,16 +413,6 @@ def confirm(trials, seeds: int, overrides: list[str], workdir: Path) -> tuple[di
     return by_config, params
 
 
-def _ratio_ci(ratios: list[float]) -> tuple[float, float, float]:
-    values = np.array(ratios, dtype=float)
-    if len(values) < 3:
-        return float(np.median(values)), float("nan"), float("nan")
-    ci = stats.bootstrap(
-        (values,), np.median, confidence_level=0.95, n_resamples=2000, method="percentile", random_state=0
-    ).confidence_interval
-    return float(np.median(values)), float(ci.low), float(ci.high)
-
-
 def compare(args) -> None:
     if not REFERENCE.exists():
         raise SystemExit(f"no reference: run `python {Path(__file__).relative_to(_common.REPO)} --reference` first")
@@ -509,7 +498,7 @@ def report(args, ref, target, machine, sides, results) -> None:
         if label == PEER:
             ratio_text, ci_text = "1", ""
         else:
-            ratio, low, high = _ratio_ci([r["whole_s"] / p["whole_s"] for r, p in zip(runs, peer, strict=True)])
+            ratio, low, high = _common.ratio_ci([r["whole_s"] / p["whole_s"] for r, p in zip(runs, peer, strict=True)])
             ratio_text = f"**{ratio:.2f}**"
             ci_text = f"[{fmt(low)}, {fmt(high)}]" if low == low else ""
         rows.append(
@@ -529,7 +518,7 @@ def report(args, ref, target, machine, sides, results) -> None:
         if "recommended (A/A)" in results
         else []
     )
-    aa_ratio, aa_low, aa_high = _ratio_ci(aa) if aa else (float("nan"),) * 3
+    aa_ratio, aa_low, aa_high = _common.ratio_ci(aa) if aa else (float("nan"),) * 3
     header = [
         "side",
         "reached target",
