@@ -21,6 +21,8 @@ seed runs every side once, in a shuffled order, so the machine's slow phases hit
   space (TPE, seeded; the Trainer evaluates once, at the end, so Optuna's default pruner gets nothing);
 * ``hp_search + pruner``: the same, evaluating every ``--peer-eval-every`` steps with a pruner
   (``--peer-pruner``), which transformers feeds with each evaluation;
+* ``hp_search, lora_lab's sampler``: ``hp_search`` with the sampler lora_lab builds for the preset
+  (multivariate TPE): how much of the difference is the sampler's settings alone;
 * any ``--variant LABEL='override ...'``: lora_lab's preset with extra overrides (candidates for the default).
 
 A search stops as soon as it reaches the target (the parent reads the study's journal file every
@@ -61,13 +63,23 @@ PEER = "hp_search"
 
 # --- the peer: the plain transformers + PEFT script a user would write -------------------------------
 def hf_search(
-    storage_path: str, study_name: str, trials: int, seed: int, eval_every: int, pruner_name: str, max_steps: int | None
+    storage_path: str,
+    study_name: str,
+    trials: int,
+    seed: int,
+    eval_every: int,
+    pruner_name: str,
+    sampler_kind: str,
+    max_steps: int | None,
 ) -> None:
     """Trainer.hyperparameter_search(backend="optuna") over the preset's space, a fresh LoRA model per trial.
 
     The space (names, ranges, log scales) is the preset's own, read from conf/sweep/<preset>.yaml, and the
     model, tokenizer, data and training settings are the default config's, so both sides search the same
-    thing; the search and training loop are transformers'."""
+    thing; the search and training loop are transformers'. ``sampler_kind`` 'default' is what a user
+    passes, ``TPESampler(seed=seed)``; 'lora_lab' is the preset's own sampler built by lora_lab
+    (``study.make_sampler``: multivariate TPE, its start-up trials), to tell how much of a difference
+    comes from the sampler's settings alone."""
     import optuna
     import torch
     from hydra import compose, initialize_config_dir
@@ -151,13 +163,22 @@ def hf_search(
         kwargs["pruner"] = optuna.pruners.SuccessiveHalvingPruner()
     elif pruner_name == "hyperband":
         kwargs["pruner"] = optuna.pruners.HyperbandPruner()
+    if sampler_kind == "lora_lab":
+        from lora_lab.study import make_sampler
+        from lora_lab.sweep import to_sweep_config
+
+        sweep = to_sweep_config(cfg)
+        sweep.sampler.seed = seed
+        sampler = make_sampler(sweep)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage_path))
     trainer.hyperparameter_search(
         backend="optuna",
         hp_space=hp_space,
         n_trials=trials,
         direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
+        sampler=sampler,
         storage=storage,
         study_name=study_name,
         **kwargs,
@@ -440,8 +461,9 @@ def compare(args) -> None:
         "recommended": ("lora_lab", []),
         "recommended (A/A)": ("lora_lab", []),
         "lora_lab random": ("lora_lab", ["sweep.sampler.name=random", "sweep.pruner.name=none"]),
-        PEER: ("peer", ["0", "none"]),
-        f"{PEER} + pruner": ("peer", [str(args.peer_eval_every), args.peer_pruner]),
+        PEER: ("peer", ["0", "none", "default"]),
+        f"{PEER} + pruner": ("peer", [str(args.peer_eval_every), args.peer_pruner, "default"]),
+        f"{PEER}, lora_lab's sampler": ("peer", ["0", "none", "lora_lab"]),
     }
     for item in args.variant:
         label, _, overrides = item.partition("=")
@@ -499,7 +521,9 @@ def report(args, ref, target, machine, sides, results) -> None:
             ratio_text, ci_text = "1", ""
         else:
             ratio, low, high = _common.ratio_ci([r["whole_s"] / p["whole_s"] for r, p in zip(runs, peer, strict=True)])
-            ratio_text = f"**{ratio:.2f}**"
+            # a censored peer time is a lower bound of the peer's time, so a ratio over it is an upper bound
+            bound = "≤" if any(not p["reached"] and r["reached"] for r, p in zip(runs, peer, strict=True)) else ""
+            ratio_text = f"**{bound}{ratio:.2f}**"
             ci_text = f"[{fmt(low)}, {fmt(high)}]" if low == low else ""
         rows.append(
             [
@@ -540,7 +564,9 @@ def report(args, ref, target, machine, sides, results) -> None:
         f"in a shuffled order, each as a fresh process. A search stops when a trial that ran to the end reaches "
         f"the target, or at {args.cap_s:.0f} s (then it counts as {args.cap_s:.0f} s: `≥` marks medians that "
         f"include such a censored search); at most {args.trials} trials. The ratio is the median over seeds of "
-        f"(side / {PEER}) in the same seed, with a 95 % bootstrap CI over seeds (scipy.stats.bootstrap). "
+        f"(side / {PEER}) in the same seed, with a 95 % bootstrap CI over seeds (scipy.stats.bootstrap); "
+        f"where {PEER} did not reach the target its time is a lower bound (the cap, or the end of its "
+        f"{args.trials} trials), so the ratio is an upper bound (`≤`). "
         f"A/A: `recommended (A/A)` / `recommended`, same seed: **{fmt(aa_ratio)}** [{fmt(aa_low)}, {fmt(aa_high)}], "
         "the noise floor of these ratios.",
         "",
@@ -564,6 +590,16 @@ def report(args, ref, target, machine, sides, results) -> None:
                 f"`{args.peer_pruner}` (Optuna's class with its defaults), fed by transformers at each evaluation;"
             ]
             if f"{PEER} + pruner" in sides
+            else []
+        ),
+        *(
+            [
+                f"- `{PEER}, lora_lab's sampler`: `{PEER}` with the sampler lora_lab builds for the preset "
+                "(`lora_lab.study.make_sampler`: `TPESampler(multivariate=True, constant_liar=True, "
+                "n_startup_trials=<the preset's>)`) instead of `TPESampler(seed=seed)`: what the sampler's "
+                "settings alone are worth;"
+            ]
+            if f"{PEER}, lora_lab's sampler" in sides
             else []
         ),
         *[
@@ -604,7 +640,14 @@ def main() -> None:
     parser.add_argument("--ref-top", type=int, default=5, help="reference: best configurations trained again")
     parser.add_argument("--ref-seeds", type=int, default=3, help="reference: seeds each of those gets")
     parser.add_argument("--ref-overrides", default="", help="reference: extra overrides for both steps")
-    parser.add_argument("--tolerance", type=float, default=0.02, help="target = (1 + this) x best known mean")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.25,
+        help="target = (1 + this) x best known mean; 0.25 because the best known configurations' own seeds "
+        "spread by about that much (the reference's top 5 span 0.00048-0.00076 at the default sizing), so a "
+        "tighter target rewards a lucky seed, not a better configuration",
+    )
     parser.add_argument("--seeds", type=int, default=5, help="search seeds (each runs every side once)")
     parser.add_argument("--seed0", type=int, default=1, help="first search seed")
     parser.add_argument("--trials", type=int, default=60, help="most trials a search may run")
@@ -643,9 +686,18 @@ def main() -> None:
     parser.add_argument("--child-peer", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_peer:
-        storage, study, trials, seed, eval_every, pruner, *steps = args.child_peer
+        storage, study, trials, seed, eval_every, pruner, sampler_kind, *steps = args.child_peer
         _common.quiet()
-        hf_search(storage, study, int(trials), int(seed), int(eval_every), pruner, int(steps[0]) if steps else None)
+        hf_search(
+            storage,
+            study,
+            int(trials),
+            int(seed),
+            int(eval_every),
+            pruner,
+            sampler_kind,
+            int(steps[0]) if steps else None,
+        )
     elif args.reference:
         reference(args)
     else:
