@@ -448,6 +448,33 @@ class BaselineConfig:
 
 
 @dataclass
+class WarmStartConfig:
+    """Start a search with the best configurations of an earlier related study (a new task or model
+    much like the one that study searched, over the same space), so it reaches a good configuration
+    sooner: they run first, each with every seed, count toward ``n_trials``, and the sampler then
+    learns from their results as from any trial's."""
+
+    study: Optional[str] = None
+    """Name of the earlier Optuna study; null: no warm start."""
+    storage: Optional[str] = None
+    """Its storage, in the forms ``sweep.storage`` accepts (sqlite:///..., postgresql://..., a path
+    ending in .journal); null: where lora_lab keeps a study of that name,
+    sweeps/<study>/optuna.journal (or sweeps/<study>/optuna.db where it was begun in sqlite)."""
+    top_k: int = 4
+    """How many of its best configurations run first (ranked by the mean of its first objective over
+    their COMPLETE trials; a configuration outside this search space is skipped)."""
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ConfigError(
+                "sweep.warm_start.top_k",
+                self.top_k,
+                "a whole number >= 1: how many of the earlier study's best configurations run first "
+                "(sweep.warm_start.study=null turns warm-starting off)",
+            )
+
+
+@dataclass
 class SweepConfig:
     """An Optuna study over trial configs: ``python -m lora_lab.sweep +sweep=<preset>``."""
 
@@ -491,6 +518,8 @@ class SweepConfig:
     CPU-only workers share one machine, or they oversubscribe the cores and slow each other."""
     max_failures: Optional[int] = None
     """Stop when this many trials failed in a row (null: stop only when every trial so far failed)."""
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    """Run the best configurations of an earlier study first (``warm_start.study``; off by default)."""
 
     def __post_init__(self) -> None:
         if not self.objectives:
@@ -517,6 +546,14 @@ class SweepConfig:
         if self.sampler.name == "grid" and any(s.type != "categorical" for s in self.params.values()):
             raise ConfigError(
                 "sweep.sampler.name", "grid", "grid only with categorical params (give int/float params as choices)"
+            )
+        if self.sampler.name == "grid" and self.warm_start.study is not None:
+            raise ConfigError(
+                "sweep.warm_start.study",
+                self.warm_start.study,
+                "null with sweep.sampler.name=grid: a grid runs every point of its space whatever comes "
+                "first, so starting it from an earlier study's best gains nothing (warm-start a sampled "
+                "search: sweep.sampler.name=tpe, random, cmaes, nsgaii or qmc)",
             )
 
 

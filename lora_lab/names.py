@@ -69,7 +69,11 @@ TAG_SLOT = "lora_lab.slot"
 """'<config_id>/<train.seed>' (baselines: '<name>/<train.seed>'): the unit a sweep runs exactly once."""
 TAG_SEED = "lora_lab.seed"
 ATTR_PLAN = "lora_lab.plan"
-"""Study user attr: what the study was asked to hold (grid points, seeds, n_trials)."""
+"""Study user attr: what the study was asked to hold (grid points, seeds, n_trials, objectives)."""
+ATTR_WARM_START = "lora_lab.warm_start"
+"""Study user attr: the configurations taken from an earlier study (sweep.warm_start), kept so that
+every worker and every restart runs the same ones; also the parent run's MLflow tag holding the line
+the sweep printed about them."""
 ATTR_MLFLOW_RUN = "mlflow_run_id"
 ATTR_WORKER_HOST = "worker_host"
 ATTR_WORKER_PID = "worker_pid"
