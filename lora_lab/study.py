@@ -3,8 +3,9 @@ configuration run exactly once across workers, restarts and preemption.
 
 A slot is one configuration with one seed, named ``<config_id>/<train.seed>`` (baselines:
 ``<name>/<train.seed>``) and carried by an Optuna trial as the user attr ``lora_lab.slot``. What a
-study should hold is a plan of slots: a grid's points times the seeds, or, outside a grid, every
-configuration the sampler proposed times the seeds. Missing slots are enqueued as WAITING trials,
+study should hold is a plan of slots: a grid's points times the seeds, or, outside a grid, the
+configurations a warm start took from an earlier study (planned like a grid's points), then every
+configuration the sampler proposed, times the seeds. Missing slots are enqueued as WAITING trials,
 which ``study.ask()`` hands to exactly one worker each (Optuna sets a trial RUNNING with a
 compare-and-set). A trial that ends FAIL counts as a result only when its configuration itself
 failed (``lora_lab.outcome=error``); an interrupted trial, a dead worker's trial, a duplicate or a
@@ -13,6 +14,7 @@ surplus trial leaves its slot missing, so the next check enqueues it again.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -23,10 +25,10 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from lora_lab import names
+from lora_lab import names, search_space
 from lora_lab.config import SweepConfig
 
 DONE, LIVE, VOID = "done", "live", "void"
@@ -85,12 +87,28 @@ def storage_url(sweep: SweepConfig) -> str:
     Optuna's sqlite storage (~9 ms against ~80 ms of storage calls per trial, measured in a sweep of
     150-step trials on the built-in model: ~1.5 % of each trial) and several local workers can share
     it (a file lock), with a dead worker's trial detected by its process id."""
-    if sweep.storage:
-        return sweep.storage
-    folder = Path("sweeps") / sweep.study_name
+    return sweep.storage or default_storage(sweep.study_name)
+
+
+def default_storage(study_name: str) -> str:
+    """Where lora_lab keeps a study of this name when no storage is given: sweeps/<study>/optuna.journal,
+    or sweeps/<study>/optuna.db where the study was begun in sqlite."""
+    folder = Path("sweeps") / study_name
     if (folder / "optuna.db").is_file():
         return f"sqlite:///{folder / 'optuna.db'}"
     return str(folder / "optuna.journal")
+
+
+def warm_start_storage_url(sweep: SweepConfig) -> str:
+    """The storage of the study a sweep warm-starts from (``sweep.warm_start``): as given, or where
+    lora_lab keeps a study of that name."""
+    assert sweep.warm_start.study is not None
+    return sweep.warm_start.storage or default_storage(sweep.warm_start.study)
+
+
+def journal_path(url: str) -> str:
+    """The file of a journal storage given as a path or a journal:// URL."""
+    return url.removeprefix("journal:///").removeprefix("journal://")
 
 
 def heartbeat_interval_s() -> int:
@@ -105,7 +123,7 @@ def open_storage(url: str, on_stale_trial: Callable | None = None) -> optuna.sto
     storages get a heartbeat, so the trial of a killed worker on any host is failed (and
     ``on_stale_trial`` called) instead of being left RUNNING."""
     if url.endswith(".journal"):
-        path = url.removeprefix("journal:///").removeprefix("journal://")
+        path = journal_path(url)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
     return optuna.storages.RDBStorage(
@@ -115,6 +133,22 @@ def open_storage(url: str, on_stale_trial: Callable | None = None) -> optuna.sto
         heartbeat_stale_trial_callback=on_stale_trial,
         engine_kwargs={"pool_pre_ping": True},
     )
+
+
+def open_for_reading(url: str) -> optuna.storages.BaseStorage | None:
+    """A storage to read studies from that creates nothing (``open_storage`` would create an empty
+    journal or sqlite file, and Optuna's tables in a database): None when its file does not exist."""
+    if url.endswith(".journal"):
+        path = Path(journal_path(url))
+        if not path.is_file():
+            return None
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").expanduser().is_file():
+        return None
+    return optuna.storages.RDBStorage(url, skip_table_creation=True)
 
 
 # -- sampler and pruner --------------------------------------------------------------------------
@@ -364,3 +398,186 @@ class SlotBook:
         """RUNNING trials whose worker process is gone (this host only; database storages also fail
         other hosts' trials by heartbeat)."""
         return [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if worker_gone(t)]
+
+
+# -- warm start: the best configurations of an earlier study ---------------------------------------
+
+
+@dataclass(frozen=True)
+class WarmConfig:
+    """One configuration taken from an earlier study to run first."""
+
+    config_id: str
+    """Its id in this sweep (the hash of ``params``), so its seeds are slots like any configuration's."""
+    params: dict[str, Any]
+    """Its values in this search space's own terms (the space's choice objects, ints, floats)."""
+    value: float
+    """The mean of the earlier study's first objective over its COMPLETE trials."""
+    trials: list[int]
+    """The numbers of those trials in the earlier study."""
+
+
+@dataclass
+class WarmStart:
+    """What a sweep takes from an earlier study (``sweep.warm_start``), as read from it and as kept in
+    the sweep's study (user attr ``lora_lab.warm_start``)."""
+
+    study: str
+    storage: str
+    """The earlier study's storage as shown (a password replaced by ``***``)."""
+    top_k: int
+    space: dict[str, str]
+    """This sweep's search space (each distribution's repr) when the configurations were chosen."""
+    metric: str
+    """Name of the earlier study's first objective, the one its configurations are ranked by."""
+    direction: str
+    configs: list[WarmConfig]
+    """The best ``top_k`` configurations that fit this space, best first."""
+    skipped: list[str]
+    """Why each better-ranked configuration that does not fit this space was left out."""
+
+    def key(self) -> dict[str, Any]:
+        """What the choice depends on besides the earlier study's trials: a study keeps its choice
+        while this stays the same, whatever that study ran since."""
+        return {"study": self.study, "storage": self.storage, "top_k": self.top_k, "space": self.space}
+
+    def to_attr(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "configs"}
+        out["configs"] = [dict(c.__dict__) for c in self.configs]
+        out["key"] = self.key()
+        return out
+
+    @classmethod
+    def from_attr(cls, attr: dict[str, Any]) -> WarmStart:
+        fields = {k: v for k, v in attr.items() if k not in ("configs", "key")}
+        return cls(**fields, configs=[WarmConfig(**c) for c in attr["configs"]])
+
+    def line(self, planned: list[WarmConfig], n_configs: int) -> str:
+        """The one line the sweep prints about it (and keeps on its MLflow parent run)."""
+        source = f"study '{self.study}'"
+        if planned:
+            values = ", ".join(f"{c.value:.4g}" for c in planned)
+            plural = "s" if len(planned) != 1 else ""
+            text = (
+                f"warm start: {len(planned)} configuration{plural} from {source} ({self.metric} {values}, best first)"
+            )
+        else:
+            text = f"warm start: no configuration from {source}"
+        if len(planned) < len(self.configs):
+            text += (
+                f"; {len(self.configs) - len(planned)} more left out: the study holds sweep.n_trials={n_configs} "
+                "configurations in all"
+            )
+        if self.skipped:
+            shown = "; ".join(self.skipped[:3]) + ("; ..." if len(self.skipped) > 3 else "")
+            text += f"; {len(self.skipped)} skipped: outside this space ({shown})"
+        return text
+
+
+def describe(dist: BaseDistribution) -> str:
+    """A distribution as a user reads it: 'the choices [1, 2, 4]', '[0.0001, 0.03] (log)', '[2, 10] step 2'."""
+    if isinstance(dist, CategoricalDistribution):
+        return f"the choices {list(dist.choices)}"
+    assert isinstance(dist, (IntDistribution, FloatDistribution))
+    text = f"[{dist.low}, {dist.high}]"
+    if dist.step not in (None, 1) or (isinstance(dist, FloatDistribution) and dist.step is not None):
+        text += f" step {dist.step}"
+    return text + (" (log)" if dist.log else "")
+
+
+_OUTSIDE = object()
+
+
+def _same_choice(value: Any, choice: Any) -> bool:
+    if isinstance(value, bool) or isinstance(choice, bool):  # True == 1 in Python, not in a search space
+        return isinstance(value, bool) and isinstance(choice, bool) and value == choice
+    return type(value) is type(choice) or (isinstance(value, (int, float)) and isinstance(choice, (int, float)))
+
+
+def _in_distribution(value: Any, dist: BaseDistribution) -> Any:
+    """The value as the distribution gives it back (the choice object itself, an int, a float), or
+    _OUTSIDE: a categorical value among the choices, a number within [low, high] on the step grid."""
+    if isinstance(dist, CategoricalDistribution):
+        for choice in dist.choices:
+            if _same_choice(value, choice) and value == choice:
+                return choice
+        return _OUTSIDE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return _OUTSIDE
+    if not dist.low <= value <= dist.high:
+        return _OUTSIDE
+    if isinstance(dist, IntDistribution):
+        if float(value) != int(value) or (int(value) - dist.low) % dist.step:
+            return _OUTSIDE
+        return int(value)
+    if dist.step is not None:
+        steps = (value - dist.low) / dist.step
+        if not math.isclose(steps, round(steps), abs_tol=1e-8):
+            return _OUTSIDE
+    return float(value)
+
+
+def fit_params(params: dict[str, Any], distributions: dict[str, BaseDistribution]) -> tuple[dict[str, Any] | None, str]:
+    """An earlier study's configuration as values of this search space, or (None, why it does not
+    fit): it must name the same params, each value inside this space's distribution."""
+    missing = [n for n in distributions if n not in params]
+    extra = [n for n in params if n not in distributions]
+    if missing or extra:
+        parts = [
+            f"no value for {', '.join(missing)}" if missing else "",
+            f"{', '.join(extra)} not searched here" if extra else "",
+        ]
+        return None, "; ".join(p for p in parts if p)
+    fitted: dict[str, Any] = {}
+    for name, dist in distributions.items():
+        value = _in_distribution(params[name], dist)
+        if value is _OUTSIDE:
+            return None, f"{name}={params[name]!r} not in {describe(dist)}"
+        fitted[name] = value
+    return fitted, ""
+
+
+def rank_configurations(study: optuna.Study) -> list[tuple[dict[str, Any], float, list[int]]]:
+    """The study's configurations with a COMPLETE trial, best first: (params, mean of the first
+    objective over their COMPLETE trials, those trials' numbers). Seeds of one configuration share
+    its params; their mean, not the luckiest seed, ranks it (as the confirm stage does); ties go to
+    the configuration that ran first."""
+    by_config: dict[str, list[FrozenTrial]] = {}
+    for trial in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
+        by_config.setdefault(search_space.config_id(trial.params), []).append(trial)
+    sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
+    ranked = [
+        (dict(trials[0].params), sum(t.values[0] for t in trials) / len(trials), [t.number for t in trials])
+        for trials in by_config.values()
+    ]
+    return sorted(ranked, key=lambda r: (sign * r[1], r[2][0]))
+
+
+def select_warm_start(
+    ranked: list[tuple[dict[str, Any], float, list[int]]], distributions: dict[str, BaseDistribution], top_k: int
+) -> tuple[list[WarmConfig], list[str]]:
+    """The best ``top_k`` ranked configurations that fit the search space, and why each better-ranked
+    one that does not fit was skipped (all of them when too few fit)."""
+    taken: list[WarmConfig] = []
+    skipped: list[str] = []
+    for params, value, trials in ranked:
+        if len(taken) == top_k:
+            break
+        fitted, why = fit_params(params, distributions)
+        if fitted is None:
+            skipped.append(why)
+            continue
+        cid = search_space.config_id(fitted)
+        if cid not in {c.config_id for c in taken}:
+            taken.append(WarmConfig(cid, fitted, value, trials))
+    return taken, skipped
+
+
+def objective_name(study: optuna.Study) -> str:
+    """The name of a study's first objective: from the plan a lora_lab sweep keeps in it, else
+    Optuna's metric names, else 'objective'."""
+    plan = study.user_attrs.get(names.ATTR_PLAN) or {}
+    objectives = plan.get("objectives") if isinstance(plan, dict) else None
+    if objectives:
+        return str(objectives[0])
+    return (study.metric_names or ["objective"])[0]
