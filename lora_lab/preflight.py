@@ -20,12 +20,15 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+import optuna
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lora_lab import names, search_space
+from lora_lab import names, search_space, study
+from lora_lab.cli import redact_url
 from lora_lab.config import SweepConfig, TrialConfig, to_trial_config
 from lora_lab.errors import ConfigError, LoraLabError, UnreachableError
+from lora_lab.study import WarmStart
 
 CONNECT_TIMEOUT_S = 5
 """Seconds a database connection or a tracking-server request may take before the sweep is refused."""
@@ -40,19 +43,25 @@ STORAGE_FORMS = (
     "sweeps/<study_name>/optuna.journal"
 )
 """The forms ``sweep.storage`` accepts, as the error message lists them."""
+WARM_START_STORAGE_FORMS = STORAGE_FORMS.replace("<study_name>", "<sweep.warm_start.study>")
+"""The same forms for ``sweep.warm_start.storage``, whose null means the earlier study's own folder."""
 
 
-def check_sweep(cfg: DictConfig, sweep: SweepConfig) -> None:
+def check_sweep(cfg: DictConfig, sweep: SweepConfig) -> WarmStart | None:
     """Refuse a sweep whose inputs cannot give a single usable trial, before anything is created:
     the search space, the base trial config and every searched choice on it, the objectives, the
-    device's precision support, ``$LORA_LAB_HEARTBEAT_S``, the study storage and the tracking server."""
+    device's precision support, ``$LORA_LAB_HEARTBEAT_S``, the study storage, the study to warm-start
+    from and the tracking server. Returns what the warm start takes (None without one), so that the
+    earlier study is read once."""
     check_search_space(sweep)
     for trial in trial_configs(cfg, sweep):
         check_precision(trial)
     check_objectives(sweep)
     heartbeat_interval_s()
     check_storage(sweep.storage)
+    warm = check_warm_start(sweep)
     check_tracking_uri()
+    return warm
 
 
 # -- what a trial is made of ---------------------------------------------------------------
@@ -189,8 +198,14 @@ def heartbeat_interval_s() -> int:
     return value
 
 
-def check_storage(url: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """``sweep.storage`` has one of the accepted forms; a database server answers within ``timeout_s``."""
+def check_storage(
+    url: str | None,
+    timeout_s: float = CONNECT_TIMEOUT_S,
+    field: str = "sweep.storage",
+    forms: str = STORAGE_FORMS,
+) -> None:
+    """``sweep.storage`` (or another storage ``field``) has one of the accepted ``forms``; a database
+    server answers within ``timeout_s``."""
     if url is None or url.endswith(".journal"):
         return
     from sqlalchemy.engine import make_url
@@ -199,49 +214,150 @@ def check_storage(url: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -> None
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ConfigError("sweep.storage", url, STORAGE_FORMS) from None
+        raise ConfigError(field, url, forms) from None
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql", "mysql"):
-        raise ConfigError("sweep.storage", url, STORAGE_FORMS)
+        raise ConfigError(field, url, forms)
     if backend == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
             raise ConfigError(
-                "sweep.storage",
+                field,
                 url,
-                STORAGE_FORMS + " (an in-memory sqlite study is lost "
-                "when the process ends and no other worker can see it)",
+                forms + " (an in-memory sqlite study is lost when the process ends and no other worker can see it)",
             )
         folder = Path(parsed.database).expanduser().resolve().parent
         if not folder.is_dir():
-            raise ConfigError("sweep.storage", url, STORAGE_FORMS + f" (the directory {folder} does not exist)")
+            raise ConfigError(field, url, forms + f" (the directory {folder} does not exist)")
         return
-    _connect(url, parsed, timeout_s)
+    _connect(url, parsed, timeout_s, field)
 
 
-def _connect(url: str, parsed, timeout_s: float) -> None:
+def _connect(url: str, parsed, timeout_s: float, field: str = "sweep.storage") -> None:
     """One connection to the study's database server, with ``timeout_s`` and no retries."""
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
     shown = parsed.render_as_string(hide_password=True)
     hint = (
-        "Start the database server or correct host, port, user and database in sweep.storage; "
+        f"Start the database server or correct host, port, user and database in {field}; "
         "workers on one machine can share a journal file instead (sweep.storage=null). "
         "Nothing was created and no trial started."
     )
     try:
         engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": max(int(timeout_s), 1)})
     except Exception as exc:  # a driver that is not installed, an unknown option
-        raise UnreachableError("sweep.storage", shown, _first_line(exc), hint) from None
+        raise UnreachableError(field, shown, _first_line(exc), hint) from None
     try:
         with engine.connect():
             pass
     except Exception as exc:
         raise UnreachableError(
-            "sweep.storage", shown, f"no connection (timeout {timeout_s:g} s): {_first_line(exc)}", hint
+            field, shown, f"no connection (timeout {timeout_s:g} s): {_first_line(exc)}", hint
         ) from None
     finally:
         engine.dispose()
+
+
+# -- the earlier study a sweep warm-starts from ---------------------------------------------------
+
+
+def check_warm_start(sweep: SweepConfig) -> WarmStart | None:
+    """Read what ``sweep.warm_start`` takes from the earlier study, refusing a storage of no accepted
+    form or that does not answer, a study it does not hold (naming those it holds), one with no
+    COMPLETE trial, the sweep's own study, and one none of whose configurations fits this search
+    space (naming the params that differ). Nothing is created in the earlier study's storage.
+    ``top_k < 1`` and a grid are refused by the schema (``lora_lab.config``)."""
+    warm = sweep.warm_start
+    if warm.study is None:
+        return None
+    url = study.warm_start_storage_url(sweep)
+    check_storage(url, field="sweep.warm_start.storage", forms=WARM_START_STORAGE_FORMS)
+    shown = redact_url(url)
+    if warm.study == sweep.study_name and url == study.storage_url(sweep):
+        raise ConfigError(
+            "sweep.warm_start.study",
+            warm.study,
+            f"an earlier study, not this sweep's own (sweep.study_name={sweep.study_name!r} in {shown})",
+        )
+    storage = study.open_for_reading(url)
+    where = f"sweep.warm_start.storage={shown}" + ("" if warm.storage else " (its default)")
+    if storage is None:
+        raise ConfigError(
+            "sweep.warm_start.study",
+            warm.study,
+            f"the name of a study in {where}, which holds none: there is no such file. Point "
+            "sweep.warm_start.storage at the storage the earlier study was run with (its sweep.storage)",
+        )
+    try:
+        try:
+            held = sorted(optuna.get_all_study_names(storage))
+        except Exception as exc:  # a database without Optuna's tables, a journal of another format
+            raise ConfigError(
+                "sweep.warm_start.storage", shown, f"a storage holding Optuna studies ({_first_line(exc)})"
+            ) from None
+        if warm.study not in held:
+            holds = "holds the studies " + ", ".join(held) if held else "holds no study"
+            raise ConfigError("sweep.warm_start.study", warm.study, f"the name of a study in {where}, which {holds}")
+        source = optuna.load_study(study_name=warm.study, storage=storage)
+        ranked = study.rank_configurations(source)
+        if not ranked:
+            states = sorted(t.state.name for t in source.get_trials(deepcopy=False))
+            counts = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states)) or "no trial at all"
+            raise ConfigError(
+                "sweep.warm_start.study",
+                warm.study,
+                f"a study with at least one COMPLETE trial to start from; '{warm.study}' in {shown} has "
+                f"none ({counts}): run it first, or warm-start from another study",
+            )
+        distributions = search_space.distributions(sweep)
+        configs, skipped = study.select_warm_start(ranked, distributions, warm.top_k)
+        if not configs:
+            raise ConfigError(
+                "sweep.warm_start.study",
+                warm.study,
+                f"a study with a configuration inside this search space; none of the {len(ranked)} "
+                f"configurations of '{warm.study}' fits: {_misfit(ranked, distributions)}",
+            )
+        return study.WarmStart(
+            study=warm.study,
+            storage=shown,
+            top_k=warm.top_k,
+            space={name: repr(dist) for name, dist in distributions.items()},
+            metric=study.objective_name(source),
+            direction=source.directions[0].name.lower(),
+            configs=configs,
+            skipped=skipped,
+        )
+    finally:
+        engine = getattr(storage, "engine", None)
+        if engine is not None:
+            engine.dispose()  # a database source is read once: close its connections now
+
+
+def _misfit(ranked: list[tuple[dict, float, list[int]]], distributions: dict) -> str:
+    """Which params differ between an earlier study's configurations and this search space: the
+    names, or for each param the values that lie outside it."""
+    theirs = sorted({name for params, _, _ in ranked for name in params})
+    ours = list(distributions)
+    if any(set(params) != set(ours) for params, _, _ in ranked):
+        only_there = [n for n in theirs if n not in ours]
+        only_here = [n for n in ours if n not in theirs]
+        parts = [f"searched only there: {', '.join(only_there)}" if only_there else ""]
+        parts.append(f"searched only here: {', '.join(only_here)}" if only_here else "")
+        detail = "; ".join(p for p in parts if p) or "some of its configurations lack some of them"
+        return f"it searched {', '.join(theirs)}, this sweep searches {', '.join(ours)} ({detail})"
+    outside: dict[str, list] = {}
+    for params, _, _ in ranked:
+        for name, dist in distributions.items():
+            if study.fit_params({name: params[name]}, {name: dist})[0] is None:
+                values = outside.setdefault(name, [])
+                if params[name] not in values:
+                    values.append(params[name])
+    return "; ".join(
+        f"{name} = {', '.join(repr(v) for v in values[:6])}{', ...' if len(values) > 6 else ''} "
+        f"there, {study.describe(distributions[name])} here"
+        for name, values in outside.items()
+    )
 
 
 def check_tracking_uri(uri: str | None = None, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
