@@ -46,6 +46,8 @@ from lora_lab.study import (
     Heartbeat,
     Slot,
     SlotBook,
+    WarmConfig,
+    WarmStart,
     make_pruner,
     make_sampler,
     open_storage,
@@ -223,7 +225,8 @@ class Phase:
     samples: bool = False
     """Whether the sampler proposes new configurations (a non-grid search)."""
     fixed: list[Slot] = field(default_factory=list)
-    """The slots of a fixed plan (grid, baselines, confirmations)."""
+    """The slots of a fixed plan (grid, baselines, confirmations); in a sampled search, the slots it
+    starts with (the configurations taken from an earlier study, ``sweep.warm_start``)."""
 
 
 @dataclass
@@ -261,13 +264,18 @@ class Sweep:
         signal_metric = PRUNING_SIGNAL.get(self.objectives[0].metric)
         self.pruning_signal = signal_metric if len(self.objectives) == 1 and self.sweep.pruner.name != "none" else None
         self.is_grid = self.sweep.sampler.name == "grid"
+        self.warm: WarmStart | None = None
+        """What ``sweep.warm_start`` takes from the earlier study, as preflight read it."""
+        self.warm_configs: list[WarmConfig] = []
+        """The warm-start configurations this search runs first (see ``_warm_start``)."""
         self.ready = False
         self.stopped = False
 
     # == setup ================================================================================
     def check_inputs(self) -> None:
         """Refuse bad input before anything is created: a clear ConfigError naming the field."""
-        preflight.check_sweep(self.cfg, self.sweep)  # storage, servers, device, objectives, search space
+        # storage, servers, device, objectives, search space, the study to warm-start from
+        self.warm = preflight.check_sweep(self.cfg, self.sweep)
         self.n_configs = target_configs(self.sweep)
         if self.sweep.sampler.name == "cmaes":
             try:
@@ -320,6 +328,7 @@ class Sweep:
         )
         self.resources = ResourceCache()
         self.parent_run_id = self._parent_run()
+        self.warm_configs = self._warm_start()
         self._plan()
         self.progress = SweepProgress(name, self._total(), enabled=self.console_progress)
         self.ready = True
@@ -349,6 +358,8 @@ class Sweep:
         if self.is_grid:
             points = search_space.grid_points(self.sweep)[: self.n_configs]
             self.search.fixed = [Slot(search_space.config_id(p), seed, p) for p in points for seed in seeds]
+        else:  # a sampled search starts with the warm-start configurations (none without sweep.warm_start)
+            self.search.fixed = [Slot(c.config_id, seed, c.params) for c in self.warm_configs for seed in seeds]
         self.study.set_user_attr(
             names.ATTR_PLAN,
             {
@@ -356,10 +367,42 @@ class Sweep:
                 "configurations": self.n_configs,
                 "seeds": seeds,
                 "slots": len(self.search.fixed) if self.is_grid else self.n_configs * len(seeds),
+                "objectives": [o.metric for o in self.objectives],
+                "warm_start": [c.config_id for c in self.warm_configs],
             },
         )
         for phase in self._phases():
             self._reconcile(phase)
+
+    def _warm_start(self) -> list[WarmConfig]:
+        """The configurations taken from an earlier study (``sweep.warm_start``) that this search runs
+        first, best first. The choice kept in the study stands while it was made from the same study,
+        storage, top_k and search space, so every worker and every restart plans the same ones,
+        whatever the earlier study ran since; otherwise the one preflight just read is kept. They
+        count toward ``n_trials``: those the study holds already stay, and others join while the
+        study holds fewer configurations than that. One line says what was taken (also a tag of the
+        parent run)."""
+        if self.warm is None:
+            return []
+        stored = self.study.user_attrs.get(names.ATTR_WARM_START)
+        if isinstance(stored, dict) and stored.get("key") == self.warm.key():
+            chosen = WarmStart.from_attr(stored)
+        else:
+            chosen = self.warm
+            self.study.set_user_attr(names.ATTR_WARM_START, chosen.to_attr())
+        held = self.search.book.configs_before(sys.maxsize)
+        free = self.n_configs - len(held)
+        planned = []
+        for config in chosen.configs:
+            if config.config_id in held:
+                planned.append(config)
+            elif free > 0:
+                planned.append(config)
+                free -= 1
+        line = chosen.line(planned, self.n_configs)
+        self._say(line)
+        self.client.set_tag(self.parent_run_id, names.ATTR_WARM_START, line[:5000])
+        return planned
 
     def _phases(self) -> list[Phase]:
         return [p for p in (self.baselines, self.search, self.confirm) if p is not None]
@@ -468,10 +511,21 @@ class Sweep:
         phase.book.enqueue_missing(self._planned(phase))
 
     def _planned(self, phase: Phase) -> list[Slot]:
+        """The slots a phase should hold: its fixed plan; in a sampled search, the slots it starts
+        with, then every configuration the sampler proposed and the study kept, each with every seed
+        (each slot once: a warm-start configuration is also one the study kept once it ran)."""
         if not phase.samples:
             return phase.fixed
         seeds = [self.base_seed + i for i in range(self.sweep.seeds)]
-        return [Slot(cid, seed, params) for cid, params in phase.book.sampled_configs().items() for seed in seeds]
+        planned = list(phase.fixed)
+        ids = {slot.id for slot in planned}
+        for cid, params in phase.book.sampled_configs().items():
+            for seed in seeds:
+                slot = Slot(cid, seed, params)
+                if slot.id not in ids:
+                    ids.add(slot.id)
+                    planned.append(slot)
+        return planned
 
     def _wants_trial(self, phase: Phase) -> bool:
         if phase.book.waiting():
