@@ -282,10 +282,16 @@ def check_warm_start(sweep: SweepConfig) -> WarmStart | None:
     storage = study.open_for_reading(url)
     where = f"sweep.warm_start.storage={shown}" + ("" if warm.storage else " (its default)")
     if storage is None:
+        kept = ""
+        if not warm.storage:  # each study has its own default file: the ones there are the names to offer
+            found = sorted(
+                {p.parent.name for name in ("optuna.journal", "optuna.db") for p in Path("sweeps").glob(f"*/{name}")}
+            )
+            kept = f" (the studies kept under sweeps/ by default: {', '.join(found) if found else 'none'})"
         raise ConfigError(
             "sweep.warm_start.study",
             warm.study,
-            f"the name of a study in {where}, which holds none: there is no such file. Point "
+            f"the name of a study in {where}, which holds none: there is no such file{kept}. Point "
             "sweep.warm_start.storage at the storage the earlier study was run with (its sweep.storage)",
         )
     try:
