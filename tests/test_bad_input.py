@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
 from lora_lab import preflight
-from lora_lab.config import ParamSpec
+from lora_lab.config import ParamSpec, SamplerConfig, SweepConfig, WarmStartConfig
 from lora_lab.errors import ConfigError, LoraLabError, UnreachableError
 from lora_lab.sweep import to_sweep_config
 
@@ -93,7 +93,33 @@ def bad_inputs() -> dict[str, tuple[list[str], dict[str, str], list[str]]]:
             {},
             ["Invalid value for 'train.max_steps': 0", ">= 1, or null to train for train.epochs"],
         ),
+        "warm_start_missing": (
+            [
+                "sweep.sampler.name=random",
+                "sweep.n_trials=2",
+                "sweep.warm_start.study=rank_alpa",
+                "sweep.warm_start.storage=earlier.journal",
+            ],
+            {},
+            [
+                "Invalid value for 'sweep.warm_start.study': 'rank_alpa'",
+                "sweep.warm_start.storage=earlier.journal, which holds the studies rank_alpha, targets",
+            ],
+        ),
     }
+
+
+def earlier_studies(path: Path) -> None:
+    """A journal file holding two finished studies (the storage a warm start reads from)."""
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    space = {"lora.r": optuna.distributions.CategoricalDistribution([1, 2, 4, 8, 16])}
+    for name in ("targets", "rank_alpha"):
+        study = optuna.create_study(study_name=name, storage=storage)
+        study.add_trial(optuna.trial.create_trial(params={"lora.r": 4}, distributions=space, value=0.5))
+
+
+PREPARE = {"warm_start_missing": lambda cwd: earlier_studies(cwd / "earlier.journal")}
+"""What a bad input's directory holds before its command runs."""
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +131,7 @@ def commands(tmp_path_factory):
         cwd = tmp_path_factory.mktemp(name)
         (cwd / "conf" / "sweep").mkdir(parents=True)
         (cwd / "conf" / "sweep" / "empty_space.yaml").write_text(EMPTY_PRESET)
+        PREPARE.get(name, lambda cwd: None)(cwd)
         tracking = f"sqlite:///{cwd / 'mlflow.db'}"
         env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": tracking, **env_extra}
         preset = [] if any(o.startswith("+sweep=") for o in overrides) else ["+sweep=rank_alpha"]
@@ -287,3 +314,80 @@ def test_empty_search_space_and_max_steps(make_trial_config):
     for bad in ("0", "-1"):
         with pytest.raises(ConfigError, match="train.max_steps"):
             make_trial_config(f"train.max_steps={bad}")
+
+
+# -- the earlier study a sweep warm-starts from --------------------------------------------------
+
+
+def _sweep(study_name: str = "new", sampler: str = "random", own_storage: str | None = None, **warm) -> SweepConfig:
+    params = {"lora.r": ParamSpec(choices=[2, 8]), "lora.targets": ParamSpec(choices=["qv", "all_linear"])}
+    return SweepConfig(
+        study_name=study_name,
+        params=params,
+        sampler=SamplerConfig(name=sampler),
+        n_trials=3,
+        storage=own_storage,
+        warm_start=WarmStartConfig(**warm),
+    )
+
+
+def test_a_warm_start_the_earlier_study_cannot_give_is_refused_naming_the_field(tmp_path, monkeypatch):
+    """Each refusal names sweep.warm_start.* and what is allowed; reading the earlier storage creates
+    nothing, there or in the sweep's own folder."""
+    monkeypatch.chdir(tmp_path)
+    journal = tmp_path / "earlier.journal"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    space = {
+        "lora.r": optuna.distributions.CategoricalDistribution([2, 8, 64]),
+        "lora.targets": optuna.distributions.CategoricalDistribution(["qv", "all_linear"]),
+    }
+    done = optuna.create_study(study_name="done", storage=storage)
+    for r, value in ((64, 0.1), (64, 0.2)):
+        done.add_trial(
+            optuna.trial.create_trial(params={"lora.r": r, "lora.targets": "qv"}, distributions=space, value=value)
+        )
+    unfinished = optuna.create_study(study_name="unfinished", storage=storage)
+    unfinished.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    unfinished.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    other = optuna.create_study(study_name="other_space", storage=storage)
+    dropout = {"lora.lora_dropout": optuna.distributions.FloatDistribution(0.0, 0.3)}
+    other.add_trial(optuna.trial.create_trial(params={"lora.lora_dropout": 0.1}, distributions=dropout, value=0.3))
+    before = journal.read_bytes()
+    at = str(journal)
+
+    def refused(sweep: SweepConfig, field: str = "sweep.warm_start.study") -> str:
+        with pytest.raises(ConfigError) as info:
+            preflight.check_warm_start(sweep)
+        assert info.value.field == field
+        return str(info.value)
+
+    assert "which holds the studies done, other_space, unfinished" in refused(_sweep(study="gone", storage=at))
+    message = refused(_sweep(study="gone"))  # null storage: where lora_lab keeps a study named 'gone'
+    assert "sweeps/gone/optuna.journal (its default), which holds none: there is no such file" in message
+    assert "(the studies kept under sweeps/ by default: none)" in message
+    assert "has none (2 FAIL): run it first" in refused(_sweep(study="unfinished", storage=at))
+    message = refused(_sweep(study="other_space", storage=at))
+    assert "none of the 1 configurations of 'other_space' fits" in message
+    assert "searched only there: lora.lora_dropout; searched only here: lora.r, lora.targets" in message
+    message = refused(_sweep(study="done", storage=at))  # same names, but r=64 is not searched here
+    assert "none of the 1 configurations of 'done' fits: lora.r = 64 there, the choices [2, 8] here" in message
+    assert "an earlier study, not this sweep's own" in refused(
+        _sweep(study_name="done", own_storage=at, study="done", storage=at)
+    )
+    assert "sqlite:///" in refused(_sweep(study="done", storage="earlier.db"), "sweep.warm_start.storage")
+    with pytest.raises(ConfigError, match="'sweep.warm_start.top_k': 0.*whole number >= 1"):
+        WarmStartConfig(study="done", top_k=0)
+    with pytest.raises(ConfigError, match="'sweep.warm_start.study': 'done'.*null with sweep.sampler.name=grid"):
+        _sweep(sampler="grid", study="done", storage=at)
+    assert journal.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["earlier.journal"]
+    # where lora_lab keeps a study by default, and an sqlite file, are read alike
+    (tmp_path / "sweeps" / "done").mkdir(parents=True)
+    (tmp_path / "sweeps" / "done" / "optuna.journal").write_bytes(before)  # where a sweep 'done' keeps its study
+    assert "(the studies kept under sweeps/ by default: done)" in refused(_sweep(study="gone"))
+    assert "configurations of 'done' fits" in refused(_sweep(study="done"))  # read from sweeps/done/
+    moved = optuna.create_study(study_name="done", storage=f"sqlite:///{tmp_path / 'earlier.db'}")
+    moved.add_trial(
+        optuna.trial.create_trial(params={"lora.r": 8, "lora.targets": "qv"}, distributions=space, value=0.4)
+    )
+    warm = preflight.check_warm_start(_sweep(study="done", storage=f"sqlite:///{tmp_path / 'earlier.db'}"))
+    assert [c.params for c in warm.configs] == [{"lora.r": 8, "lora.targets": "qv"}] and warm.configs[0].value == 0.4
