@@ -547,3 +547,127 @@ def test_an_all_failed_sweep_exits_non_zero_with_the_first_cause(tracking_uri, t
     assert "every trial of study 'cli_fail' failed" in done.stderr and "no_such_module" in done.stderr
     assert output.count("no_such_module") >= 4  # each failed trial's line, then the summary
     assert "Traceback" not in output
+
+
+# -- warm start: the best configurations of an earlier study first ---------------------------------
+
+
+def test_warm_start_ranks_configurations_by_their_mean_over_seeds_and_fits_them_to_the_space(tmp_path):
+    """A real journal study with seeds of one configuration: a configuration ranks by its mean, in
+    the study's direction; values come back in the space's own terms (2.0 as the choice 2, so its
+    config_id is the one the sampler would give it), and a value outside the space is skipped."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from lora_lab.study import rank_configurations, select_warm_start
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "e.journal")))
+    source = optuna.create_study(study_name="acc", storage=storage, direction="maximize")
+    there = {"lora.r": CategoricalDistribution([1.0, 2.0, 4.0, 64.0]), "lr": FloatDistribution(1e-4, 1e-1, log=True)}
+    for r, lr, value in [
+        (2.0, 0.01, 0.9),  # r=2 has the single best trial, but its mean over two seeds is 0.6
+        (2.0, 0.01, 0.3),
+        (4.0, 0.01, 0.7),
+        (64.0, 0.01, 0.8),  # outside the space below
+        (1.0, 0.05, 0.65),
+        (1.0, 0.01, 0.1),
+    ]:
+        source.add_trial(optuna.trial.create_trial(params={"lora.r": r, "lr": lr}, distributions=there, value=value))
+    source.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
+    ranked = rank_configurations(source)
+    assert [(p["lora.r"], round(v, 3), n) for p, v, n in ranked] == [
+        (64.0, 0.8, [3]),
+        (4.0, 0.7, [2]),
+        (1.0, 0.65, [4]),
+        (2.0, 0.6, [0, 1]),
+        (1.0, 0.1, [5]),
+    ]
+    here = {"lora.r": CategoricalDistribution([1, 2, 4, 8]), "lr": FloatDistribution(1e-3, 1e-1, log=True)}
+    taken, skipped = select_warm_start(ranked, here, top_k=3)
+    assert [c.params for c in taken] == [
+        {"lora.r": 4, "lr": 0.01},
+        {"lora.r": 1, "lr": 0.05},
+        {"lora.r": 2, "lr": 0.01},
+    ]
+    assert all(type(c.params["lora.r"]) is int for c in taken)
+    assert [c.config_id for c in taken] == [search_space.config_id(c.params) for c in taken]
+    assert [c.value for c in taken] == [0.7, 0.65, pytest.approx(0.6)] and taken[2].trials == [0, 1]
+    assert skipped == ["lora.r=64.0 not in the choices [1, 2, 4, 8]"]
+    assert select_warm_start(ranked, here, top_k=1)[0] == taken[:1]
+    narrow = {"lora.r": CategoricalDistribution([1, 2, 4, 8]), "lr": FloatDistribution(1e-3, 2e-2, log=True)}
+    assert [c.params["lora.r"] for c in select_warm_start(ranked, narrow, top_k=9)[0]] == [4, 2, 1]  # lr 0.05 is out
+
+
+@pytest.mark.slow
+def test_warm_start_runs_the_earlier_studys_best_configurations_first_each_once(run_sweep, tmp_path, capsys):
+    """A real earlier study of four configurations, then a search warm-started from it: its best
+    configurations that fit the (narrower) space are this study's first trials, in rank order, and
+    count toward n_trials; TPE then proposes the rest. Running the command again adds no trial, and
+    raising the seeds runs each configuration's new seed once."""
+    journal = tmp_path / "earlier.journal"
+    common = ["+sweep=targets", "sweep.sampler.name=random", "sweep.pruner.name=none", f"sweep.storage={journal}"]
+    earlier = [
+        {"lora.targets": "qv", "lora.r": 2},
+        {"lora.targets": "attn", "lora.r": 8},
+        {"lora.targets": "mlp", "lora.r": 2},
+        {"lora.targets": "all_linear", "lora.r": 8},
+    ]
+
+    def enqueue(sweep):
+        for params in earlier:
+            sweep.study.enqueue_trial(params)
+
+    source, summary = run_sweep([*common, "sweep.study_name=ws_earlier", "sweep.n_trials=4"], before_run=enqueue)
+    assert summary.counts == {"COMPLETE": 4}
+    ranked = sorted(source.study.get_trials(), key=lambda t: t.value)
+    assert sorted(t.params["lora.targets"] for t in ranked) == ["all_linear", "attn", "mlp", "qv"]
+    best_targets = ranked[0].params["lora.targets"]
+    here = [t for t in ("qv", "attn", "mlp", "all_linear") if t != best_targets]  # the best one does not fit
+    expected = [t.params for t in ranked[1:3]]
+
+    command = [
+        "+sweep=targets",
+        "sweep.study_name=ws_later",
+        "sweep.sampler.name=tpe",
+        "sweep.pruner.name=none",
+        "sweep.n_trials=3",
+        "sweep.warm_start.study=ws_earlier",
+        f"sweep.warm_start.storage={journal}",
+        "sweep.warm_start.top_k=2",
+    ]
+    choices = {"lora.targets": here}
+    capsys.readouterr()
+    sweep, summary = run_sweep(command, choices)
+    # the two warm configurations count toward n_trials=3 (a TPE proposal of one of them is a duplicate)
+    assert summary.counts["COMPLETE"] == 3 and set(summary.counts) <= {"COMPLETE", "DUPLICATE"}
+    held = len(sweep.study.get_trials())
+    trials = [t for t in sweep.study.get_trials() if t.state == TrialState.COMPLETE]
+    assert [t.number for t in trials[:2]] == [0, 1] and [t.params for t in trials[:2]] == expected  # first, in order
+    assert trials[2].params not in expected and trials[2].params["lora.targets"] in here  # then TPE's own
+    assert [t.user_attrs["lora_lab.config_id"] for t in trials[:2]] == [search_space.config_id(p) for p in expected]
+    distributions = search_space.distributions(sweep.sweep)
+    assert all(t.distributions == distributions for t in trials)  # ordinary trials for the sampler to learn from
+    line = (
+        f"warm start: 2 configurations from study 'ws_earlier' (eval_loss {ranked[1].value:.4g}, "
+        f"{ranked[2].value:.4g}, best first); 1 skipped: outside this space "
+        f"(lora.targets='{best_targets}' not in the choices {here})"
+    )
+    assert f"lora_lab: {line}\n" in capsys.readouterr().err
+    assert MlflowClient().get_run(summary.parent_run_id).data.tags["lora_lab.warm_start"] == line
+    kept = sweep.study.user_attrs["lora_lab.warm_start"]
+    assert [c["params"] for c in kept["configs"]] == expected and kept["metric"] == "eval_loss"
+    assert [c["trials"] for c in kept["configs"]] == [[ranked[1].number], [ranked[2].number]]
+    runs = trial_runs("ws_later")
+    assert runs["params.lora.targets"].tolist()[:2] == [p["lora.targets"] for p in expected]
+
+    sweep, again = run_sweep(command, choices)  # the same command: nothing is missing, nothing runs
+    assert again.counts == summary.counts and len(sweep.study.get_trials()) == held
+
+    sweep, more = run_sweep([*command, "sweep.seeds=2"], choices)  # each configuration's seed 1, once
+    assert more.counts["COMPLETE"] == 6 and more.counts.get("DUPLICATE", 0) == summary.counts.get("DUPLICATE", 0)
+    slots = _slots(sweep.study)
+    assert len(set(slots)) == 6
+    by_config: dict[str, list[int]] = {}
+    for t in sweep.study.get_trials(states=(TrialState.COMPLETE,)):
+        by_config.setdefault(t.user_attrs["lora_lab.config_id"], []).append(t.user_attrs["lora_lab.seed"])
+    assert sorted(map(sorted, by_config.values())) == [[0, 1]] * 3
+    assert {search_space.config_id(p) for p in expected} <= set(by_config)
