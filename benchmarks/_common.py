@@ -69,10 +69,10 @@ def command_line() -> str:
         python_text = str(python.relative_to(REPO))
     except ValueError:
         python_text = "python"
-    return " ".join([python_text, script_text, *(shlex.quote(_no_machine_path(a)) for a in sys.argv[1:])])
+    return " ".join([python_text, script_text, *(shlex.quote(no_machine_path(a)) for a in sys.argv[1:])])
 
 
-def _no_machine_path(arg: str) -> str:
+def no_machine_path(arg: str) -> str:
     """An argument as committed results may show it: an absolute path of this machine (alone or after
     ``label=``) becomes ``<path>``, so no result file names a local directory."""
     label, sep, value = arg.rpartition("=")

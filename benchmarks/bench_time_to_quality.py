@@ -23,6 +23,9 @@ seed runs every side once, in a shuffled order, so the machine's slow phases hit
   (``--peer-pruner``), which transformers feeds with each evaluation;
 * ``hp_search, lora_lab's sampler``: ``hp_search`` with the sampler lora_lab builds for the preset
   (multivariate TPE): how much of the difference is the sampler's settings alone;
+* ``warm start`` (with ``--warm-from OVERRIDES``): the preset warm-started (``sweep.warm_start``) from an
+  earlier study of the same space on a related task (the preset with those overrides, run once first,
+  untimed: a user warm-starts from a study they already have);
 * any ``--variant LABEL='override ...'``: lora_lab's preset with extra overrides (candidates for the default).
 
 A search stops as soon as it reaches the target (the parent reads the study's journal file every
@@ -468,6 +471,17 @@ def compare(args) -> None:
     for item in args.variant:
         label, _, overrides = item.partition("=")
         sides[label] = ("lora_lab", shlex.split(overrides))
+    if args.warm_from:
+        # the earlier related study a user would already have: the preset on another task (untimed here)
+        source = workdir / "earlier.journal"
+        earlier = lora_lab_command(
+            "earlier", source, 0, args.warm_trials, [*_budget(args), *shlex.split(args.warm_from)]
+        )
+        print("earlier related study (untimed):", shlex.join(["python", *earlier[1:]]), flush=True)
+        started = time.time()
+        subprocess.run(earlier, env=env, cwd=workdir, check=True, capture_output=True)
+        args.warm_source_s = time.time() - started
+        sides["warm start"] = ("lora_lab", ["sweep.warm_start.study=earlier", f"sweep.warm_start.storage={source}"])
     if args.only:
         sides = {k: v for k, v in sides.items() if k in args.only or k == PEER}
     results: dict[str, list[dict]] = {label: [] for label in sides}
@@ -603,7 +617,14 @@ def report(args, ref, target, machine, sides, results) -> None:
             else []
         ),
         *[
-            f"- `{label}`: `+sweep={PRESET} {shlex.join(extra)}`"
+            f"- `{label}`: `+sweep={PRESET} {shlex.join(_common.no_machine_path(e) for e in extra)}`"
+            + (
+                f" (its {args.warm_trials} - trial earlier study `+sweep={PRESET} {args.warm_from}`, the same space on "
+                f"a related task, ran once before the comparison in {args.warm_source_s:.0f} s, not counted: a "
+                "user warm-starts from a study they already have)"
+                if label == "warm start"
+                else ""
+            )
             for label, (kind, extra) in sides.items()
             if kind == "lora_lab" and label not in ("recommended", "recommended (A/A)", "lora_lab random")
         ],
@@ -673,6 +694,15 @@ def main() -> None:
         metavar="LABEL",
         help=f"run only these sides (and {PEER}, the reference of the ratios)",
     )
+    parser.add_argument(
+        "--warm-from",
+        default="",
+        metavar="OVERRIDES",
+        help="add a 'warm start' side: first run the preset with these overrides (a related task, e.g. "
+        "'data.swaps=3') as an earlier study, untimed, then warm-start each search from its best configurations "
+        "(sweep.warm_start)",
+    )
+    parser.add_argument("--warm-trials", type=int, default=30, help="trials of that earlier study")
     parser.add_argument("--peer-eval-every", type=int, default=10, help=f"{PEER} + pruner: evaluation cadence")
     parser.add_argument("--peer-pruner", default="median", choices=["median", "successive_halving", "hyperband"])
     parser.add_argument(
