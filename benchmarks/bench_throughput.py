@@ -2,14 +2,20 @@
 
 Both sides train the built-in tiny Llama on the cipher task with the same LoRA settings, batch
 size, steps, learning-rate schedule, evaluation interval and seed (so they see the same batches in
-the same order and end at the same training loss, which the benchmark checks). Runs go in pairs,
-A B, B A, A B, ..., each in a fresh Python process of its own (after an untimed warm-up run there).
-The headline is the median of the per-pair throughput ratios: the machine's speed drifts by ±20 %
-from one run to the next, which the back-to-back pairs cancel; the ratio of the medians and that
-of each side's fastest run are reported too.
+the same order and end at the same training loss, which the benchmark checks). Three series run
+in rounds: lora_lab, plain and ``lora_lab (A/A)``, the same lora_lab child again, so the noise floor
+is measured in the same run as the comparison. Each round runs the three back to back in a rotating
+order (``round_order``: every series in every position equally often, so drift in the machine's
+speed hits all alike), each in a fresh Python process of its own (after an untimed warm-up run
+there). The headline is the median of the per-round throughput ratios lora_lab / plain with its
+95 % bootstrap confidence interval over rounds; next to it, computed the same way, the A/A ratio
+lora_lab (A/A) / lora_lab: how far from 1 the same code on both sides lands in this run, so a
+headline no further from 1 than that is noise. The machine's speed drifts by ±20 % from one run to
+the next, which the back-to-back rounds cancel; the ratio of the medians and that of each side's
+fastest run are reported too.
 
-    .venv/bin/python benchmarks/bench_throughput.py                 # 7 pairs of lora_lab's default trial (150 steps), ~6 min; the report used --runs 21
-    .venv/bin/python benchmarks/bench_throughput.py --runs 5 --steps 60 --no-report
+    .venv/bin/python benchmarks/bench_throughput.py                 # 7 rounds (21 runs) of lora_lab's default trial (150 steps), ~6 min
+    .venv/bin/python benchmarks/bench_throughput.py --runs 3 --steps 60 --no-report
 
 * lora_lab: ``lora_lab.train.run_trial(cfg, out, resources, show_progress=False)`` with the base
   model and tokenized data built once beforehand (as a sweep does); its defaults run exact-match
@@ -32,7 +38,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
-from _common import fmt, median, stopwatch  # noqa: E402
+from _common import fmt, median, ratio_text, stopwatch  # noqa: E402
+
+AA = "lora_lab (A/A)"
+
+
+def round_order(index: int, series: list[str]) -> list[str]:
+    """The order of the series in round ``index``: the rotations of ``series``, then those of it reversed.
+    Every 3 rounds each series runs once first, once second and once last, and every 6 rounds each one
+    runs before each other one as often as after it, so drift within a round (a machine warming up,
+    another process starting) hits every series alike; a random shuffle leaves that to chance (seeded
+    shuffles of 11 rounds put one series last 5 times and another 3)."""
+    base = series if (index // len(series)) % 2 == 0 else series[::-1]
+    k = index % len(series)
+    return base[k:] + base[:k]
 
 
 def plain_run(cfg, model_dir: Path, tokenizer, data, output_dir: Path, timer) -> dict:
@@ -158,7 +177,13 @@ def child(args, overrides: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=7, help="runs of each side (alternating), at least 3")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=7,
+        help="rounds, each one run of every series (lora_lab, plain, lora_lab (A/A)) in a shuffled order; "
+        "at least 3 for a confidence interval",
+    )
     parser.add_argument("--steps", type=int, default=None, help="train.max_steps (default: lora_lab's, 150)")
     parser.add_argument("overrides", nargs="*", help="more trial overrides applied to both sides, e.g. lora.r=16")
     parser.add_argument("--no-report", action="store_true")
@@ -186,13 +211,18 @@ def main() -> None:
         and cfg.model.source == "builtin"
     ), "the plain script covers plain LoRA on the built-in model only"
 
-    runs: dict[str, list[dict]] = {"lora_lab": [], "plain": []}
+    # lora_lab (A/A) is the lora_lab child again: the ratio between two series of the same code is the noise floor
+    child_of = {"lora_lab": "lora_lab", "plain": "plain", AA: "lora_lab"}
+    runs: dict[str, list[dict]] = {side: [] for side in child_of}
+    orders: list[list[str]] = []
     for i in range(max(args.runs, 1)):
-        for side in ("lora_lab", "plain") if i % 2 == 0 else ("plain", "lora_lab"):
-            run = _common.run_child(__file__, ["--threads", str(args.threads), "--child", side, *overrides])
+        order = round_order(i, list(child_of))
+        orders.append(order)
+        for side in order:
+            run = _common.run_child(__file__, ["--threads", str(args.threads), "--child", child_of[side], *overrides])
             runs[side].append(run)
             print(
-                f"run {i + 1} {side:<9} train {run['train']:7.2f} s  {run['steps'] / run['train']:6.2f} steps/s  "
+                f"run {i + 1} {side:<14} train {run['train']:7.2f} s  {run['steps'] / run['train']:6.2f} steps/s  "
                 f"steps alone {run['step_s']:7.2f} s  end-to-end {run['wall']:7.2f} s  "
                 f"final train loss {run['loss']:.6f}",
                 flush=True,
@@ -212,20 +242,31 @@ def main() -> None:
             "step_only": median([r["steps"] / r["step_s"] for r in rs]),
             "wall": median([r["wall"] for r in rs]),
         }
-    a, b = stats["lora_lab"], stats["plain"]
+    a, b, aa = stats["lora_lab"], stats["plain"], stats[AA]
     medians_ratio = a["tokens_per_s"] / b["tokens_per_s"]
-    # the headline: the median of the per-pair ratios (each pair ran back to back, so drift cancels)
-    pair_ratios = [rb["train"] / ra["train"] for ra, rb in zip(runs["lora_lab"], runs["plain"], strict=True)]
-    ratio = median(pair_ratios)
+
+    def throughput_ratios(x: str, y: str) -> list[float]:
+        """Per round, the throughput of series x over that of y (the same tokens: train_runtime y / x)."""
+        return [ry["train"] / rx["train"] for rx, ry in zip(runs[x], runs[y], strict=True)]
+
+    # the headline: the median of the per-round ratios (each round ran back to back, so drift cancels), with
+    # its bootstrap CI; the A/A ratio of the same code on both sides, the same way, is the noise floor next to it
+    pair_ratios = throughput_ratios("lora_lab", "plain")
+    aa_ratios = throughput_ratios(AA, "lora_lab")
+    headline, aa_text = ratio_text(pair_ratios), ratio_text(aa_ratios)
     # On a shared machine a run is mostly slowed by other processes, never sped up: the fastest run of each
     # side is the least disturbed one, so its ratio is the steadiest estimate.
     best_ratio = min(r["train"] for r in runs["plain"]) / min(r["train"] for r in runs["lora_lab"])
+    best_aa = min(r["train"] for r in runs["lora_lab"]) / min(r["train"] for r in runs[AA])
     # the part of train_runtime outside the optimizer steps (data loading, logging, evaluations, set-up),
     # where the two sides' code differs; the steps themselves are the same model computations
     loop = {side: median([r["train"] - r["step_s"] for r in rs]) for side, rs in runs.items()}
     print(
-        f"\nthroughput lora_lab / plain = {ratio:.3f} (median of the per-pair ratios; ratio of the medians "
-        f"{medians_ratio:.3f}, of the fastest runs {best_ratio:.3f}); train_runtime outside optimizer steps: lora_lab {loop['lora_lab']:.2f} s, "
+        f"\nthroughput lora_lab / plain = {headline} (median of the per-round ratios, 95 % bootstrap CI)\n"
+        f"A/A: lora_lab (A/A) / lora_lab = {aa_text} (the same code on both sides: the noise floor)\n"
+        f"ratio of the medians {medians_ratio:.3f} (A/A {aa['tokens_per_s'] / a['tokens_per_s']:.3f}), of the "
+        f"fastest runs {best_ratio:.3f} (A/A {best_aa:.3f}); train_runtime outside "
+        f"optimizer steps: lora_lab {loop['lora_lab']:.2f} s, lora_lab (A/A) {loop[AA]:.2f} s, "
         f"plain {loop['plain']:.2f} s; same work: {same_work}"
     )
     if args.no_report:
@@ -248,55 +289,86 @@ def main() -> None:
         "- **plain**: `set_seed`, `AutoModelForCausalLM.from_pretrained`, `peft.get_peft_model`, "
         "`Trainer(...).train()` with the same `TrainingArguments` values, `save_pretrained` of the adapter "
         "(`plain_run()` in the script).",
+        "- **lora_lab (A/A)**: the lora_lab side again, as a series of its own: its ratio to lora_lab is "
+        "the noise floor of this run.",
         "",
-        f"Runs went in back-to-back pairs, lora_lab then plain, then plain then lora_lab, and so on "
-        f"({len(runs['lora_lab'])} each), each in a fresh "
+        f"Runs went in {len(orders)} rounds of three back-to-back runs, one of each series, in a rotating order "
+        "(every series first, second and last equally often: the first three rounds ran "
+        + "; ".join(", ".join(order) for order in orders[:3])
+        + "), each in a fresh "
         "Python process of its own after an untimed warm-up run (3 steps) in that process. Throughput is over `train_runtime` (the training loop including its evaluations); "
         f"tokens are the {tokens:,.0f} non-padding tokens of the batches seen, the same on both sides "
         f"({'checked: every run ended at the same training loss' if same_work else 'WARNING: the final training losses differ, so the runs did not see identical batches'}).",
         "",
         "## Results",
         "",
-        f"**Throughput lora_lab / plain: {ratio:.3f}**, the median of the per-pair ratios (the machine's speed "
-        "drifts by up to ±20 % from one run to the next; back-to-back pairs cancel most of it). Medians of each "
-        "side:",
+        f"**Throughput lora_lab / plain: {headline}**; the same code on both sides, **lora_lab (A/A) / "
+        f"lora_lab: {aa_text}** (the noise floor). Each is the median of the per-round ratios with its 95 % "
+        "bootstrap confidence interval over rounds (scipy.stats.bootstrap, percentile method); the machine's "
+        "speed drifts by up to ±20 % from one run to the next, and back-to-back rounds cancel most of it.",
         "",
     ]
     body += _common.table(
-        ["", "lora_lab", "plain PEFT + Trainer", "ratio lora_lab / plain"],
+        ["throughput ratio (train_runtime)", "median of per-round ratios", "95 % bootstrap CI", "per round"],
         [
-            ["tokens/s (train_runtime)", fmt(a["tokens_per_s"], 5), fmt(b["tokens_per_s"], 5), f"{medians_ratio:.3f}"],
             [
-                "steps/s (train_runtime)",
-                fmt(a["steps_per_s"], 4),
-                fmt(b["steps_per_s"], 4),
-                f"{a['steps_per_s'] / b['steps_per_s']:.3f}",
-            ],
-            [
-                "steps/s, optimizer steps alone",
-                fmt(a["step_only"], 4),
-                fmt(b["step_only"], 4),
-                f"{a['step_only'] / b['step_only']:.3f}",
-            ],
-            ["train_runtime (s)", fmt(a["train"], 4), fmt(b["train"], 4), f"{a['train'] / b['train']:.3f}"],
-            ["end-to-end (s)", fmt(a["wall"], 4), fmt(b["wall"], 4), f"{a['wall'] / b['wall']:.3f}"],
+                name,
+                f"**{middle:.3f}**",
+                f"[{low:.3f}, {high:.3f}]" if low == low else "none (fewer than 3 rounds)",
+                ", ".join(f"{r:.3f}" for r in rs),
+            ]
+            for name, rs in (("lora_lab / plain", pair_ratios), ("lora_lab (A/A) / lora_lab: noise floor", aa_ratios))
+            for middle, low, high in [_common.ratio_ci(rs)]
         ],
     )
     body += [
         "",
-        f"Per back-to-back pair, throughput ratio lora_lab / plain: "
-        f"{', '.join(f'{r:.3f}' for r in pair_ratios)} (median **{ratio:.3f}**). Fastest run of each "
-        f"side (the least disturbed by other processes): ratio {best_ratio:.3f}. The time inside "
+        "Medians of each series (the ratio columns here are ratios of these medians):",
+        "",
+    ]
+    body += _common.table(
+        ["", "lora_lab", "plain PEFT + Trainer", "ratio lora_lab / plain", "lora_lab (A/A)", "ratio A/A / lora_lab"],
+        [
+            [
+                "tokens/s (train_runtime)",
+                fmt(a["tokens_per_s"], 5),
+                fmt(b["tokens_per_s"], 5),
+                f"{medians_ratio:.3f}",
+                fmt(aa["tokens_per_s"], 5),
+                f"{aa['tokens_per_s'] / a['tokens_per_s']:.3f}",
+            ],
+            *[
+                [
+                    label,
+                    fmt(a[key], 4),
+                    fmt(b[key], 4),
+                    f"{a[key] / b[key]:.3f}",
+                    fmt(aa[key], 4),
+                    f"{aa[key] / a[key]:.3f}",
+                ]
+                for label, key in (
+                    ("steps/s (train_runtime)", "steps_per_s"),
+                    ("steps/s, optimizer steps alone", "step_only"),
+                    ("train_runtime (s)", "train"),
+                    ("end-to-end (s)", "wall"),
+                )
+            ],
+        ],
+    )
+    body += [
+        "",
+        "Fastest run of each series (the least disturbed by other processes): throughput ratio lora_lab / plain "
+        f"{best_ratio:.3f}, lora_lab (A/A) / lora_lab {best_aa:.3f}. The time inside "
         "`train_runtime` but outside the optimizer steps (data loading, logging, evaluations, set-up: where "
         "the two sides' code differs most; the steps are the same model computations, lora_lab's without the "
         f"stock Trainer's per-step parameter recount for its FLOP count) was {loop['lora_lab']:.2f} s for "
-        f"lora_lab and {loop['plain']:.2f} s for plain (medians).",
+        f"lora_lab ({loop[AA]:.2f} s for lora_lab (A/A)) and {loop['plain']:.2f} s for plain (medians).",
         "",
         "## Runs",
         "",
     ]
     body += _common.table(
-        ["run", "side", "train_runtime (s)", "steps/s", "steps alone (s)", "end-to-end (s)", "final train loss"],
+        ["round", "series", "train_runtime (s)", "steps/s", "steps alone (s)", "end-to-end (s)", "final train loss"],
         [
             [
                 i + 1,
@@ -307,8 +379,8 @@ def main() -> None:
                 fmt(r["wall"], 4),
                 f"{r['loss']:.6f}",
             ]
-            for i in range(len(runs["lora_lab"]))
-            for side in ("lora_lab", "plain")
+            for i, order in enumerate(orders)
+            for side in order  # in the order they ran
             for r in [runs[side][i]]
         ],
     )
