@@ -3,11 +3,18 @@
 The same search on both sides: the rank_alpha space (r x alpha/r), the same grid sampler and seed,
 the same number of trials, the same steps, data, model, batch size, learning-rate schedule and
 evaluation interval. It runs without pruning and with Optuna's median pruner, the two sides
-alternating in one invocation (A B, then B A), and reports the wall-time ratio and the best eval
-loss of each.
+alternating in one invocation (A B, then B A), and reports the wall-time ratio (the median of the
+per-round ratios with its 95 % bootstrap CI over rounds) and the best eval loss of each. Under "no
+pruning" every round also runs the lora_lab search a second time, ``lora_lab (A/A)`` (A B A', then
+A' B A), whose ratio to lora_lab, computed the same way, is the noise floor shown next to the
+headline ratios: the same code on both sides, measured in the same run.
 
-    .venv/bin/python benchmarks/bench_vs_hf_search.py           # 2 rounds of 12 trials x 100 steps: ~15 min on 2 cores
-    .venv/bin/python benchmarks/bench_vs_hf_search.py --trials 4 --steps 30 --repeats 1 --no-report   # a quick look
+    .venv/bin/python benchmarks/bench_vs_hf_search.py           # 3 rounds (15 searches) of 12 trials x 100 steps: ~13 min on 2 cores
+    .venv/bin/python benchmarks/bench_vs_hf_search.py --trials 4 --steps 30 --repeats 1 --no-report   # a quick look, no CI
+
+(The time is an estimate: a 3-round run before the A/A series, 12 searches, took 10.5 min on a
+shared 2-core machine, and the A/A series adds one lora_lab search, about 33 s plus its process's
+start-up and warm-up, per round.)
 
 The lora_lab side is what ``python -m lora_lab.sweep +sweep=rank_alpha sweep.n_trials=12
 train.max_steps=100 train.eval_every=25 [sweep.pruner.name=median]`` does, composed in-process with
@@ -30,7 +37,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
-from _common import fmt, median, stopwatch  # noqa: E402
+from _common import fmt, median, ratio_text, stopwatch  # noqa: E402
+
+AA = "lora_lab (A/A)"  # the lora_lab search again, as a series of its own: its ratio to lora_lab is the noise floor
 
 # --- the plain transformers + PEFT script a user would write ----------------------------------------
 # The space and the training settings are written out as a user would; check_same_search() asserts
@@ -284,7 +293,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--n-startup", type=int, default=4, help="median pruner: trials before pruning starts")
-    parser.add_argument("--repeats", type=int, default=2, help="rounds of both conditions (order alternates)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="rounds of both conditions (order alternates); at least 3 for a confidence interval",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-report", action="store_true", help="print only; do not write reports/benchmarks/")
     parser.add_argument("--threads", type=int, default=1, help=_common.THREADS_HELP)
@@ -328,14 +342,16 @@ def main() -> None:
     for rnd in range(args.repeats):
         for condition in ("no pruning", "median pruning"):
             pruning = condition != "no pruning"
-            sides = ["lora_lab", "transformers"]
+            # without pruning: lora_lab, transformers, lora_lab (A/A), so the A/A pair straddles the other side
+            sides = ["lora_lab", "transformers"] + ([] if pruning else [AA])
             if (rnd + pruning) % 2:
-                sides.reverse()  # A B, then B A: drift in the machine's load hits both sides alike
+                sides.reverse()  # A B (A'), then (A') B A: drift in the machine's load hits every series alike
             for side in sides:
-                name = f"{'prune' if pruning else 'noprune'}_{side}_{rnd}"
-                print(f"round {rnd + 1}/{args.repeats} {condition:<14} {side:<12} ...", end=" ", flush=True)
+                kind = "lora_lab" if side == AA else side
+                name = f"{'prune' if pruning else 'noprune'}_{'lora_lab_aa' if side == AA else side}_{rnd}"
+                print(f"round {rnd + 1}/{args.repeats} {condition:<14} {side:<14} ...", end=" ", flush=True)
                 out = _common.run_child(
-                    __file__, common + ["--child", side, "--name", name] + (["--pruning"] if pruning else [])
+                    __file__, common + ["--child", kind, "--name", name] + (["--pruning"] if pruning else [])
                 )
                 results.setdefault((condition, side), []).append(out)
                 print(
@@ -346,16 +362,22 @@ def main() -> None:
     machine.finish()
     print(f"\n{machine.uptime_after}")
 
+    def wall_ratios(x: tuple[str, str], y: tuple[str, str]) -> list[float]:
+        """Per round, the wall time of series x over that of y (both ran in that round)."""
+        return [a["wall_s"] / b["wall_s"] for a, b in zip(results[x], results[y], strict=True)]
+
+    def rounds_text(ratios: list[float]) -> str:
+        return ", ".join(f"{r:.3f}" for r in ratios)
+
     summary = []
     for condition in ("no pruning", "median pruning"):
         lab, hf = results[(condition, "lora_lab")], results[(condition, "transformers")]
-        ratios = [a["wall_s"] / b["wall_s"] for a, b in zip(lab, hf, strict=True)]
+        ratios = wall_ratios((condition, "lora_lab"), (condition, "transformers"))
         summary.append(
             (
                 condition,
                 median([r["wall_s"] for r in lab]),
                 median([r["wall_s"] for r in hf]),
-                median(ratios),
                 ratios,
                 median([r["best"] for r in lab]),
                 median([r["best"] for r in hf]),
@@ -364,14 +386,19 @@ def main() -> None:
             )
         )
         print(
-            f"{condition:<15} wall lora_lab/transformers = {median(ratios):.3f} "
-            f"(rounds {', '.join(f'{r:.3f}' for r in ratios)})  best eval loss lora_lab {summary[-1][5]:.4f} "
-            f"vs transformers {summary[-1][6]:.4f}"
+            f"{condition:<15} wall lora_lab/transformers = {ratio_text(ratios)} "
+            f"(rounds {rounds_text(ratios)})  best eval loss lora_lab {summary[-1][4]:.4f} "
+            f"vs transformers {summary[-1][5]:.4f}"
         )
-    cross = median([a["wall_s"] for a in results[("median pruning", "lora_lab")]]) / median(
-        [b["wall_s"] for b in results[("no pruning", "transformers")]]
+    # the noise floor: the same lora_lab search on both sides, in the same rounds as the ratios above
+    aa = wall_ratios(("no pruning", AA), ("no pruning", "lora_lab"))
+    aa_best = median([r["best"] for r in results[("no pruning", AA)]])
+    print(
+        f"A/A (no pruning) wall lora_lab (A/A)/lora_lab = {ratio_text(aa)} (rounds {rounds_text(aa)})  "
+        f"best eval loss {aa_best:.4f}: the noise floor"
     )
-    print(f"lora_lab with pruning / transformers without pruning = {cross:.3f}")
+    cross = wall_ratios(("median pruning", "lora_lab"), ("no pruning", "transformers"))
+    print(f"lora_lab with pruning / transformers without pruning = {ratio_text(cross)} (rounds {rounds_text(cross)})")
     if args.no_report:
         return
 
@@ -399,13 +426,32 @@ def main() -> None:
         "alpha. No tracking, no generation, no adapter saving. transformers reports each evaluation to the "
         "Optuna trial itself (`Trainer._report_to_hp_search`: `trial.report(eval_loss, global_step)`, then "
         "`raise TrialPruned` when `trial.should_prune()`).",
+        "- **lora_lab (A/A)**: without pruning, the lora_lab search once more in every round, as a series of its "
+        "own: its ratio to lora_lab is the noise floor of this run, the same code on both sides.",
         "",
-        "Each search ran in a fresh Python process of its own that imported only what its side needs, after an "
-        "untimed warm-up search (1 trial, 2 steps) in that process. The wall time starts before anything is "
+        f"{args.repeats} rounds, each running both conditions; within a condition the sides ran back to back in "
+        "alternating order (without pruning lora_lab, transformers, lora_lab (A/A), then lora_lab (A/A), "
+        "transformers, lora_lab; with pruning lora_lab, transformers, then transformers, lora_lab; the two "
+        "conditions start with opposite sides). Each search ran in a fresh Python process of its own that "
+        "imported only what its side needs, after an untimed warm-up search (1 trial, 2 steps) in that process. The wall time starts before anything is "
         "built (lora_lab: compose + `Sweep(...)` + `run()`; transformers: tokenizer, tokenized data, `Trainer`, "
         "`hyperparameter_search`) and excludes imports. The MLflow store's schema was created once beforehand.",
         "",
         "## Results",
+        "",
+    ]
+
+    def ratio_cell(ratios: list[float]) -> str:
+        """``**0.684** [0.648, 0.711] (rounds: ...)``: the median in bold, its 95 % CI, each round's ratio."""
+        middle, _, interval = ratio_text(ratios).partition(" ")
+        return f"**{middle}** {interval}" + (f" (rounds: {rounds_text(ratios)})" if len(ratios) > 1 else "")
+
+    body += [
+        "Ratios are medians of the per-round ratios (each round ran the sides back to back) with their 95 % "
+        "bootstrap confidence interval over rounds (scipy.stats.bootstrap, percentile method). Next to the "
+        f"headline ratios, the A/A ratio lora_lab (A/A) / lora_lab without pruning: **{ratio_text(aa)}**, "
+        f"best eval loss {aa_best:.4f}: how far from 1 the same code on both sides lands in this run, so a "
+        "headline ratio no further from 1 than that is noise.",
         "",
     ]
     body += _common.table(
@@ -414,6 +460,7 @@ def main() -> None:
             "lora_lab wall (s)",
             "transformers wall (s)",
             "wall ratio lora_lab / transformers",
+            "A/A: wall ratio lora_lab (A/A) / lora_lab (noise floor)",
             "best eval loss lora_lab",
             "best eval loss transformers",
             "pruned trials lora_lab / transformers",
@@ -423,12 +470,13 @@ def main() -> None:
                 c,
                 fmt(a, 4),
                 fmt(b, 4),
-                f"**{r:.3f}**" + (f" (rounds: {', '.join(f'{x:.3f}' for x in rs)})" if len(rs) > 1 else ""),
+                ratio_cell(rs),
+                ratio_cell(aa) if c == "no pruning" else "(A/A runs without pruning only)",
                 f"{bl:.4f}",
                 f"{bh:.4f}",
                 f"{pl} / {ph}",
             ]
-            for c, a, b, r, rs, bl, bh, pl, ph in summary
+            for c, a, b, rs, bl, bh, pl, ph in summary
         ],
     )
     body += [
@@ -451,16 +499,17 @@ def main() -> None:
                 fmt(median([row[6] for r in rs for row in r["rows"] if row[3] == "COMPLETE"]), 3),
             ]
             for c in ("no pruning", "median pruning")
-            for side in ("lora_lab", "transformers")
+            for side in ("lora_lab", "transformers", AA)
+            if (c, side) in results
             for rs in [results[(c, side)]]
         ],
     )
     body += [
         "",
-        f"lora_lab with pruning against transformers without pruning (medians): **{cross:.3f}**.",
+        "lora_lab with pruning against transformers without pruning (wall, median of the per-round ratios, "
+        f"95 % CI): {ratio_cell(cross)}.",
         "",
-        "Wall times are medians over the rounds; the ratio is the median of the per-round ratios "
-        "(each round ran the two sides back to back).",
+        "Wall times are medians over the rounds.",
         "",
         "## Trials (last round)",
         "",
