@@ -1,8 +1,10 @@
 """Training throughput of a lora_lab trial against a plain PEFT + Trainer script of the same configuration.
 
-Both sides train the built-in tiny Llama on the cipher task with the same LoRA settings, batch
-size, steps, learning-rate schedule, evaluation interval and seed (so they see the same batches in
-the same order and end at the same training loss, which the benchmark checks). Three series run
+Both sides train lora_lab's default base model (the pretrained tiny Llama shipped in the package;
+``model=tiny_llama_scratch`` for the random-weight one) on its default task with the same LoRA
+settings, batch size, steps, learning-rate schedule, evaluation interval and seed (so they see the
+same batches in the same order and end at the same training loss, which the benchmark checks).
+Three series run
 in rounds: lora_lab, plain and ``lora_lab (A/A)``, the same lora_lab child again, so the noise floor
 is measured in the same run as the comparison. Each round runs the three back to back in a rotating
 order (``round_order``: every series in every position equally often, so drift in the machine's
@@ -14,13 +16,17 @@ headline no further from 1 than that is noise. The machine's speed drifts by ±2
 the next, which the back-to-back rounds cancel; the ratio of the medians and that of each side's
 fastest run are reported too.
 
-    .venv/bin/python benchmarks/bench_throughput.py                 # 7 rounds (21 runs) of lora_lab's default trial (150 steps), ~6 min
+    .venv/bin/python benchmarks/bench_throughput.py                 # 7 rounds (21 runs) of lora_lab's default trial (60 steps), ~7 min
     .venv/bin/python benchmarks/bench_throughput.py --runs 3 --steps 60 --no-report
+
+(The time is an estimate: a run here takes about 15 s of process start-up, imports and warm-up
+plus its training, 0.5-1 s for 10 steps on a shared 2-core machine.)
 
 * lora_lab: ``lora_lab.train.run_trial(cfg, out, resources, show_progress=False)`` with the base
   model and tokenized data built once beforehand (as a sweep does); its defaults run exact-match
-  generation and save the adapter after training.
-* plain: ``set_seed``; ``AutoModelForCausalLM.from_pretrained`` of the same model;
+  generation, score held-out task A (forgetting, on the default task) and save the adapter after
+  training, all outside ``train_runtime``.
+* plain: ``set_seed``; ``AutoModelForCausalLM.from_pretrained`` of the same model directory;
   ``peft.get_peft_model``; ``Trainer(...).train()``; ``save_pretrained`` of the adapter.
 
 Throughput is over ``Trainer.train``'s runtime (``train_runtime``: the training loop with its
@@ -165,9 +171,14 @@ def child(args, overrides: list[str]) -> None:
         from transformers import AutoTokenizer
 
         from lora_lab.data import build_task_data
-        from lora_lab.model import builtin_tokenizer, materialize_builtin
+        from lora_lab.model import builtin_tokenizer, materialize_builtin, package_model_dir
 
-        model_dir = materialize_builtin(cfg.model, builtin_tokenizer())
+        # the directory a user would point from_pretrained at: the shipped pretrained model, or the
+        # random-weight one written to lora_lab's cache (model=tiny_llama_scratch)
+        if cfg.model.source == "package":
+            model_dir = package_model_dir(cfg.model)
+        else:
+            model_dir = materialize_builtin(cfg.model, builtin_tokenizer())
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         data = build_task_data(cfg.data, tokenizer, cfg.train.max_seq_len)  # tokenized once (untimed)
         plain_run(warm_cfg, model_dir, tokenizer, data, workdir / "warm", _common.loop_timer())
@@ -184,7 +195,7 @@ def main() -> None:
         help="rounds, each one run of every series (lora_lab, plain, lora_lab (A/A)) in a shuffled order; "
         "at least 3 for a confidence interval",
     )
-    parser.add_argument("--steps", type=int, default=None, help="train.max_steps (default: lora_lab's, 150)")
+    parser.add_argument("--steps", type=int, default=None, help="train.max_steps (default: lora_lab's, 60)")
     parser.add_argument("overrides", nargs="*", help="more trial overrides applied to both sides, e.g. lora.r=16")
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help=_common.THREADS_HELP)
@@ -203,13 +214,14 @@ def main() -> None:
     cfg, _ = compose_configs(overrides)
     assert (
         cfg.quant.method == "none"
+        and cfg.lora.method == "lora"
         and cfg.lora.target_modules is None
         and not cfg.lora.use_rslora
         and not cfg.lora.use_dora
         and cfg.lora.bias == "none"
         and cfg.train.gradient_accumulation_steps == 1
-        and cfg.model.source == "builtin"
-    ), "the plain script covers plain LoRA on the built-in model only"
+        and cfg.model.source in ("package", "builtin")
+    ), "the plain script covers plain LoRA on the shipped or built-in tiny model only"
 
     # lora_lab (A/A) is the lora_lab child again: the ratio between two series of the same code is the noise floor
     child_of = {"lora_lab": "lora_lab", "plain": "plain", AA: "lora_lab"}
@@ -276,7 +288,9 @@ def main() -> None:
     body = [
         "## What was compared",
         "",
-        f"One trial configuration on both sides: the built-in tiny Llama, the cipher task, LoRA r={cfg.lora.r} "
+        f"One trial configuration on both sides: model `{cfg.model.name}` "
+        f"({'pretrained, shipped in the package' if cfg.model.source == 'package' else 'random weights'}), "
+        f"task `{cfg.data.task}`, LoRA r={cfg.lora.r} "
         f"alpha={cfg.lora.lora_alpha:g} on {cfg.lora.targets} ({', '.join(cfg.model.target_sets[cfg.lora.targets])}), "
         f"{t.max_steps} steps of batch {t.batch_size}, learning rate {t.learning_rate:g} ({t.lr_scheduler}, warmup "
         f"{t.warmup_ratio:g}), evaluation every {t.eval_every} steps, seed {t.seed}"
@@ -285,7 +299,9 @@ def main() -> None:
         "",
         "- **lora_lab**: `lora_lab.train.run_trial(cfg, out, resources, show_progress=False)`, the base model and "
         "tokenized data built once beforehand (as in a sweep); its defaults add token accuracy to each "
-        "evaluation, count non-padding tokens, and after training run exact-match generation and save the adapter.",
+        "evaluation, count non-padding tokens, and after training run exact-match generation"
+        + (" and score held-out task A (forgetting)" if cfg.data.task == "cipher_swap" else "")
+        + " and save the adapter.",
         "- **plain**: `set_seed`, `AutoModelForCausalLM.from_pretrained`, `peft.get_peft_model`, "
         "`Trainer(...).train()` with the same `TrainingArguments` values, `save_pretrained` of the adapter "
         "(`plain_run()` in the script).",
