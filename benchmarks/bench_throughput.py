@@ -7,8 +7,8 @@ same batches in the same order and end at the same training loss, which the benc
 Three series run
 in rounds: lora_lab, plain and ``lora_lab (A/A)``, the same lora_lab child again, so the noise floor
 is measured in the same run as the comparison. Each round runs the three back to back in a rotating
-order (``round_order``: every series in every position equally often, so drift in the machine's
-speed hits all alike), each in a fresh Python process of its own (after an untimed warm-up run
+order (``round_order``: every three rounds, each series in each position once, so drift in the
+machine's speed hits all alike), each in a fresh Python process of its own (after an untimed warm-up run
 there). The headline is the median of the per-round throughput ratios lora_lab / plain with its
 95 % bootstrap confidence interval over rounds; next to it, computed the same way, the A/A ratio
 lora_lab (A/A) / lora_lab: how far from 1 the same code on both sides lands in this run, so a
@@ -300,7 +300,7 @@ def main() -> None:
         "- **lora_lab**: `lora_lab.train.run_trial(cfg, out, resources, show_progress=False)`, the base model and "
         "tokenized data built once beforehand (as in a sweep); its defaults add token accuracy to each "
         "evaluation, count non-padding tokens, and after training run exact-match generation"
-        + (" and score held-out task A (forgetting)" if cfg.data.task == "cipher_swap" else "")
+        + (", score held-out task A (forgetting)" if cfg.data.task == "cipher_swap" else "")
         + " and save the adapter.",
         "- **plain**: `set_seed`, `AutoModelForCausalLM.from_pretrained`, `peft.get_peft_model`, "
         "`Trainer(...).train()` with the same `TrainingArguments` values, `save_pretrained` of the adapter "
@@ -309,7 +309,7 @@ def main() -> None:
         "the noise floor of this run.",
         "",
         f"Runs went in {len(orders)} rounds of three back-to-back runs, one of each series, in a rotating order "
-        "(every series first, second and last equally often: the first three rounds ran "
+        "(every three rounds each series ran once first, once second and once last: the first three rounds ran "
         + "; ".join(", ".join(order) for order in orders[:3])
         + "), each in a fresh "
         "Python process of its own after an untimed warm-up run (3 steps) in that process. Throughput is over `train_runtime` (the training loop including its evaluations); "
