@@ -114,7 +114,11 @@ def hf_search(
         return {"learning_rate": values.get("train.learning_rate", train.learning_rate), **values}
 
     def model_init(trial):
-        p = trial.params if trial is not None else {}
+        # transformers 5 calls model_init(trial) before it calls hp_space(trial) (Trainer.train: call_model_init,
+        # then _hp_search_setup), so trial.params is still empty here: suggest the values now (Optuna hands the
+        # same values back when hp_space suggests them again). Reading trial.params trained every trial with the
+        # default r, alpha, dropout, targets and scaling, searching the learning rate alone.
+        p = hp_space(trial) if trial is not None else {}
         r = int(p.get("lora.r", trial_cfg.lora.r))
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
         model.config.use_cache = False
@@ -173,6 +177,9 @@ def hf_search(
         sweep = to_sweep_config(cfg)
         sweep.sampler.seed = seed
         sampler = make_sampler(sweep)
+    elif sampler_kind == "reference":  # the check before a comparison: the reference's best configuration
+        best = json.loads(REFERENCE.read_text())["best_params"]
+        sampler = optuna.samplers.PartialFixedSampler(best, optuna.samplers.TPESampler(seed=seed))
     else:
         sampler = optuna.samplers.TPESampler(seed=seed)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage_path))
@@ -437,6 +444,34 @@ def confirm(trials, seeds: int, overrides: list[str], workdir: Path) -> tuple[di
     return by_config, params
 
 
+def check_peer(ref: dict, env: dict, workdir: Path) -> None:
+    """The peer must train what lora_lab trains: its script, given the reference's best configuration,
+    has to score within that configuration's own seed spread (untimed). A peer that silently trains
+    something else (transformers 5 calls model_init before the trial's values are suggested) would make
+    every ratio meaningless, so the run stops instead."""
+    import optuna
+
+    journal = workdir / "peer_check.journal"
+    subprocess.run(
+        [sys.executable, __file__, "--child-peer", str(journal), "peer_check", "1", "0", "0", "none", "reference"]
+        + ([str(ref["max_steps"])] if ref.get("max_steps") else []),
+        env=env,
+        cwd=workdir,
+        check=True,
+        capture_output=True,
+    )
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    value = optuna.load_study(study_name="peer_check", storage=storage).trials[0].value
+    spread = max(ref["best_values"])
+    print(
+        f"peer check: the reference's best configuration scores {value:.5f} in {PEER} (lora_lab's seeds: "
+        f"{', '.join(f'{v:.5f}' for v in ref['best_values'])})",
+        flush=True,
+    )
+    if value is None or value > 1.5 * spread:
+        raise SystemExit(f"{PEER} does not train what lora_lab trains: {value} for the reference's best configuration")
+
+
 def compare(args) -> None:
     if not REFERENCE.exists():
         raise SystemExit(f"no reference: run `python {Path(__file__).relative_to(_common.REPO)} --reference` first")
@@ -460,6 +495,7 @@ def compare(args) -> None:
     )
     workdir = Path(tempfile.mkdtemp(prefix="ttq_"))
     env = _prepare(workdir)
+    check_peer(ref, env, workdir)
     sides: dict[str, tuple[str, list[str]]] = {
         "recommended": ("lora_lab", []),
         "recommended (A/A)": ("lora_lab", []),
