@@ -29,6 +29,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 
 from lora_lab import names, search_space
+from lora_lab.cli import redact_url
 from lora_lab.config import SweepConfig
 
 DONE, LIVE, VOID = "done", "live", "void"
@@ -439,10 +440,12 @@ class WarmStart:
     def key(self) -> dict[str, Any]:
         """What the choice depends on besides the earlier study's trials: a study keeps its choice
         while this stays the same, whatever that study ran since."""
-        return {"study": self.study, "storage": self.storage, "top_k": self.top_k, "space": self.space}
+        # redacted: the choice is kept in the study's user attrs, and a PostgreSQL URL may carry a password
+        return {"study": self.study, "storage": redact_url(self.storage), "top_k": self.top_k, "space": self.space}
 
     def to_attr(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "configs"}
+        out["storage"] = redact_url(self.storage)
         out["configs"] = [dict(c.__dict__) for c in self.configs]
         out["key"] = self.key()
         return out

@@ -441,13 +441,15 @@ class Sweep:
             },
         )
         run_id = run.info.run_id
-        sweep_node = OmegaConf.to_container(self.cfg.sweep, resolve=True)
+        sweep_node = _redacted_storages(OmegaConf.to_container(self.cfg.sweep, resolve=True))
         params = [
             Param(f"sweep.{k}", json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in sweep_node.items()
         ]
         params.append(Param("sweep.base_overrides", " ".join(self.base_overrides)))
         self.client.log_batch(run_id, params=[Param(p.key, p.value[:6000]) for p in params])
-        self.client.log_text(run_id, OmegaConf.to_yaml(self.cfg), "sweep_config.yaml")
+        shown = OmegaConf.to_container(self.cfg, resolve=False)
+        shown["sweep"] = sweep_node  # a database password must not reach the tracking store
+        self.client.log_text(run_id, OmegaConf.to_yaml(OmegaConf.create(shown)), "sweep_config.yaml")
         space = {name: repr(dist) for name, dist in search_space.distributions(self.sweep).items()}
         self.client.log_dict(run_id, {"params": space, "derived": dict(self.sweep.derived)}, "search_space.json")
         self.study.set_user_attr(names.ATTR_PARENT_RUN, run_id)
@@ -973,6 +975,18 @@ class Sweep:
 
     def _say(self, message: str) -> None:
         print(f"lora_lab: {message}", file=sys.stderr)
+
+
+def _redacted_storages(sweep_node: dict) -> dict:
+    """The sweep section with its storage URLs (the study's and a warm start's) redacted: the parent
+    run logs it as params and YAML, and a PostgreSQL URL may carry a password."""
+    node = dict(sweep_node)
+    if isinstance(node.get("storage"), str):
+        node["storage"] = cli.redact_url(node["storage"])
+    warm = node.get("warm_start")
+    if isinstance(warm, dict) and isinstance(warm.get("storage"), str):
+        node["warm_start"] = {**warm, "storage": cli.redact_url(warm["storage"])}
+    return node
 
 
 def _started_since(trial: FrozenTrial, wall: float) -> bool:

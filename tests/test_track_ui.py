@@ -277,3 +277,38 @@ def test_optuna_dashboard_opens_each_storage_with_the_printed_command(kind, tmp_
         server.wait(timeout=30)
         if kind == "postgresql":
             optuna.delete_study(study_name=name, storage=url)
+
+
+def test_a_storage_password_never_reaches_the_tracking_store(store, tmp_path, monkeypatch):
+    """The parent run logs the sweep section as params and as sweep_config.yaml: a PostgreSQL storage URL
+    (the study's, and a warm start's) appears there redacted. PostgreSQL here trusts any password."""
+    import uuid
+
+    import optuna
+
+    secret = f"s3cret{uuid.uuid4().hex[:6]}"
+    url = f"postgresql://postgres:{secret}@127.0.0.1:5432/test"
+    name = f"redact_{uuid.uuid4().hex[:8]}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri)
+    register_configs()
+    overrides = [
+        "+sweep=rank_alpha",
+        f"sweep.study_name={name}",
+        f"sweep.storage={url}",
+        "sweep.seeds=1",
+        "sweep.baselines=[]",
+        "sweep.n_trials=1",
+    ]
+    try:
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+            cfg = compose("config", overrides=overrides + TINY)
+            summary = Sweep(cfg, overrides + TINY, console_progress=False).run()
+        parent = store.get_run(summary.parent_run_id)
+        assert parent.data.params["sweep.storage"] == "postgresql://***@127.0.0.1:5432/test"
+        logged = Path(store.download_artifacts(summary.parent_run_id, "sweep_config.yaml")).read_text()
+        assert "postgresql://***@127.0.0.1:5432/test" in logged
+        everything = json.dumps([parent.data.params, parent.data.tags]) + logged
+        assert secret not in everything
+    finally:
+        optuna.delete_study(study_name=name, storage=url)
