@@ -114,10 +114,10 @@ def hf_search(
         return {"learning_rate": values.get("train.learning_rate", train.learning_rate), **values}
 
     def model_init(trial):
-        # transformers 5 calls model_init(trial) before it calls hp_space(trial) (Trainer.train: call_model_init,
-        # then _hp_search_setup), so trial.params is still empty here: suggest the values now (Optuna hands the
-        # same values back when hp_space suggests them again). Reading trial.params trained every trial with the
-        # default r, alpha, dropout, targets and scaling, searching the learning rate alone.
+        # Trainer.train calls model_init(trial) before hp_space(trial) (call_model_init, then _hp_search_setup),
+        # so trial.params is still empty here: suggest the values now, as transformers documents for model
+        # hyperparameters (Optuna hands the same values back when hp_space suggests them again). Reading
+        # trial.params trained every trial with the default adapter, searching the learning rate alone.
         p = hp_space(trial) if trial is not None else {}
         r = int(p.get("lora.r", trial_cfg.lora.r))
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
@@ -447,7 +447,7 @@ def confirm(trials, seeds: int, overrides: list[str], workdir: Path) -> tuple[di
 def check_peer(ref: dict, env: dict, workdir: Path) -> None:
     """The peer must train what lora_lab trains: its script, given the reference's best configuration,
     has to score within that configuration's own seed spread (untimed). A peer that silently trains
-    something else (transformers 5 calls model_init before the trial's values are suggested) would make
+    something else (Trainer.train calls model_init before hp_space suggests the trial's values) would make
     every ratio meaningless, so the run stops instead."""
     import optuna
 
@@ -655,7 +655,7 @@ def report(args, ref, target, machine, sides, results) -> None:
         *[
             f"- `{label}`: `+sweep={PRESET} {shlex.join(_common.no_machine_path(e) for e in extra)}`"
             + (
-                f" (its {args.warm_trials} - trial earlier study `+sweep={PRESET} {args.warm_from}`, the same space on "
+                f" (its {args.warm_trials}-trial earlier study `+sweep={PRESET} {args.warm_from}`, the same space on "
                 f"a related task, ran once before the comparison in {args.warm_source_s:.0f} s, not counted: a "
                 "user warm-starts from a study they already have)"
                 if label == "warm start"
