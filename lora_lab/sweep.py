@@ -135,6 +135,22 @@ class Interrupts:
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._handle)
         signal.signal(signal.SIGINT, self._handle)
+        if not getattr(sys.unraisablehook, "lora_lab_interrupts", False):
+            sys.unraisablehook = self._unraisable_hook(sys.unraisablehook)
+
+    def _unraisable_hook(self, previous):
+        """Python swallows an exception raised inside a weakref callback, finalizer or GC callback and
+        prints it with its traceback ("Exception ignored in ..."). A KeyboardInterrupt of ours swallowed
+        there is kept pending and raised at the next safe point, so that print would only alarm: it is
+        left out; any other exception goes to the previous hook."""
+
+        def hook(unraisable) -> None:
+            if isinstance(unraisable.exc_value, KeyboardInterrupt) and self.pending is not None:
+                return
+            previous(unraisable)
+
+        hook.lora_lab_interrupts = True
+        return hook
 
     def _handle(self, signum, frame) -> None:
         forced = self.pending is not None
