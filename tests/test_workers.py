@@ -217,6 +217,112 @@ def test_sigterm_mid_trial_then_the_same_command_completes_the_grid(tmp_path):
 
 
 @pytest.mark.slow
+def test_warm_started_tpe_workers_sigterm_then_rerun_run_each_warm_slot_once(mlflow_server, tmp_path):
+    """Two TPE workers warm-started from an earlier study: one is stopped with SIGTERM mid-trial, then the
+    same command runs again. The earlier study's best configurations are planned once for every worker
+    and every rerun, and every configuration of the study (warm or sampled) ends with each seed once."""
+    source = tmp_path / "earlier.journal"
+    journal = tmp_path / "study.journal"
+    study = f"warm2_{uuid.uuid4().hex[:8]}"
+    earlier = subprocess.run(
+        _sweep_cmd(
+            "+sweep=targets",
+            "sweep.study_name=earlier",
+            "sweep.sampler.name=random",
+            f"sweep.storage={source}",
+            "sweep.n_trials=3",
+            *TINY,
+        ),
+        cwd=tmp_path,
+        env=_env(mlflow_server),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert earlier.returncode == 0, earlier.stderr[-3000:]
+    ranked = sorted(
+        optuna.load_study(study_name="earlier", storage=open_storage(str(source))).get_trials(), key=lambda t: t.value
+    )
+    warm = [t.params for t in ranked[:2]]
+    longer = [o if not o.startswith("train.max_steps") else "train.max_steps=40" for o in TINY]
+    common = [
+        "+sweep=targets",
+        f"sweep.study_name={study}",
+        "sweep.sampler.name=tpe",
+        f"sweep.storage={journal}",
+        "sweep.n_trials=4",
+        "sweep.seeds=2",
+        "sweep.warm_start.study=earlier",
+        f"sweep.warm_start.storage={source}",
+        "sweep.warm_start.top_k=2",
+        *longer,
+        "train.eval_every=20",
+        "sweep.cpu_threads=1",
+    ]
+    procs = [
+        subprocess.Popen(
+            _sweep_cmd(*common, f"sweep.worker={w}"),
+            cwd=tmp_path,
+            env=_env(mlflow_server),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for w in range(2)
+    ]
+    deadline, victim = time.monotonic() + 240, None
+    while victim is None and time.monotonic() < deadline:  # a trial of worker 0, mid-trial
+        try:
+            running = optuna.load_study(study_name=study, storage=open_storage(str(journal))).get_trials(
+                states=(TrialState.RUNNING,)
+            )
+        except KeyError:
+            running = []
+        victim = next(
+            (t for t in running if t.user_attrs.get("worker_pid") == procs[0].pid and "mlflow_run_id" in t.user_attrs),
+            None,
+        )
+        time.sleep(0.2)
+    assert victim is not None, "worker 0 started no trial in time"
+    os.kill(procs[0].pid, signal.SIGTERM)
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [130, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    again = subprocess.run(
+        _sweep_cmd(*common, "sweep.worker=0"),
+        cwd=tmp_path,
+        env=_env(mlflow_server),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+
+    loaded = optuna.load_study(study_name=study, storage=open_storage(str(journal)))
+    trials = loaded.get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    slots = [t.user_attrs["lora_lab.slot"] for t in complete]
+    assert len(slots) == 8 and len(set(slots)) == 8  # 4 configurations x 2 seeds, each once
+    by_config: dict[str, set[int]] = {}
+    for t in complete:
+        by_config.setdefault(t.user_attrs["lora_lab.config_id"], set()).add(t.user_attrs["lora_lab.seed"])
+    assert len(by_config) == 4 and all(seeds == {0, 1} for seeds in by_config.values())
+    ran = [t.params for t in complete]
+    assert all(params in ran for params in warm)  # the earlier study's best two, with both seeds
+    kept = loaded.user_attrs["lora_lab.warm_start"]
+    assert [c["params"] for c in kept["configs"]] == warm  # one choice, whichever worker or rerun made it
+    first = loaded.trials[victim.number]
+    assert first.state == TrialState.FAIL and first.user_attrs["lora_lab.outcome"] == "interrupted"
+    others = [t for t in trials if t.state != TrialState.COMPLETE]
+    assert all(t.user_attrs.get("lora_lab.outcome") in ("interrupted", "duplicate", "surplus") for t in others)
+    client = MlflowClient(mlflow_server)
+    runs = _trial_runs(client, study)
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 8 + ["KILLED"]
+    assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    _no_running_runs(client, study)
+
+
+@pytest.mark.slow
 def test_killed_worker_trial_is_found_and_restart_completes_without_duplicates(tmp_path, monkeypatch):
     """SIGKILL (no chance to clean up): the restarted sweep finds the dead worker's RUNNING trial,
     ends its MLflow run KILLED (worker_lost) and runs its configuration again."""
