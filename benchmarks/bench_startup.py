@@ -29,11 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from scipy import stats
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, Machine, fmt, median, table, write_report  # noqa: E402
+from _common import REPO, Machine, fmt, median, ratio_ci, table, write_report  # noqa: E402
 
 FLOOR = "import torch, transformers, peft; from transformers import Trainer"
 
@@ -84,16 +81,6 @@ def _first_trial_start(repo: Path, env: dict[str, str], cwd: Path, store: Path) 
 def _revision(path: Path) -> str:
     proc = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=path, capture_output=True, text=True)
     return proc.stdout.strip()[:80] or "unknown"
-
-
-def _ratio_ci(values: list[float], floors: list[float]) -> tuple[float, float, float]:
-    ratios = np.array(values) / np.array(floors)
-    if len(ratios) < 3:
-        return float(np.median(ratios)), float("nan"), float("nan")
-    ci = stats.bootstrap(
-        (ratios,), np.median, confidence_level=0.95, n_resamples=2000, method="percentile", random_state=0
-    ).confidence_interval
-    return float(np.median(ratios)), float(ci.low), float(ci.high)
 
 
 def main() -> None:
@@ -154,7 +141,11 @@ def main() -> None:
     floors = series["floor"]
     rows = []
     for key, values in series.items():
-        ratio, low, high = _ratio_ci(values, floors) if key != "floor" else (1.0, float("nan"), float("nan"))
+        ratio, low, high = (
+            ratio_ci([v / f for v, f in zip(values, floors, strict=True)])
+            if key != "floor"
+            else (1.0, float("nan"), float("nan"))
+        )
         interval = f"[{fmt(low)}, {fmt(high)}]" if low == low else ""
         rows.append([key, fmt(median(values)), fmt(min(values)), fmt(max(values)), fmt(ratio), interval])
     body = [
