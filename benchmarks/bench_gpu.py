@@ -117,7 +117,7 @@ def build_model_dir(name: str, shape: dict, root: Path, device: str):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-    from lora_lab.model import builtin_tokenizer
+    from lora_lab.model.base import builtin_tokenizer
 
     tokenizer = builtin_tokenizer()
     fields = {k: v for k, v in shape.items() if k != "kind"}

@@ -171,7 +171,7 @@ def child(args, overrides: list[str]) -> None:
         from transformers import AutoTokenizer
 
         from lora_lab.data import build_task_data
-        from lora_lab.model import builtin_tokenizer, materialize_builtin, package_model_dir
+        from lora_lab.model.base import builtin_tokenizer, materialize_builtin, package_model_dir
 
         # the directory a user would point from_pretrained at: the shipped pretrained model, or the
         # random-weight one written to lora_lab's cache (model=tiny_llama_scratch)

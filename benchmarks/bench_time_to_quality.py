@@ -91,7 +91,7 @@ def hf_search(
 
     from lora_lab.config import register_configs, to_trial_config
     from lora_lab.data import build_task_data
-    from lora_lab.model import load_base_model, load_tokenizer
+    from lora_lab.model.base import load_base_model, load_tokenizer
 
     register_configs()
     with initialize_config_dir(config_dir=str(_common.CONF), version_base=None):

@@ -80,7 +80,7 @@ def hf_search(
 
     from lora_lab.config import DataConfig, ModelConfig
     from lora_lab.data import build_task_data
-    from lora_lab.model import package_model_dir
+    from lora_lab.model.base import package_model_dir
 
     model_dir = package_model_dir(ModelConfig())  # the pretrained tiny Llama shipped in lora_lab: a HF model dir
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -120,7 +120,7 @@ def skip_bitsandbytes(cfg: typing.Any) -> bool:
     plus a probe for optional CPU kernels), quantized model or not. For a config that
     quantizes nothing (``quantizes`` is False) the module is marked as not importable with the
     import system's documented ``sys.modules[name] = None`` before PEFT is first imported
-    (lora_lab.model imports PEFT where it uses it); PEFT's ``is_bnb_available`` then answers False
+    (lora_lab.model.adapter imports PEFT where it uses it); PEFT's ``is_bnb_available`` then answers False
     and its bitsandbytes layers are simply not defined, as when bitsandbytes is not installed.
     Only entry points call this, once their config is known; nothing happens once PEFT or
     bitsandbytes is already imported, nor in a multirun whose command line sets a quant field (its

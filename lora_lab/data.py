@@ -334,7 +334,7 @@ def _hub_offline(offline: bool):
 
 def hf_records(cfg: DataConfig) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """Records of a Hub dataset; offline, only a dataset already in the local cache loads."""
-    from lora_lab.model import hub_reachable
+    from lora_lab.model.base import hub_reachable
 
     offline = not Path(cfg.hf_name).exists() and not hub_reachable()
     try:

@@ -135,7 +135,7 @@ def bf16_support() -> tuple[bool, str]:
     on a CPU torch computes bf16 everywhere (natively with AVX512-BF16/AMX, emulated otherwise)."""
     import torch
 
-    from lora_lab.model import device
+    from lora_lab.model.base import device
 
     if device().type == "cuda":
         from transformers.utils import is_torch_bf16_gpu_available

@@ -32,7 +32,7 @@ from lora_lab.config import PretrainConfig, TrialConfig, register_configs
 from lora_lab.data import TaskData, build_task_data
 from lora_lab.errors import TrialFailedError
 from lora_lab.evaluate import argmax_logits, exact_match, token_accuracy
-from lora_lab.model import ASSETS_DIR, _builtin_llama_config, builtin_tokenizer
+from lora_lab.model.base import ASSETS_DIR, _builtin_llama_config, builtin_tokenizer
 from lora_lab.train import NonFiniteLossGuard, training_arguments
 
 SUMMARY_FILE = "pretrain.json"

@@ -42,16 +42,14 @@ from lora_lab.config import TrialConfig, register_configs, to_trial_config
 from lora_lab.data import TaskData, build_task_data
 from lora_lab.errors import TrialFailedError
 from lora_lab.evaluate import argmax_logits, exact_match, perplexity, score, token_accuracy
-from lora_lab.model import (
-    attach_adapter,
+from lora_lab.model.adapter import attach_adapter, detach_adapter, save_adapter
+from lora_lab.model.base import (
     base_model_id,
     base_writes,
     bf16_by_default,
-    detach_adapter,
     device,
     load_base_model,
     load_tokenizer,
-    save_adapter,
     trial_base,
 )
 from lora_lab.names import FORGET_PREFIX, RETAIN_PREFIX
@@ -288,7 +286,7 @@ def retain_metrics(
 
 def fully_trainable(model: PreTrainedModel) -> PreTrainedModel:
     """The full fine-tuning baseline's model: every weight trainable. Give it the trial's private
-    copy of the base (``model.trial_base`` with lora.method=full), never the shared base itself:
+    copy of the base (``model.base.trial_base`` with lora.method=full), never the shared base itself:
     training that in place would hand every later trial a fine-tuned base."""
     for param in model.parameters():
         param.requires_grad_(True)
@@ -394,7 +392,7 @@ def _train_and_evaluate(
 ) -> TrialResult:
     method = cfg.lora.method
     if method == "full":
-        # ``base`` is a private copy here (lora.method=full is one of model.base_writes), so the shared
+        # ``base`` is a private copy here (lora.method=full is one of model.base.base_writes), so the shared
         # base stays the pretrained one for the trials after this.
         model = fully_trainable(base)
     else:

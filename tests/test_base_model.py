@@ -12,7 +12,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from lora_lab.config import LoraSettings
 from lora_lab.errors import BaseModelChangedError, ConfigError
-from lora_lab.model import attach_adapter, base_for_trial, base_writes, detach_adapter, fingerprint, trial_base
+from lora_lab.model.adapter import attach_adapter, detach_adapter
+from lora_lab.model.base import base_for_trial, base_writes, fingerprint, trial_base
 from lora_lab.train import TrialResources, build_resources, resources_key, run_trial
 
 TINY = (
@@ -151,7 +152,7 @@ def test_a_4bit_base_copies_with_its_layout(make_trial_config, tmp_path):
 
 
 def test_evaluating_a_4bit_base_keeps_its_layout(make_trial_config):
-    """Loud check of lora_lab.model.keep_4bit_layout: bitsandbytes repacks a 4-bit weight in place at
+    """Loud check of lora_lab.model.base.keep_4bit_layout: bitsandbytes repacks a 4-bit weight in place at
     an eval-mode forward on an AVX512-BF16 CPU unless told not to through an undocumented flag. If this
     fails after a bitsandbytes upgrade, find its new switch (pyproject pins bitsandbytes for this)."""
     import bitsandbytes as bnb

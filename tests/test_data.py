@@ -23,7 +23,7 @@ from lora_lab.data import (
     synthetic_records,
 )
 from lora_lab.errors import DataError
-from lora_lab.model import builtin_tokenizer
+from lora_lab.model.base import builtin_tokenizer
 
 SMALL = ("data.n_train=120", "data.n_eval=30")
 

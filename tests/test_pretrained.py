@@ -14,13 +14,13 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from transformers import Trainer, TrainingArguments
 
-import lora_lab.model
+import lora_lab.model.base
 from lora_lab import track
 from lora_lab.config import DataConfig, ModelConfig, PretrainConfig, QuantConfig, to_trial_config
 from lora_lab.data import family_keys, family_records, retain_records, synthetic_records, task_b_key
 from lora_lab.errors import ConfigError, ModelUnavailableError, TrialFailedError
 from lora_lab.evaluate import argmax_logits, exact_match, score, token_accuracy
-from lora_lab.model import ASSETS_DIR, load_base_model, load_tokenizer
+from lora_lab.model.base import ASSETS_DIR, load_base_model, load_tokenizer
 from lora_lab.names import FORGET_METRICS, TASK_A_METRICS
 from lora_lab.pretrain import SUMMARY_FILE, Pretrainer
 from lora_lab.train import build_resources, run_trial
@@ -205,7 +205,7 @@ def test_pretrainer_writes_a_loadable_model_only_when_it_solves_task_a(tmp_path,
     summary = Pretrainer(cfg, show_progress=False).run()
     assert (tmp_path / "written" / "model.safetensors").is_file()
     assert (tmp_path / "written" / SUMMARY_FILE).is_file() and summary["steps"] == 4
-    monkeypatch.setattr(lora_lab.model, "ASSETS_DIR", tmp_path)  # load it as a shipped model
+    monkeypatch.setattr(lora_lab.model.base, "ASSETS_DIR", tmp_path)  # load it as a shipped model
     model_cfg = ModelConfig(source="package", pretrained="written")
     tokenizer = load_tokenizer(model_cfg)
     model = load_base_model(model_cfg, QuantConfig(), tokenizer)

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from lora_lab import mlflow_ui as ui
 from lora_lab import names
 from lora_lab.config import ModelConfig, register_configs
-from lora_lab.model import base_model_id
+from lora_lab.model.base import base_model_id
 from lora_lab.sweep import Sweep
 
 REPO = Path(__file__).resolve().parent.parent

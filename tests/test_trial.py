@@ -24,14 +24,8 @@ from lora_lab.config import LLAMA_TARGET_SETS
 from lora_lab.data import IGNORE_INDEX
 from lora_lab.errors import ConfigError, ModelUnavailableError
 from lora_lab.evaluate import exact_match
-from lora_lab.model import (
-    attach_adapter,
-    detach_adapter,
-    load_base_model,
-    load_tokenizer,
-    resolve_target_modules,
-    save_adapter,
-)
+from lora_lab.model.adapter import attach_adapter, detach_adapter, resolve_target_modules, save_adapter
+from lora_lab.model.base import load_base_model, load_tokenizer
 from lora_lab.train import LoraTrainer, build_resources, run_trial, training_arguments
 
 # n_eval <= 64 keeps the held-out set in one evaluation batch of the Trainer (eval batch = max(bs, 64)), so a
