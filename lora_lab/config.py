@@ -393,7 +393,8 @@ class SamplerConfig:
     """'tpe', 'random', 'grid' (every combination of the categorical params), 'cmaes', 'nsgaii'
     (multi-objective) or 'qmc'."""
     seed: int = 0
-    """Sampler seed, so a sweep is reproducible."""
+    """Sampler seed, so a sweep is reproducible (a grid: the order its points run in, see
+    ``lora_lab.grid_order``)."""
     n_startup_trials: int = 8
     """tpe/cmaes: random trials before the model-based search starts."""
     population_size: int = 50

@@ -78,7 +78,8 @@ def grid_size(sweep: SweepConfig) -> int:
 
 
 def grid_points(sweep: SweepConfig) -> list[dict[str, Any]]:
-    """The grid's points in a fixed order (the first parameter varies slowest)."""
+    """The grid's points in ``itertools.product`` order (the first parameter varies slowest); a sweep
+    runs them in ``lora_lab.grid_order.spread_order``'s order instead."""
     space = grid(sweep)
     return [dict(zip(space, values, strict=True)) for values in itertools.product(*space.values())]
 

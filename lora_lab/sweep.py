@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import FrozenTrial, TrialState
 from transformers import TrainerCallback
 
-from lora_lab import cli, names, preflight, search_space, track
+from lora_lab import cli, grid_order, names, preflight, search_space, track
 from lora_lab.config import BaselineConfig, SweepConfig, TrialConfig, register_configs, to_trial_config
 from lora_lab.errors import ConfigError, LoraLabError
 from lora_lab.progress import SweepProgress
@@ -371,9 +371,9 @@ class Sweep:
                 for b in self.sweep.baselines
                 for seed in seeds
             ]
-        if self.is_grid:
-            points = search_space.grid_points(self.sweep)[: self.n_configs]
-            self.search.fixed = [Slot(search_space.config_id(p), seed, p) for p in points for seed in seeds]
+        if self.is_grid:  # spread: any first trials cover every searched value (see lora_lab.grid_order)
+            points = grid_order.spread_order(search_space.grid(self.sweep), self.sweep.sampler.seed)[: self.n_configs]
+            self.search.fixed = [Slot(search_space.config_id(p), seed, p) for seed in seeds for p in points]
         else:  # a sampled search starts with the warm-start configurations (none without sweep.warm_start)
             self.search.fixed = [Slot(c.config_id, seed, c.params) for c in self.warm_configs for seed in seeds]
         self.study.set_user_attr(

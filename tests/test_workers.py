@@ -23,6 +23,7 @@ from tiny_trial import TINY
 from transformers import TrainerCallback
 
 from lora_lab.config import register_configs
+from lora_lab.grid_order import spread_order
 from lora_lab.sweep import Sweep, open_storage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -206,8 +207,9 @@ def test_sigterm_mid_trial_then_the_same_command_completes_the_grid(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     trials = optuna.load_study(study_name="preempt", storage=storage).trials
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    grid_points = {("qv", 2), ("qv", 8), ("qv", 32)}  # the first 3 points of the targets grid
-    assert sorted((t.params["lora.targets"], t.params["lora.r"]) for t in complete) == sorted(grid_points)
+    targets = {"lora.targets": ["qv", "attn", "mlp", "all_linear"], "lora.r": [2, 8, 32]}
+    first_3 = [(p["lora.targets"], p["lora.r"]) for p in spread_order(targets, 0)[:3]]  # the grid's first 3 points
+    assert sorted((t.params["lora.targets"], t.params["lora.r"]) for t in complete) == sorted(first_3)
     assert victim.params in [t.params for t in complete]  # the interrupted point ran again, once
     assert [t.state for t in trials if t.state != TrialState.COMPLETE] == [TrialState.FAIL]
     runs = _trial_runs(client, "preempt")
