@@ -20,14 +20,6 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from lora_lab import names
 from lora_lab.errors import ConfigError
 
-# Named target-module sets, resolved per model by ModelConfig.target_sets.
-LLAMA_TARGET_SETS: dict[str, list[str]] = {
-    "qv": ["q_proj", "v_proj"],
-    "attn": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mlp": ["gate_proj", "up_proj", "down_proj"],
-    "all_linear": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-}
-
 
 def _check_choice(name: str, value: Any, choices: list[Any] | tuple[Any, ...]) -> None:
     if value not in choices:
@@ -92,8 +84,10 @@ class ModelConfig:
     about +-1.3, which caps how low the loss can go whatever the adapter learns)."""
     init_seed: int = 0
     """Built-in model: seed of the random weights, so every run adapts the same base model."""
-    target_sets: dict[str, list[str]] = field(default_factory=lambda: dict(LLAMA_TARGET_SETS))
-    """Named target-module sets for this architecture, e.g. 'qv' -> [q_proj, v_proj]."""
+    target_sets: dict[str, list[str]] = field(default_factory=dict)
+    """Target-module sets of your own, by name, e.g. {ko: [k_proj, o_proj]} (module-name suffixes);
+    a name here also replaces the set of that name that lora_lab derives from the model's layers
+    (qv, attn, mlp, all_linear: see docs/bring-your-own.md)."""
 
     def __post_init__(self) -> None:
         _check_choice("model.source", self.source, ("package", "builtin", "hub"))
@@ -162,7 +156,9 @@ class LoraSettings:
     bias: str = "none"
     """Which biases to train: 'none', 'all' or 'lora_only'."""
     targets: str = "all_linear"
-    """Target modules: a set name from model.target_sets (qv, attn, mlp, all_linear, ...)."""
+    """Target modules: 'qv' (query and value projections), 'attn' (every attention layer), 'mlp' (the
+    feed-forward layers), 'all_linear' (every linear layer but the output head), resolved from the
+    model's own layers; or a set named in model.target_sets."""
     target_modules: Optional[list[str]] = None
     """Explicit module names; when set, replaces ``targets``."""
     use_rslora: bool = False

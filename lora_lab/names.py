@@ -9,6 +9,9 @@ from __future__ import annotations
 TRIAL_GROUPS: tuple[str, ...] = ("model", "lora", "quant", "train", "data")
 """The Hydra config groups one trial is composed from (``tracking`` is logged but never searched)."""
 
+TARGET_SETS: tuple[str, ...] = ("qv", "attn", "mlp", "all_linear")
+"""The named target-module sets (lora.targets), resolved per architecture by lora_lab.model.targets."""
+
 SWEEP_PARAM_PREFIX = "sweep.param."
 """MLflow param prefix of the values a sweep sampled for a trial (``sweep.param.lora.r``)."""
 

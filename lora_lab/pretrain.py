@@ -32,7 +32,7 @@ from lora_lab.config import PretrainConfig, TrialConfig, register_configs
 from lora_lab.data import TaskData, build_task_data
 from lora_lab.errors import TrialFailedError
 from lora_lab.evaluate import argmax_logits, exact_match, token_accuracy
-from lora_lab.model.base import ASSETS_DIR, _builtin_llama_config, builtin_tokenizer
+from lora_lab.model.base import ASSETS_DIR, builtin_llama_config, builtin_tokenizer
 from lora_lab.train import NonFiniteLossGuard, training_arguments
 
 SUMMARY_FILE = "pretrain.json"
@@ -57,7 +57,7 @@ class Pretrainer:
         self.task = build_task_data(self.cfg.data, self.tokenizer, self.cfg.train.max_seq_len)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.model.init_seed)
-            self.model = LlamaForCausalLM(_builtin_llama_config(self.cfg.model, self.tokenizer))
+            self.model = LlamaForCausalLM(builtin_llama_config(self.cfg.model, self.tokenizer))
         self.model.config.use_cache = False
 
     def run(self) -> dict[str, Any]:

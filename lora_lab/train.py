@@ -42,6 +42,7 @@ from lora_lab.config import TrialConfig, register_configs, to_trial_config
 from lora_lab.data import TaskData, build_task_data
 from lora_lab.errors import TrialFailedError
 from lora_lab.evaluate import argmax_logits, exact_match, perplexity, score, token_accuracy
+from lora_lab.model import targets
 from lora_lab.model.adapter import attach_adapter, detach_adapter, save_adapter
 from lora_lab.model.base import (
     base_model_id,
@@ -518,6 +519,8 @@ def command(cfg: DictConfig) -> float:
     # created only once they are built, so a trial that cannot start leaves no run behind.
     opening = _open_tracking_in_background() if trial_cfg.tracking.enabled else None
     resources = build_resources(trial_cfg)
+    if trial_cfg.lora.method == "lora":  # a set the model cannot express stops here, before a run is created
+        targets.for_trial(resources.base_model, trial_cfg.lora, trial_cfg.model)
     gc.collect()
     gc.freeze()  # the libraries, model and data live until exit: see ResourceCache.get
     if opening is None:

@@ -14,7 +14,6 @@ from omegaconf import OmegaConf
 
 from lora_lab import cli
 from lora_lab.config import (
-    LLAMA_TARGET_SETS,
     TRIAL_GROUPS,
     LoraSettings,
     TrainConfig,
@@ -64,7 +63,7 @@ def test_default_yaml_agrees_with_schema_defaults(make_trial_config):
                 "model.source": "hub",
                 "model.pretrained": "Qwen/Qwen2.5-0.5B",
                 "model.trust_remote_code": False,
-                "model.target_sets": LLAMA_TARGET_SETS,
+                "model.target_sets": {},  # derived from the model's layers (lora_lab.model.targets)
             },
         ),
     ],
@@ -112,10 +111,12 @@ def test_field_overrides_are_typed(make_trial_config):
 
 
 def test_flatten_gives_one_param_per_field(make_trial_config):
-    cfg = make_trial_config("lora.r=16", "train.seed=3")
+    cfg = make_trial_config(
+        "lora.r=16", "train.seed=3", "+model.target_sets.ko=[k_proj,o_proj]", "+model.target_sets.q=[q_proj]"
+    )
     flat = flatten(cfg)
     assert flat["lora.r"] == 16 and flat["train.seed"] == 3 and flat["model.name"] == "tiny_llama"
-    assert flat["model.target_sets"] == LLAMA_TARGET_SETS  # a mapping stays one param, not four
+    assert flat["model.target_sets"] == {"ko": ["k_proj", "o_proj"], "q": ["q_proj"]}  # a mapping stays one param
     assert not any(key.startswith("sweep") for key in flat)
     n_fields = sum(
         len(dataclasses.fields(getattr(cfg, group)))

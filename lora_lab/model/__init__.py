@@ -2,8 +2,9 @@
 
 - ``lora_lab.model.base``: the tokenizer, loading (shipped, built-in or Hub/local checkpoint),
   quantization, and the guard that a base shared by a sweep's trials stays as it was loaded.
-- ``lora_lab.model.adapter``: which modules an adapter wraps, PEFT's ``LoraConfig``, attaching,
-  detaching and saving the adapter.
+- ``lora_lab.model.targets``: what each named target set (qv, attn, mlp, all_linear) adapts on a
+  given architecture, read from the model's own layers (or from its config alone, on the meta device).
+- ``lora_lab.model.adapter``: PEFT's ``LoraConfig``, attaching, detaching and saving the adapter.
 
 The names below are re-exported so ``from lora_lab.model import load_base_model`` keeps working.
 """
@@ -11,7 +12,6 @@ The names below are re-exported so ``from lora_lab.model import load_base_model`
 from lora_lab.model.adapter import (
     attach_adapter,
     detach_adapter,
-    linear_module_names,
     lora_config,
     resolve_target_modules,
     save_adapter,
@@ -52,7 +52,6 @@ __all__ = [
     "fingerprint",
     "hub_reachable",
     "keep_4bit_layout",
-    "linear_module_names",
     "load_base_model",
     "load_tokenizer",
     "lora_config",

@@ -15,57 +15,20 @@ from huggingface_hub import ModelCard, ModelCardData
 from transformers import PreTrainedModel
 
 from lora_lab.config import LoraSettings, ModelConfig
-from lora_lab.errors import ConfigError
+from lora_lab.model import targets
 
 if TYPE_CHECKING:
     from peft import LoraConfig, PeftModel
 
 
-def linear_module_names(model: torch.nn.Module) -> list[str]:
-    """Short names of the model's linear layers that LoRA can target (the output head excluded)."""
-    names = set()
-    for full_name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt"):
-            short = full_name.rsplit(".", 1)[-1]
-            if short != "lm_head":
-                names.add(short)
-    return sorted(names)
-
-
 def resolve_target_modules(model: torch.nn.Module, lora: LoraSettings, model_cfg: ModelConfig) -> list[str]:
-    """Module names the adapter wraps: the explicit list, or the named set for this model; checked
-    against the modules the model really has."""
-    available = linear_module_names(model)
-    if lora.target_modules:
-        missing = [m for m in lora.target_modules if m not in available]
-        if missing:
-            raise ConfigError(
-                "lora.target_modules",
-                list(lora.target_modules),
-                f"names of linear modules of {model_cfg.name}: {', '.join(available)} "
-                f"(not found: {', '.join(missing)})",
-            )
-        return list(lora.target_modules)
-    if lora.targets not in model_cfg.target_sets:
-        raise ConfigError(
-            "lora.targets",
-            lora.targets,
-            "a set defined for this model in model.target_sets: " + ", ".join(model_cfg.target_sets),
-        )
-    modules = list(model_cfg.target_sets[lora.targets])
-    missing = [m for m in modules if m not in available]
-    if missing:
-        raise ConfigError(
-            "lora.targets",
-            lora.targets,
-            f"a set whose modules {model_cfg.name} has; it lacks {', '.join(missing)} "
-            f"(its linear modules: {', '.join(available)})",
-        )
-    return modules
+    """Module names the adapter wraps: the explicit ``lora.target_modules``, or the named set
+    ``lora.targets`` as this model's layers express it (see ``lora_lab.model.targets``)."""
+    return targets.for_trial(model, lora, model_cfg).modules
 
 
-def lora_config(lora: LoraSettings, target_modules: list[str]) -> LoraConfig:
-    """PEFT's LoraConfig for these settings."""
+def lora_config(lora: LoraSettings, target_set: targets.TargetSet) -> LoraConfig:
+    """PEFT's LoraConfig for these settings on a resolved target set."""
     from peft import LoraConfig
 
     init = {"true": True, "false": False}.get(lora.init_lora_weights, lora.init_lora_weights)
@@ -74,7 +37,8 @@ def lora_config(lora: LoraSettings, target_modules: list[str]) -> LoraConfig:
         lora_alpha=lora.lora_alpha,
         lora_dropout=lora.lora_dropout,
         bias=lora.bias,
-        target_modules=target_modules,
+        target_modules=target_set.peft_targets,
+        fan_in_fan_out=target_set.fan_in_fan_out,
         use_rslora=lora.use_rslora,
         use_dora=lora.use_dora,
         init_lora_weights=init,
@@ -86,8 +50,7 @@ def attach_adapter(base: PreTrainedModel, lora: LoraSettings, model_cfg: ModelCo
     """Wrap the base model with a fresh LoRA adapter; only the adapter's weights are trainable."""
     from peft import get_peft_model
 
-    targets = resolve_target_modules(base, lora, model_cfg)
-    return get_peft_model(base, lora_config(lora, targets))
+    return get_peft_model(base, lora_config(lora, targets.for_trial(base, lora, model_cfg)))
 
 
 def detach_adapter(peft_model: PeftModel) -> PreTrainedModel:

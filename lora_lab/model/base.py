@@ -117,7 +117,7 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-def _from_hub(loader, cfg: ModelConfig, what: str, **kwargs):
+def from_hub(loader, cfg: ModelConfig, what: str, **kwargs):
     """Load from the local cache first; go to the Hub only when it is reachable, so an offline
     machine gets a clear error at once instead of minutes of retries."""
     common = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **kwargs)
@@ -138,13 +138,13 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
         return builtin_tokenizer()
     if cfg.source == "package":
         return AutoTokenizer.from_pretrained(package_model_dir(cfg), local_files_only=True)
-    tokenizer = _from_hub(AutoTokenizer.from_pretrained, cfg, "tokenizer")
+    tokenizer = from_hub(AutoTokenizer.from_pretrained, cfg, "tokenizer")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def _builtin_llama_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
+def builtin_llama_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
@@ -163,7 +163,7 @@ def _builtin_llama_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) 
 
 def materialize_builtin(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Path:
     """Save the seeded random tiny Llama (and its tokenizer) once; later calls reuse the directory."""
-    llama_config = _builtin_llama_config(cfg, tokenizer)
+    llama_config = builtin_llama_config(cfg, tokenizer)
     key = hashlib.sha256(
         json.dumps([llama_config.to_dict(), cfg.init_seed, BUILTIN_CHARS], sort_keys=True, default=str).encode()
     ).hexdigest()[:12]
@@ -208,7 +208,7 @@ def load_base_model(model_cfg: ModelConfig, quant: QuantConfig, tokenizer: PreTr
     elif model_cfg.source == "package":
         model = AutoModelForCausalLM.from_pretrained(package_model_dir(model_cfg), local_files_only=True, **load_args)
     else:
-        model = _from_hub(AutoModelForCausalLM.from_pretrained, model_cfg, "model", **load_args)
+        model = from_hub(AutoModelForCausalLM.from_pretrained, model_cfg, "model", **load_args)
     model.config.use_cache = False
     if quantization is not None:
         from peft import prepare_model_for_kbit_training

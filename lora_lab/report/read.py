@@ -21,7 +21,7 @@ from mlflow.entities import Experiment, Run
 from mlflow.tracking import MlflowClient
 
 from lora_lab import cli, names
-from lora_lab.config import LLAMA_TARGET_SETS, ReportConfig
+from lora_lab.config import ReportConfig
 from lora_lab.errors import ConfigError, LoraLabError
 
 MAXIMIZED_METRICS = {
@@ -490,7 +490,7 @@ class SweepData:
         """The declared choices of a searched value (for a natural column order), if known; target sets
         default to the built-in order, smallest first (qv, attn, mlp, all_linear)."""
         declared = self.info.space.get(name, {}).get("choices")
-        return declared or (list(LLAMA_TARGET_SETS) if name == "lora.targets" else None)
+        return declared or (list(names.TARGET_SETS) if name == "lora.targets" else None)
 
     def run_link(self, run_id: str, text: Optional[str] = None) -> str:
         """A run id as markdown: a link into the MLflow UI when its address is known, else code."""
