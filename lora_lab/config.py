@@ -493,7 +493,8 @@ class SweepConfig:
     timeout_s: Optional[float] = None
     """Stop starting new trials after this many seconds."""
     seeds: int = 1
-    """Each configuration is trained with this many seeds (train.seed = 0..seeds-1)."""
+    """Each configuration is trained with this many seeds: train.seed = s, s+1, ..., s+seeds-1, s being
+    the composed config's train.seed (0 by default)."""
     storage: Optional[str] = None
     """Optuna storage URL (sqlite:///..., postgresql://..., or a path ending in .journal for a
     journal file); null means the journal file sweeps/<study_name>/optuna.journal (or
@@ -505,7 +506,8 @@ class SweepConfig:
     """After a non-grid search: re-run the k best configurations with fresh seeds (MLflow tag
     ``lora_lab.confirm=true``), since the best of many noisy trials is biased optimistic."""
     confirm_seeds: int = 2
-    """Fresh seeds per confirmed configuration (train.seed continues after the search's seeds)."""
+    """Fresh seeds per confirmed configuration (train.seed continues after the search's seeds:
+    s+seeds, s+seeds+1, ...)."""
     experiment: Optional[str] = None
     """MLflow experiment; null means the study name."""
     worker: int = 0
