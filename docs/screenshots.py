@@ -1,4 +1,4 @@
-"""Regenerate the MLflow UI screenshots the README shows (docs/img/*.png) with one command:
+"""Regenerate the MLflow UI screenshots docs/mlflow.md shows (docs/img/*.png) with one command:
 
     python docs/screenshots.py                      # a small rank_alpha sweep into a fresh `mlflow server`
     python docs/screenshots.py --trials 28 --steps 150   # the full default sweep (slower)

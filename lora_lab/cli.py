@@ -25,7 +25,7 @@ def _config_dir() -> str:
 CONFIG_DIR = _config_dir()
 """Absolute path of the shipped configs; every ``@hydra.main`` reads them from here, so a command runs
 the same from any directory and from a wheel. Your own config groups go in a directory of your own,
-added with ``--config-dir DIR`` or ``hydra.searchpath=[file://DIR]`` (see README)."""
+added with ``--config-dir DIR`` or ``hydra.searchpath=[file://DIR]`` (see docs/configuration.md)."""
 
 
 def fail(message: str, code: int = 2) -> typing.NoReturn:

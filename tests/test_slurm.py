@@ -2,7 +2,7 @@
 cluster tests/slurm/start.sh brings up on 127.0.0.1 (no accounting database, like the clusters the
 launcher's squeue watching is for), with a journal-file study and a real ``mlflow server``.
 
-The commands are the README's SLURM commands with the GPU count set to 0, the ``debug`` partition, one
+The commands are docs/workers.md's SLURM commands with the GPU count set to 0, the ``debug`` partition, one
 CPU and 2 GB per job and a few short trials of the built-in model."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ TINY = [
     "train.batch_size=16",
     "train.eval_generate=4",
 ]
-"""The README's "Trying it on one machine" trials."""
+"""docs/workers.md's "Trying it on one machine" trials."""
 LONGER = [
     "data.n_train=96",
     "data.n_eval=16",
@@ -175,7 +175,7 @@ def test_slurm_gpu_selects_the_lora_lab_launcher_plugin():
 
 @pytest.mark.slurm
 def test_multirun_jobs_share_one_study_and_an_array_runs_in_waves(slurm_cluster, mlflow_server, tmp_path):
-    """The README's command: three jobs, at most two at a time, so the third waits for the array
+    """docs/workers.md's command: three jobs, at most two at a time, so the third waits for the array
     limit and starts when one of the first two ends; four trials, one parent run, a report over all."""
     study = f"slurm_{uuid.uuid4().hex[:8]}"
     launch = Launch(
