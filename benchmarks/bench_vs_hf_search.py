@@ -22,15 +22,17 @@ does (one seed per configuration and no baselines, as the transformers side has 
 in-process with Hydra and tracked in a throwaway sqlite MLflow store, with its defaults (exact-match
 generation, held-out task A scores, adapter saved and logged). Both sides adapt lora_lab's default
 base model, the pretrained tiny Llama shipped in the package, on its default task (cipher_swap).
-lora_lab runs a grid in a fixed order (the first parameter slowest) and the transformers side in
-``GridSampler``'s seeded shuffle: with the whole grid (10 trials, the default) both train the same
-configurations (each reaching the same eval loss on both sides), though the median pruner sees
-them in different orders. The transformers side is the plain script a user would write instead
+lora_lab runs a grid in its seeded spread order (``lora_lab.grid_order``: the first trials cover
+every rank and scale) and the transformers side in ``GridSampler``'s seeded shuffle: with the whole
+grid (10 trials, the default) both train the same configurations (each reaching the same eval loss
+on both sides), though the median pruner sees them in different orders. The transformers side is the plain script a user would write instead
 (``hf_search`` below): ``model_init`` loads the base model with ``from_pretrained`` and wraps it
 with ``peft.get_peft_model`` using the trial's r and alpha; no tracking, no adapter saving.
 
 Every search runs in a fresh Python process of its own (importing only what its side needs), after
-an untimed warm-up search in that process; the timed wall excludes imports.
+an untimed warm-up search in that process; the timed wall excludes imports. lora_lab keeps the
+untrained base's scores for the process (``lora_lab.base_scores``); they are dropped after the
+warm-up, so the timed search scores its base once, as a new study does.
 """
 
 from __future__ import annotations
@@ -262,6 +264,9 @@ def child(args) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = uri
         mlflow.set_tracking_uri(uri)
         lora_lab_search(lora_lab_overrides(f"warmup_{args.name}", 1, 2, 1, False, 1))
+        from lora_lab import base_scores
+
+        base_scores.forget_memory()  # the timed search scores its base once, as a new study does
         overrides = lora_lab_overrides(args.name, args.trials, args.steps, args.eval_every, pruning, args.n_startup)
         timer = _common.loop_timer()
         with stopwatch() as t:
@@ -423,12 +428,12 @@ def main() -> None:
         "pretrained tiny Llama shipped in lora_lab and its default task (cipher_swap), batch 32, learning rate "
         "5e-3 with cosine decay, seed 0. "
         + (
-            "Both sides ran the whole grid, lora_lab in its fixed order (r slowest), the transformers side in "
-            f"Optuna's `GridSampler` order (seed {args.seed}): the same configurations, in different orders, "
-            "which matters only to the pruner. "
+            "Both sides ran the whole grid, lora_lab in its seeded spread order (`lora_lab.grid_order`, seed "
+            f"{args.seed}), the transformers side in Optuna's `GridSampler` order (seed {args.seed}): the same "
+            "configurations, in different orders, which matters only to the pruner. "
             if args.trials >= len(R_CHOICES) * len(ALPHA_OVER_R)
             else "With fewer trials than grid points the two sides trained different configurations (lora_lab "
-            "the first ones of its fixed order, the transformers side `GridSampler`'s seeded draw), so the "
+            "the first ones of its spread order, the transformers side `GridSampler`'s seeded draw), so the "
             "ratios compare different work. "
         )
         + f"With pruning both sides use `MedianPruner(n_startup_trials={args.n_startup}, n_warmup_steps=0)` fed "
@@ -441,7 +446,8 @@ def main() -> None:
         f"train.eval_every={args.eval_every} [sweep.pruner.name=median sweep.pruner.n_startup_trials={args.n_startup}]`"
         "; Optuna study in its default journal file, every trial tracked in a sqlite MLflow store (params, step metrics, "
         "config, dataset, effective rank, adapter artifact), exact-match generation on 64 held-out prompts, "
-        "held-out task A (forgetting) scores, adapter saved: its defaults. The base model and tokenized data are built once per sweep.",
+        "held-out task A (forgetting) scores, adapter saved: its defaults. The base model, tokenized data and the "
+        "untrained base's scores are built once per sweep (the latter dropped after the warm-up search).",
         "- **transformers**: the plain script in `hf_search()`: `Trainer(model_init=...)` + "
         '`Trainer.hyperparameter_search(backend="optuna", hp_space=..., n_trials=..., direction="minimize", '
         "sampler=GridSampler(...), pruner=...)`; `model_init` loads the base model with "

@@ -8,10 +8,11 @@ the adapter will be used.
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 import torch
-from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import BatchEncoding, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
 
 from lora_lab.data import IGNORE_INDEX
 
@@ -67,6 +68,22 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else math.inf
 
 
+_PROMPTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Encoded prompt batches by tokenizer, then by (padding side, prompts): see ``prompt_batch``."""
+
+
+def prompt_batch(tokenizer: PreTrainedTokenizerBase, records: list[dict[str, str]]) -> BatchEncoding:
+    """The records' prompts (after the BOS token), padded on the tokenizer's side, as tensors: encoded
+    once per tokenizer and prompts, since every trial of a sweep generates from the same held-out
+    prompts (``exact_match`` copies it to the model's device; the cached batch stays as encoded)."""
+    prompts = tuple((tokenizer.bos_token or "") + r["prompt"] for r in records)
+    batches = _PROMPTS.setdefault(tokenizer, {})
+    key = (tokenizer.padding_side, prompts)
+    if key not in batches:
+        batches[key] = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    return batches[key]
+
+
 @torch.no_grad()
 def exact_match(
     model: PreTrainedModel,
@@ -87,8 +104,7 @@ def exact_match(
     try:
         for start in range(0, len(records), batch_size):
             batch = records[start : start + batch_size]
-            prompts = [(tokenizer.bos_token or "") + r["prompt"] for r in batch]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(target_device)
+            enc = {name: ids.to(target_device) for name, ids in prompt_batch(tokenizer, batch).items()}
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,

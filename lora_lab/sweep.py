@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import FrozenTrial, TrialState
 from transformers import TrainerCallback
 
-from lora_lab import cli, grid_order, names, preflight, search_space, track
+from lora_lab import base_scores, cli, grid_order, names, preflight, search_space, track
 from lora_lab.config import BaselineConfig, SweepConfig, TrialConfig, register_configs, to_trial_config
 from lora_lab.errors import ConfigError, LoraLabError
 from lora_lab.progress import SweepProgress
@@ -342,7 +342,7 @@ class Sweep:
             note=track.experiment_note(name, goals),
             view=track.trial_view(goals, [*self.sweep.params, *self.sweep.derived]),
         )
-        self.resources = ResourceCache()
+        self.resources = ResourceCache(self.trial_root.parent / base_scores.DIRECTORY_NAME)  # beside the storage
         self.parent_run_id = self._parent_run()
         self.warm_configs = self._warm_start()
         self._plan()

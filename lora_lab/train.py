@@ -38,6 +38,7 @@ from transformers import (
 )
 
 from lora_lab import cli
+from lora_lab.base_scores import BaseScores, score_key, trial_settings
 from lora_lab.config import TrialConfig, register_configs, to_trial_config
 from lora_lab.data import TaskData, build_task_data
 from lora_lab.errors import TrialFailedError
@@ -51,9 +52,10 @@ from lora_lab.model.base import (
     device,
     load_base_model,
     load_tokenizer,
+    loaded_fingerprint,
     trial_base,
 )
-from lora_lab.names import FORGET_PREFIX, RETAIN_PREFIX
+from lora_lab.names import FORGET_PREFIX, RETAIN_PREFIX, TASK_A_METRICS
 
 
 @dataclass
@@ -64,9 +66,10 @@ class TrialResources:
     tokenizer: PreTrainedTokenizerBase
     base_model: PreTrainedModel
     task: TaskData
-    retain_before: dict[int, dict[str, float]] = field(default_factory=dict)
-    """The base model's task A scores before any adaptation (see ``retain_scores``), computed once
-    per number of generated prompts (train.eval_generate)."""
+    scores: BaseScores = field(default_factory=BaseScores)
+    """The untrained base's scores (task A before adaptation, the zero-shot baseline), computed once
+    per base, data and evaluation settings and kept in memory, and on disk where the cache has a
+    directory (a sweep's): see ``lora_lab.base_scores``."""
 
 
 def resources_key(cfg: TrialConfig) -> str:
@@ -80,27 +83,33 @@ def resources_key(cfg: TrialConfig) -> str:
     return json.dumps(shared, sort_keys=True, default=str)
 
 
-def build_resources(cfg: TrialConfig) -> TrialResources:
-    """Load the tokenizer and base model and tokenize the data: the per-sweep, not per-trial, work."""
+def build_resources(cfg: TrialConfig, base_scores_dir: str | Path | None = None) -> TrialResources:
+    """Load the tokenizer and base model and tokenize the data: the per-sweep, not per-trial, work.
+    The base's scores are kept in ``base_scores_dir`` too when given (see ``lora_lab.base_scores``)."""
     tokenizer = load_tokenizer(cfg.model)
     task = build_task_data(cfg.data, tokenizer, cfg.train.max_seq_len)
     base = load_base_model(cfg.model, cfg.quant, tokenizer)
-    return TrialResources(key=resources_key(cfg), tokenizer=tokenizer, base_model=base, task=task)
+    return TrialResources(
+        key=resources_key(cfg), tokenizer=tokenizer, base_model=base, task=task, scores=BaseScores(base_scores_dir)
+    )
 
 
 class ResourceCache:
-    """Keeps the last built TrialResources and rebuilds only when a trial needs different ones."""
+    """Keeps the last built TrialResources and rebuilds only when a trial needs different ones.
+    ``base_scores_dir``: where the untrained base's scores are kept across processes (a sweep's
+    ``sweeps/<study>/base_scores/``); None keeps them for this process alone."""
 
-    def __init__(self) -> None:
+    def __init__(self, base_scores_dir: str | Path | None = None) -> None:
         self._current: TrialResources | None = None
         self.builds = 0
+        self.base_scores_dir = base_scores_dir
 
     def get(self, cfg: TrialConfig) -> TrialResources:
         """Resources for this trial, reused from the previous trial whenever possible."""
         if self._current is None or self._current.key != resources_key(cfg):
             gc.unfreeze()  # let the collector reach the resources being replaced
             self._current = None  # free the old model before loading the next
-            self._current = build_resources(cfg)
+            self._current = build_resources(cfg, self.base_scores_dir)
             self.builds += 1
             # What exists now (libraries, base model, data) lives as long as the sweep. Freezing it
             # keeps the full collections that transformers/accelerate run in every trial (gc.collect()
@@ -261,14 +270,33 @@ def retain_scores(
     }
 
 
+def _bare_base_fingerprint(resources: TrialResources) -> str:
+    """The shared base's weight checksum as loaded (taken once, before any adapter is attached:
+    PEFT wraps the base model's own layers in place)."""
+    return loaded_fingerprint(resources.base_model, check_bare=True)
+
+
 def base_retain_scores(resources: TrialResources, cfg: TrialConfig) -> dict[str, float]:
-    """The shared base model's task A scores, computed once (per train.eval_generate). Must first be
-    called before an adapter is attached: PEFT wraps the base model's own layers in place."""
-    if cfg.train.eval_generate not in resources.retain_before:
+    """The shared base model's task A scores, computed once per base, data and evaluation settings
+    (``resources.scores``: this process, and a sweep's other workers and restarts). Must first be
+    called before an adapter is attached."""
+    task = resources.task
+    assert task.retain_examples is not None and task.retain_records is not None
+    settings = trial_settings(
+        cfg,
+        task.retain_records[: cfg.train.eval_generate],
+        task.retain_examples,
+        task.max_response_tokens,
+        device().type,
+    )
+
+    def compute() -> dict[str, float]:
         if any(hasattr(module, "lora_A") for module in resources.base_model.modules()):
             raise RuntimeError("the base model's task A scores were asked for while an adapter is attached")
-        resources.retain_before[cfg.train.eval_generate] = retain_scores(resources.base_model, resources, cfg)
-    return resources.retain_before[cfg.train.eval_generate]
+        return retain_scores(resources.base_model, resources, cfg)
+
+    key = score_key("retain", _bare_base_fingerprint(resources), settings)
+    return resources.scores.get(key, list(TASK_A_METRICS), compute)
 
 
 def retain_metrics(
@@ -305,18 +333,29 @@ def zero_shot_trial(cfg: TrialConfig, output_dir: Path, resources: TrialResource
     """The zero-shot baseline (lora.method=none): the base model scored on the held-out split as it
     is; nothing trains, so task A is unchanged (forgetting 0 by construction)."""
     model = resources.base_model
-    scores = score(model, resources.task.eval_examples, batch_size=max(cfg.train.batch_size, 64))
-    match = (
-        exact_match(
-            model,
-            resources.tokenizer,
-            resources.task.eval_records[: cfg.train.eval_generate],
-            resources.task.max_response_tokens,
+    task = resources.task
+    records = task.eval_records[: cfg.train.eval_generate]
+
+    def compute() -> dict[str, float]:
+        scores = score(model, task.eval_examples, batch_size=max(cfg.train.batch_size, 64))
+        match = (
+            exact_match(model, resources.tokenizer, records, task.max_response_tokens)
+            if cfg.train.eval_generate > 0
+            else float("nan")
         )
-        if cfg.train.eval_generate > 0
-        else float("nan")
-    )
-    retain = retain_metrics(model, resources, cfg)
+        return {**scores, "exact_match": match}
+
+    settings = trial_settings(cfg, records, task.eval_examples, task.max_response_tokens, device().type)
+    scores = resources.scores.get(
+        score_key("zero_shot", _bare_base_fingerprint(resources), settings),
+        ["loss", "token_accuracy", "exact_match"],
+        compute,
+    )  # the same for every seed of the baseline: computed once per base, data and settings
+    match = scores["exact_match"]
+    retain = {}
+    if task.retain_examples is not None:  # nothing trained: task A after is task A before, forgetting 0
+        retain = dict(base_retain_scores(resources, cfg))
+        retain.update({f"{FORGET_PREFIX}eval_loss": 0.0, f"{FORGET_PREFIX}exact_match": 0.0})
     _, total = _parameter_counts(model)
     peak, peak_kind = _peak_memory_mb()
     return TrialResult(

@@ -23,7 +23,7 @@ from lora_lab.evaluate import argmax_logits, exact_match, score, token_accuracy
 from lora_lab.model.base import ASSETS_DIR, load_base_model, load_tokenizer
 from lora_lab.names import FORGET_METRICS, TASK_A_METRICS
 from lora_lab.pretrain import SUMMARY_FILE, Pretrainer
-from lora_lab.train import build_resources, run_trial
+from lora_lab.train import base_retain_scores, build_resources, run_trial
 
 SMALL = (
     "data.n_train=128",
@@ -176,7 +176,7 @@ def test_default_trial_logs_task_a_forgetting_and_ten_evaluations(compose_config
     logged = client.get_run(run.run_id).data.metrics
     for name in TASK_A_METRICS + FORGET_METRICS:
         assert name in logged, name
-    before = resources.retain_before[cfg.train.eval_generate]
+    before = base_retain_scores(resources, cfg)
     assert logged["forget_eval_loss"] == pytest.approx(logged["taskA_eval_loss"] - before["taskA_eval_loss"])
     assert logged["forget_exact_match"] == pytest.approx(before["taskA_exact_match"] - logged["taskA_exact_match"])
     assert logged["forget_eval_loss"] > 0  # adapting to B costs some of A: forgetting is measured, not assumed

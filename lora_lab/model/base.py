@@ -299,14 +299,23 @@ _loaded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 """Fingerprint of each shared base model when a trial first used it."""
 
 
+def loaded_fingerprint(shared_base: PreTrainedModel, check_bare: bool = False) -> str:
+    """The fingerprint of a shared base model as a trial first found it (taken once per model
+    object). ``check_bare``: refuse to take it while an adapter is attached (PEFT wraps the base's
+    own layers in place, so it would be the adapted model's)."""
+    if shared_base not in _loaded:
+        if check_bare and any(hasattr(module, "lora_A") for module in shared_base.modules()):
+            raise RuntimeError("the base model's fingerprint was asked for while an adapter is attached")
+        _loaded[shared_base] = fingerprint(shared_base)
+    return _loaded[shared_base]
+
+
 @contextmanager
 def trial_base(shared_base: PreTrainedModel, writes: list[str]) -> Iterator[PreTrainedModel]:
     """The base model for one trial (``base_for_trial``), with the shared base checked against
     its fingerprint before and after the trial: ``BaseModelChangedError`` when it is not the
     model it was (a trial wrote to it), instead of later trials silently adapting another model."""
-    if shared_base not in _loaded:
-        _loaded[shared_base] = fingerprint(shared_base)
-    reference = _loaded[shared_base]
+    reference = loaded_fingerprint(shared_base)
     if fingerprint(shared_base) != reference:
         raise BaseModelChangedError(
             "the shared base model is no longer the model that was loaded (its weight checksum "
