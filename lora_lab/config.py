@@ -288,7 +288,8 @@ SYNTHETIC_TASKS = ("cipher_swap", "cipher_family", "cipher", "reverse", "add")
 
 @dataclass
 class DataConfig:
-    """Where examples come from: a built-in synthetic task, a local JSONL file or a Hub dataset."""
+    """Where examples come from: a built-in synthetic task, a local JSONL file, or a Hub or local
+    dataset; records are prompt/response pairs or chat conversations (``format``)."""
 
     task: str = "cipher_swap"
     """'cipher_swap' (task B: one key of the cipher family with ``swaps`` letter pairs exchanged, the
@@ -336,6 +337,19 @@ class DataConfig:
     """hf: split used for training."""
     hf_eval_split: Optional[str] = None
     """hf: split held out; when null, ``eval_fraction`` of the training split."""
+    data_files: Optional[Any] = None
+    """hf: local data files read with ``datasets.load_dataset(hf_name, data_files=...)``: a path or glob,
+    a list of them, or a {split: path} mapping; ``hf_name`` then names the loader ('json', 'csv',
+    'parquet'), or is null to take it from the files' extension."""
+    format: str = "auto"
+    """jsonl/hf: 'prompt_response' (``prompt_field``/``response_field`` records), 'chat'
+    (``{"messages": [{"role": ..., "content": ...}, ...]}`` records rendered with the chat template, the
+    loss on the assistant turns alone) or 'auto' (chat when the first record has ``messages_field``)."""
+    messages_field: str = "messages"
+    """jsonl/hf chat records: the field holding the list of {role, content} messages."""
+    chat_template: Optional[str] = None
+    """jsonl/hf chat records: a Jinja chat template (the text, or a path to a file holding it) used
+    instead of the tokenizer's own; needed when the tokenizer has none (most base models)."""
 
     def __post_init__(self) -> None:
         _check_choice("data.task", self.task, SYNTHETIC_TASKS + ("jsonl", "hf"))
@@ -349,8 +363,14 @@ class DataConfig:
         _check_range("data.eval_fraction", self.eval_fraction, low=0, high=1, low_inclusive=False, high_inclusive=False)
         if self.task == "jsonl" and not self.path:
             raise ConfigError("data.path", self.path, "a path to a JSONL file when data.task='jsonl'")
-        if self.task == "hf" and not self.hf_name:
-            raise ConfigError("data.hf_name", self.hf_name, "a dataset name when data.task='hf'")
+        if self.task == "hf" and not self.hf_name and not self.data_files:
+            raise ConfigError(
+                "data.hf_name",
+                self.hf_name,
+                "a Hub dataset name, a directory written by datasets' save_to_disk, or a loader name "
+                "('json', 'csv', 'parquet') with data.data_files when data.task='hf'",
+            )
+        _check_choice("data.format", self.format, ("auto", "prompt_response", "chat"))
 
 
 @dataclass

@@ -1,7 +1,8 @@
-"""Examples for a trial: built-in synthetic tasks, local JSONL files or Hub datasets.
+"""Examples for a trial: built-in synthetic tasks, local JSONL files, Hub or local datasets.
 
-Every source yields prompt/response records; tokenization masks the prompt so the loss (and the
-token accuracy) is computed on the response alone.
+A source yields prompt/response records, or chat conversations (``{"messages": [...]}``) rendered
+with a chat template; tokenization masks everything but the response (the assistant turns) so the
+loss (and the token accuracy) is computed on it alone.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ from lora_lab.errors import DataError
 IGNORE_INDEX = -100
 """Label value that transformers' loss functions skip: marks prompt and padding positions."""
 
+
+MESSAGES = "messages"
+"""Key of a chat record's list of {role, content} messages (whatever data.messages_field was)."""
+RENDERED = "rendered"
+"""Set in a held-out record whose prompt the chat template rendered: it holds its special tokens
+already, so no BOS is added before it."""
 
 FIELDS = {"input_ids": None, "attention_mask": 0, "labels": IGNORE_INDEX}
 """What a training example holds, and what pads it (None: the tokenizer's pad token)."""
@@ -243,14 +250,16 @@ def synthetic_records(cfg: DataConfig) -> tuple[list[dict[str, str]], list[dict[
     return records[: cfg.n_train], records[cfg.n_train :]
 
 
-def _read_jsonl(path: str, cfg: DataConfig, field: str = "data.path") -> list[dict[str, Any]]:
+def _read_jsonl(path: str, cfg: DataConfig, field: str = "data.path") -> tuple[list[dict[str, Any]], list[str]]:
+    """The file's records, and where each comes from ('file:line') for error messages."""
     file = Path(path)
     if not file.is_file():
         raise DataError(
             f"{field}: no such file {str(file)!r}. Give a JSONL file with one "
-            f'{{"{cfg.prompt_field}": ..., "{cfg.response_field}": ...}} object per line.'
+            f'{{"{cfg.prompt_field}": ..., "{cfg.response_field}": ...}} or '
+            f'{{"{cfg.messages_field}": [{{"role": ..., "content": ...}}, ...]}} object per line.'
         )
-    rows = []
+    rows, where = [], []
     with file.open(encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
@@ -261,17 +270,64 @@ def _read_jsonl(path: str, cfg: DataConfig, field: str = "data.path") -> list[di
                 raise DataError(f"{file}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}).") from None
             if not isinstance(row, dict):
                 raise DataError(f"{file}:{lineno}: expected a JSON object, got {type(row).__name__}.")
-            for key in (cfg.prompt_field, cfg.response_field):
-                if not isinstance(row.get(key), str):
-                    raise DataError(
-                        f"{file}:{lineno}: field {key!r} is missing or not a string "
-                        f"(fields present: {', '.join(row) or 'none'}); set data.prompt_field / "
-                        f"data.response_field to the record's field names."
-                    )
             rows.append(row)
+            where.append(f"{file}:{lineno}")
     if not rows:
         raise DataError(f"{file}: holds no records.")
-    return rows
+    return rows, where
+
+
+def is_chat(rows: list[dict[str, Any]], cfg: DataConfig) -> bool:
+    """Whether records are chat conversations: data.format, or with 'auto' the first record's fields."""
+    if cfg.format != "auto":
+        return cfg.format == "chat"
+    return bool(rows) and cfg.messages_field in rows[0]
+
+
+def _check_messages(rows: list[dict[str, Any]], cfg: DataConfig, where: list[str]) -> list[dict[str, Any]]:
+    """Chat records as {"messages": [...]}, each checked: a list of {role, content} strings with at
+    least one assistant turn (the turns the loss is computed on)."""
+    out = []
+    for i, row in enumerate(rows):
+        messages = row.get(cfg.messages_field)
+        problem = None
+        if not isinstance(messages, list) or not messages:
+            problem = f"field {cfg.messages_field!r} is missing or not a non-empty list (fields present: {', '.join(row) or 'none'})"
+        elif not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        ):
+            problem = "every message must be an object with string 'role' and 'content'"
+        elif not any(m["role"] == "assistant" for m in messages):
+            problem = "it has no 'assistant' message, so nothing to train on"
+        if problem:
+            raise DataError(
+                f"{where[i]}: {problem}. Chat records are "
+                f'{{"{cfg.messages_field}": [{{"role": "user", "content": ...}}, {{"role": "assistant", "content": ...}}]}} '
+                f"(data.messages_field names the field; data.format=prompt_response reads prompt/response records instead)."
+            )
+        out.append({MESSAGES: [{"role": m["role"], "content": m["content"]} for m in messages]})
+    return out
+
+
+def _to_records(
+    rows: list[dict[str, Any]], cfg: DataConfig, source: str, where: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Records of one source: chat conversations, or prompt/response pairs with the template applied.
+    ``where`` says where each row comes from, for error messages (default: 'record i of <source>')."""
+    where = where or [f"record {i} of {source}" for i in range(len(rows))]
+    if is_chat(rows, cfg):
+        return _check_messages(rows, cfg, where)
+    for i, row in enumerate(rows):
+        for key in (cfg.prompt_field, cfg.response_field):
+            if not isinstance(row.get(key), str):
+                raise DataError(
+                    f"{where[i]}: field {key!r} is missing or not a string "
+                    f"(fields present: {', '.join(row) or 'none'}); set data.prompt_field / "
+                    f"data.response_field to the record's field names, or give chat records "
+                    f'({{"{cfg.messages_field}": [...]}}, data.format=chat).'
+                )
+    return _template(rows, cfg, source)
 
 
 def _template(rows: list[dict[str, Any]], cfg: DataConfig, where: str) -> list[dict[str, str]]:
@@ -306,11 +362,14 @@ def _split(rows: list[dict[str, str]], fraction: float, seed: int) -> tuple[list
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
-def jsonl_records(cfg: DataConfig) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """Records of a local JSONL file (and optional held-out file), with the prompt template applied."""
-    train = _template(_read_jsonl(cfg.path, cfg), cfg, cfg.path)
+def jsonl_records(cfg: DataConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Records of a local JSONL file (and optional held-out file): chat conversations, or
+    prompt/response pairs with the prompt template applied."""
+    rows, where = _read_jsonl(cfg.path, cfg)
+    train = _to_records(rows, cfg, cfg.path, where)
     if cfg.eval_path:
-        return train, _template(_read_jsonl(cfg.eval_path, cfg, "data.eval_path"), cfg, cfg.eval_path)
+        rows, where = _read_jsonl(cfg.eval_path, cfg, "data.eval_path")
+        return train, _to_records(rows, cfg, cfg.eval_path, where)
     return _split(train, cfg.eval_fraction, cfg.seed)
 
 
@@ -332,34 +391,91 @@ def _hub_offline(offline: bool):
         datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
 
 
-def hf_records(cfg: DataConfig) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """Records of a Hub dataset; offline, only a dataset already in the local cache loads."""
+LOADERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+"""datasets' loader for a local data file, by extension (data.data_files with data.hf_name=null)."""
+
+
+def _loader_name(cfg: DataConfig) -> str:
+    if cfg.hf_name:
+        return cfg.hf_name
+    files = cfg.data_files
+    first = next(iter(files.values())) if isinstance(files, dict) else files
+    first = first[0] if isinstance(first, (list, tuple)) else first
+    suffix = Path(str(first)).suffix.lower()
+    if suffix not in LOADERS:
+        raise DataError(
+            f"data.data_files={files!r}: cannot tell the loader from the extension {suffix!r}; name it with "
+            f"data.hf_name (one of json, csv, parquet, or any datasets loader)."
+        )
+    return LOADERS[suffix]
+
+
+def _is_saved_dataset(path: str | None) -> bool:
+    """Whether ``path`` is a directory written by datasets' ``save_to_disk`` (a Dataset or a DatasetDict)."""
+    if not path or not Path(path).is_dir():
+        return False
+    return any((Path(path) / name).is_file() for name in ("dataset_dict.json", "state.json"))
+
+
+def _load_splits(cfg: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """The training split and the held-out split (None: none named) of the configured dataset."""
+    if _is_saved_dataset(cfg.hf_name) and not cfg.data_files:
+        saved = datasets.load_from_disk(cfg.hf_name)
+        if isinstance(saved, datasets.Dataset):
+            return saved, None
+        for split in (cfg.hf_train_split, cfg.hf_eval_split):
+            if split is not None and split not in saved:
+                raise DataError(
+                    f"data.hf_train_split/hf_eval_split: {split!r} is not a split of {cfg.hf_name} "
+                    f"(splits: {', '.join(saved)})."
+                )
+        return saved[cfg.hf_train_split], saved[cfg.hf_eval_split] if cfg.hf_eval_split else None
+    name = _loader_name(cfg) if cfg.data_files else cfg.hf_name
+    local = cfg.data_files is not None or Path(name).exists()
     from lora_lab.model.base import hub_reachable
 
-    offline = not Path(cfg.hf_name).exists() and not hub_reachable()
+    offline = not local and not hub_reachable()
+    kwargs = {"data_files": cfg.data_files} if cfg.data_files else {}
+    with _hub_offline(offline):
+        train_ds = datasets.load_dataset(name, cfg.hf_config, split=cfg.hf_train_split, **kwargs)
+        eval_ds = (
+            datasets.load_dataset(name, cfg.hf_config, split=cfg.hf_eval_split, **kwargs) if cfg.hf_eval_split else None
+        )
+    return train_ds, eval_ds
+
+
+def hf_records(cfg: DataConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Records of a Hub dataset, a local ``save_to_disk`` directory or local data files
+    (``data.data_files``); offline, only local data and datasets already in the cache load."""
+    where = cfg.hf_name or str(cfg.data_files)
     try:
-        with _hub_offline(offline):
-            train_ds = datasets.load_dataset(cfg.hf_name, cfg.hf_config, split=cfg.hf_train_split)
-            eval_ds = (
-                datasets.load_dataset(cfg.hf_name, cfg.hf_config, split=cfg.hf_eval_split)
-                if cfg.hf_eval_split
-                else None
-            )
+        train_ds, eval_ds = _load_splits(cfg)
+    except DataError:
+        raise
     except Exception as exc:  # datasets raises many types for "not reachable / not cached"
         raise DataError(
-            f"data.hf_name={cfg.hf_name!r} could not be loaded ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). Offline, only datasets already in the "
-            f"local Hugging Face cache load; otherwise export it to JSONL and use data=jsonl data.path=..."
+            f"data.hf_name={cfg.hf_name!r}{f' (data.data_files={cfg.data_files!r})' if cfg.data_files else ''} "
+            f"could not be loaded ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). Offline, only local data (a directory "
+            f"written by save_to_disk, or files with data.data_files) and datasets already in the local "
+            f"Hugging Face cache load; otherwise export it to JSONL and use data=jsonl data.path=..."
         ) from None
-    for column in (cfg.prompt_field, cfg.response_field):
+    rows = list(train_ds)
+    if is_chat(rows, cfg):
+        needed = [cfg.messages_field]
+    else:
+        needed = [cfg.prompt_field, cfg.response_field]
+    for column in needed:
         if column not in train_ds.column_names:
-            raise DataError(
-                f"data.{'prompt' if column == cfg.prompt_field else 'response'}_field={column!r} "
-                f"is not a column of {cfg.hf_name} (columns: {', '.join(train_ds.column_names)})."
+            field = {cfg.prompt_field: "prompt_field", cfg.response_field: "response_field"}.get(
+                column, "messages_field"
             )
-    train = _template(list(train_ds), cfg, cfg.hf_name)
+            raise DataError(
+                f"data.{field}={column!r} is not a column of {where} (columns: {', '.join(train_ds.column_names)})."
+            )
+    train = _to_records(rows, cfg, where)
     if eval_ds is not None:
-        return train, _template(list(eval_ds), cfg, cfg.hf_name)
+        return train, _to_records(list(eval_ds), cfg, where)
     return _split(train, cfg.eval_fraction, cfg.seed)
 
 
@@ -384,6 +500,100 @@ def encode_record(record: dict[str, str], tokenizer: PreTrainedTokenizerBase, ma
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
 
 
+class ChatFormat:
+    """Renders chat records with a chat template, and labels the assistant turns alone.
+
+    The labels come from transformers' ``return_assistant_tokens_mask`` when the template marks the
+    assistant's text with ``{% generation %}``; most templates do not, so otherwise each assistant
+    turn's characters are found by rendering the conversation up to it twice, without and with that
+    turn (``add_generation_prompt`` on the first, so the assistant header stays a prompt), and tokens
+    starting inside one of those spans are labelled (the tokenizer's character offsets)."""
+
+    def __init__(self, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase):
+        self.tokenizer = tokenizer
+        self.template = chat_template(cfg, tokenizer)
+        self.marked = "{% generation %}" in self.template or "{%- generation %}" in self.template
+
+    def render(self, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.template, tokenize=False, add_generation_prompt=generation_prompt
+        )
+
+    def assistant_spans(self, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered conversation and the character spans of its assistant turns."""
+        text = self.render(messages)
+        spans = []
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            before = self.render(messages[:i], generation_prompt=True) if i else ""
+            upto = self.render(messages[: i + 1])
+            if not (upto.startswith(before) and text.startswith(upto)):
+                raise DataError(
+                    "data.chat_template: the template does not render a conversation as the rendering of "
+                    "its first turns followed by the next (it rewrites earlier turns), so the assistant "
+                    "turns cannot be located; give a template that marks them with {% generation %} ... "
+                    "{% endgeneration %} in data.chat_template."
+                )
+            spans.append((len(before), len(upto)))
+        return text, spans
+
+    def encode(self, messages: list[dict[str, str]], max_seq_len: int) -> dict:
+        """Token ids of the rendered conversation, labels on the assistant turns alone."""
+        if self.marked:
+            enc = self.tokenizer.apply_chat_template(
+                messages,
+                chat_template=self.template,
+                tokenize=True,
+                return_dict=True,
+                return_assistant_tokens_mask=True,
+            )
+            ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
+        else:
+            text, spans = self.assistant_spans(messages)
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            ids = enc["input_ids"]
+            mask = [any(lo <= start < hi for lo, hi in spans) for start, _ in enc["offset_mapping"]]
+        labels = [tok if keep else IGNORE_INDEX for tok, keep in zip(ids, mask, strict=True)]
+        ids, labels = ids[:max_seq_len], labels[:max_seq_len]
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+    def held_out(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+        """A held-out conversation as a generation prompt (everything before its last assistant turn,
+        rendered, ending with the assistant header) and the reference answer (that turn)."""
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        prompt = self.render(messages[:last], generation_prompt=True) if last else self.render([], True)
+        return {"prompt": prompt, "response": messages[last]["content"], RENDERED: True}
+
+
+def chat_template(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase) -> str:
+    """The chat template chat records are rendered with: data.chat_template (the text, or a file
+    holding it), else the tokenizer's own; a DataError saying how to give one when there is neither."""
+    given = cfg.chat_template
+    if given:
+        if "{" in given:
+            return given
+        path = Path(given).expanduser()
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+        raise DataError(
+            f"data.chat_template={given!r}: no such file, and not a template (a Jinja template holds "
+            f"{{% ... %}} or {{{{ ... }}}}); give the template's text or the path of a file holding it."
+        )
+    own = getattr(tokenizer, "chat_template", None)
+    if isinstance(own, dict):
+        own = own.get("default")
+    if own:
+        return own
+    raise DataError(
+        f'data.format: the records are chat conversations ({{"{cfg.messages_field}": [...]}}), but the '
+        f"model's tokenizer has no chat template to render them with (base models usually have none). Give "
+        f"one with data.chat_template=<a Jinja template, or the path of a file holding one>, for instance "
+        f"the chat_template of the instruct model of the same family (its chat_template.jinja or "
+        f"tokenizer_config.json); or write the data as prompt/response records (data.format=prompt_response)."
+    )
+
+
 def records_digest(train: list[dict[str, str]], held_out: list[dict[str, str]]) -> str:
     """Content hash of both splits."""
     blob = json.dumps([train, held_out], sort_keys=True).encode()
@@ -393,9 +603,15 @@ def records_digest(train: list[dict[str, str]], held_out: list[dict[str, str]]) 
 def build_task_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, max_seq_len: int) -> TaskData:
     """Load, split and tokenize the configured data once; trials reuse the result."""
     train_records, eval_records = load_records(cfg)
+    chat = ChatFormat(cfg, tokenizer) if any(MESSAGES in r for r in train_records + eval_records) else None
 
-    def to_dataset(records: list[dict[str, str]]) -> datasets.Dataset:
-        rows = [encode_record(r, tokenizer, max_seq_len) for r in records]
+    def encode(record: dict[str, Any]) -> dict:
+        if MESSAGES in record:
+            return chat.encode(record[MESSAGES], max_seq_len)
+        return encode_record(record, tokenizer, max_seq_len)
+
+    def to_dataset(records: list[dict[str, Any]]) -> datasets.Dataset:
+        rows = [encode(r) for r in records]
         rows = [r for r in rows if any(label != IGNORE_INDEX for label in r["labels"])]
         if not rows:
             raise DataError(
@@ -404,12 +620,15 @@ def build_task_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, max_seq
             )
         return datasets.Dataset.from_list(rows)
 
+    train, held_out = to_dataset(train_records), to_dataset(eval_records)
+    digest = records_digest(train_records, eval_records)
+    if chat is not None:  # exact match: the last assistant turn, generated from the conversation before it
+        eval_records = [chat.held_out(r[MESSAGES]) if MESSAGES in r else r for r in eval_records]
     retain = retain_records(cfg)
     max_response = max(
         len(tokenizer(r["response"], add_special_tokens=False)["input_ids"]) for r in eval_records + (retain or [])
     )
     name = cfg.task if cfg.task in SYNTHETIC_TASKS else (cfg.path or cfg.hf_name or cfg.task)
-    train, held_out = to_dataset(train_records), to_dataset(eval_records)
 
     def tensors(rows: datasets.Dataset) -> TensorExamples:
         return TensorExamples(rows, tokenizer.pad_token_id, tokenizer.padding_side)
@@ -419,7 +638,7 @@ def build_task_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, max_seq
         train=train,
         eval=held_out,
         eval_records=eval_records,
-        digest=records_digest(train_records, eval_records),
+        digest=digest,
         max_response_tokens=max_response + 1,
         train_examples=tensors(train),
         eval_examples=tensors(held_out),

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from transformers import BatchEncoding, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
 
-from lora_lab.data import IGNORE_INDEX
+from lora_lab.data import IGNORE_INDEX, RENDERED
 
 
 def argmax_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -73,10 +73,10 @@ _PROMPTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def prompt_batch(tokenizer: PreTrainedTokenizerBase, records: list[dict[str, str]]) -> BatchEncoding:
-    """The records' prompts (after the BOS token), padded on the tokenizer's side, as tensors: encoded
+    """The records' prompts (after the BOS token, unless a chat template rendered them), padded on the tokenizer's side, as tensors: encoded
     once per tokenizer and prompts, since every trial of a sweep generates from the same held-out
     prompts (``exact_match`` copies it to the model's device; the cached batch stays as encoded)."""
-    prompts = tuple((tokenizer.bos_token or "") + r["prompt"] for r in records)
+    prompts = tuple(r["prompt"] if r.get(RENDERED) else (tokenizer.bos_token or "") + r["prompt"] for r in records)
     batches = _PROMPTS.setdefault(tokenizer, {})
     key = (tokenizer.padding_side, prompts)
     if key not in batches:
