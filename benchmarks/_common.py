@@ -149,11 +149,9 @@ class Machine:
         return max(self.load_before[0], self.load_after[0]) > self.threads + 0.75
 
     def markdown(self) -> list[str]:
-        import transformers
-
         lines = [
-            f"- machine: {self.cpu}, {self.cores} cores (torch intra-op threads: {self.threads}), "
-            f"Python {self.python}, torch {self.torch}, transformers {transformers.__version__}" + _versions(),
+            f"- machine: {self.cpu}, {self.cores} cores (torch intra-op threads: {self.threads}), Python {self.python}",
+            f"- versions: {versions_text()}",
             f"- date: {self.started:%Y-%m-%d %H:%M} UTC; lora_lab revision {git_revision()}",
             f"- `uptime` before: `{self.uptime_before}`",
             f"- `uptime` after: `{self.uptime_after}`",
@@ -167,15 +165,25 @@ class Machine:
         return lines
 
 
-def _versions() -> str:
-    out = []
-    for name in ("peft", "optuna", "mlflow"):
+VERSIONED = ("torch", "transformers", "peft", "mlflow", "optuna", "bitsandbytes", "accelerate")
+"""The libraries whose versions every results file records (their timings and behaviour depend on them)."""
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of ``VERSIONED`` (from the installed distributions' metadata, no import)."""
+    from importlib import metadata
+
+    out = {}
+    for name in VERSIONED:
         try:
-            module = __import__(name)
-            out.append(f"{name} {module.__version__}")
-        except Exception:
-            pass
-    return (", " + ", ".join(out)) if out else ""
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def versions_text() -> str:
+    return ", ".join(f"{name} {version}" for name, version in versions().items())
 
 
 @contextmanager

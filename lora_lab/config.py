@@ -533,8 +533,8 @@ class SweepConfig:
     worker: int = 0
     """Index of this worker when several share one storage (set by a Hydra multirun)."""
     cpu_threads: Optional[int] = None
-    """CPU threads for this worker's torch ops; set it (e.g. to cores / workers) when several
-    CPU-only workers share one machine, or they oversubscribe the cores and slow each other."""
+    """CPU threads for this worker's torch ops; null: lora_lab's policy (``lora_lab.threads``: the
+    cores the worker owns, i.e. all cores, cores / workers for local workers, the SLURM allocation)."""
     max_failures: Optional[int] = None
     """Stop when this many trials failed in a row (null: stop only when every trial so far failed)."""
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)

@@ -106,3 +106,11 @@ TASK_A_METRICS: tuple[str, ...] = (
 """The task A metrics a trial on a family's task B logs (see RETAIN_PREFIX)."""
 FORGET_METRICS: tuple[str, ...] = (f"{FORGET_PREFIX}eval_loss", f"{FORGET_PREFIX}exact_match")
 """The forgetting metrics (see FORGET_PREFIX): positive means worse on task A than the base was."""
+
+# -- thread policy (lora_lab.threads), tags on every trial's MLflow run --------------------------
+TAG_THREADS = "lora_lab.threads"
+"""torch's intra-op thread count during the run."""
+TAG_THREADS_SET_BY = "lora_lab.threads_set_by"
+"""What decided it: lora_lab's policy (and the cores it counted), sweep.cpu_threads, or OMP_NUM_THREADS."""
+TAG_OMP_WAIT_POLICY = "lora_lab.omp_wait_policy"
+"""OMP_WAIT_POLICY when torch loaded, and whether lora_lab's policy or the user set it."""

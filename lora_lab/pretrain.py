@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import LlamaForCausalLM, PrinterCallback, Trainer, set_seed
 
-from lora_lab import cli
+from lora_lab import cli, threads
 from lora_lab.config import PretrainConfig, TrialConfig, register_configs
 from lora_lab.data import TaskData, build_task_data
 from lora_lab.errors import TrialFailedError
@@ -138,6 +138,7 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     """Entry point of ``python -m lora_lab.pretrain [overrides]``."""
     cli.quiet_libraries()
+    threads.apply()
     pretrain_cfg = OmegaConf.to_object(cfg)
     assert isinstance(pretrain_cfg, PretrainConfig)
     pretrainer = Pretrainer(pretrain_cfg)

@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import FrozenTrial, TrialState
 from transformers import TrainerCallback
 
-from lora_lab import base_scores, cli, grid_order, names, preflight, search_space, track
+from lora_lab import base_scores, cli, grid_order, names, preflight, search_space, threads, track
 from lora_lab.config import BaselineConfig, SweepConfig, TrialConfig, register_configs, to_trial_config
 from lora_lab.errors import ConfigError, LoraLabError
 from lora_lab.progress import SweepProgress
@@ -1047,6 +1047,7 @@ class PrepareSweep(Callback):
             return
         cli.quiet_libraries()
         overrides = list(config.hydra.overrides.task)
+        threads.note_local_workers(str(OmegaConf.select(config, "hydra.launcher._target_", default="")), overrides)
         with open_dict(config):  # the launcher process acts as worker 0 for the set-up alone
             config.sweep.worker = 0
         Sweep(config, overrides, console_progress=False).setup()  # its parent run stays RUNNING for the workers
@@ -1076,10 +1077,7 @@ def main(cfg: DictConfig) -> None:
     INTERRUPTS.install()  # Ctrl-C, SLURM preemption, `kill`: end the running trial cleanly
     sweep = Sweep(cfg, list(HydraConfig.get().overrides.task), console_progress=True)
     claim_gpu(sweep.sweep.worker)
-    if sweep.sweep.cpu_threads:
-        import torch
-
-        torch.set_num_threads(sweep.sweep.cpu_threads)
+    threads.apply(sweep.sweep.cpu_threads)
     try:
         sweep.setup()
         summary = sweep.run()

@@ -47,7 +47,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
-from lora_lab import names
+from lora_lab import names, threads
 from lora_lab.config import DataConfig, TrialConfig, flatten
 from lora_lab.data import TaskData
 from lora_lab.evaluate import effective_ranks
@@ -193,7 +193,12 @@ class TrialRun:
         source and code version, and ``run_name`` when given, in the same write), the composed config
         as the ``config.yaml`` artifact; written in the background while the trial trains (``config``
         is not to be changed afterwards). ``tracking.experiment`` says the experiment the run is in."""
-        tags = {**source_tags(), **(tags or {}), **({"mlflow.runName": run_name} if run_name else {})}
+        tags = {
+            **source_tags(),
+            **threads.tags(),
+            **(tags or {}),
+            **({"mlflow.runName": run_name} if run_name else {}),
+        }
         self.writes.append(in_background(self._log_config, flatten(cfg), params or {}, tags, config))
 
     def _log_config(

@@ -37,7 +37,7 @@ from transformers import (
     set_seed,
 )
 
-from lora_lab import cli
+from lora_lab import cli, threads
 from lora_lab.base_scores import BaseScores, score_key, trial_settings
 from lora_lab.config import TrialConfig, register_configs, to_trial_config
 from lora_lab.data import TaskData, build_task_data
@@ -551,6 +551,7 @@ def command(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     cli.quiet_libraries(optuna_too=False)
+    threads.apply()
     trial_cfg = to_trial_config(cfg)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     # MLflow (~0.7 s of imports) and its tracking store (~0.8 s: SQLAlchemy, Alembic, the schema

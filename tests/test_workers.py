@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from tiny_trial import TINY
 from transformers import TrainerCallback
 
+from lora_lab import names
 from lora_lab.config import register_configs
 from lora_lab.grid_order import spread_order
 from lora_lab.sweep import Sweep, open_storage
@@ -74,13 +75,14 @@ def test_three_random_workers_run_only_distinct_configurations(mlflow_server, tm
         f"sweep.storage={PG_URL}",
         f"sweep.n_trials={n_trials}",
         *TINY,
-        "sweep.cpu_threads=1",
         "sweep.worker=range(3)",
         "--multirun",
         "hydra/launcher=local",
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
     )
-    done = subprocess.run(cmd, cwd=tmp_path, env=_env(mlflow_server), capture_output=True, text=True, timeout=600)
+    # no thread setting of the user's: each worker takes its share of the cores (lora_lab.threads)
+    env = {k: v for k, v in _env(mlflow_server).items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     try:
         assert done.returncode == 0, done.stderr[-3000:]
         loaded = optuna.load_study(study_name=study, storage=PG_URL)
@@ -96,6 +98,11 @@ def test_three_random_workers_run_only_distinct_configurations(mlflow_server, tm
         runs = _trial_runs(client, study)
         assert len(runs) == n_trials and {r.info.status for r in runs} == {"FINISHED"}  # duplicates never trained
         assert len({r.data.tags["lora_lab.config_id"] for r in runs}) == n_trials
+        cores = len(os.sched_getaffinity(0))
+        assert {r.data.tags[names.TAG_THREADS] for r in runs} == {str(max(1, cores // 3))}
+        assert {r.data.tags[names.TAG_THREADS_SET_BY] for r in runs} == {
+            f"lora_lab policy: {cores} cores / 3 local workers"
+        }
         assert len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 1  # one parent run for all workers
         assert client.get_run(runs[0].data.tags["mlflow.parentRunId"]).info.status == "FINISHED"
         _no_running_runs(client, study)
