@@ -731,3 +731,13 @@ def flatten(trial: TrialConfig) -> dict[str, Any]:
     container.pop("sweep", None)
     walk("", container)
     return out
+
+
+def logged_fields(trial: TrialConfig) -> dict[str, Any]:
+    """``flatten(trial)`` less the fields this trial never reads, for its MLflow params: a trial
+    without an adapter (the baselines, lora.method 'none' or 'full') keeps lora.method alone of the
+    lora group, so its run shows no r, lora_alpha or targets it never had."""
+    flat = flatten(trial)
+    if trial.lora.method != "lora":
+        flat = {k: v for k, v in flat.items() if not k.startswith("lora.") or k == "lora.method"}
+    return flat

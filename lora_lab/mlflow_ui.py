@@ -4,8 +4,9 @@ so the report can use it cheaply; ``lora_lab.track`` logs the runs).
 * Run names that say what a trial is (``t13 r=64 α=256 all_linear``, baselines ``zero_shot s0``).
 * Every run's source and code version: ``mlflow.source.name``/``.type``, ``mlflow.user``,
   ``mlflow.source.git.commit``/``.branch``, ``lora_lab.git_dirty``, ``lora_lab.version``.
-* The experiment: ``mlflow.experimentKind``, a description (``mlflow.note.content``) and a saved
-  runs view (MLflow's "Views" menu): r, alpha, the objectives as columns, best first.
+* The experiment: ``mlflow.experimentKind``, a description (``mlflow.note.content``) and saved
+  runs views (MLflow's "Views" menu): the trials with r, alpha, the objectives as columns, best
+  first; in a sweep also the configurations, their seeds grouped, each metric's mean over them.
 * The sweep's parent run: a note (markdown) naming the best trial with links, ``trials.json``.
 * The links the sweep prints, and the optuna-dashboard command.
 """
@@ -29,11 +30,15 @@ from lora_lab.config import TrialConfig, flatten
 
 
 def ensure_experiment(
-    client: MlflowClient, name: str, note: str | None = None, view: dict[str, Any] | None = None
+    client: MlflowClient,
+    name: str,
+    note: str | None = None,
+    view: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
 ) -> str:
     """Id of the named experiment, created if missing (safe when several workers race), set up for
     ``mlflow ui`` (see ``experiment_tags``): its kind, its description (``note``, written only where
-    the experiment has none, so a description edited in the UI stays) and the saved runs ``view``."""
+    the experiment has none, so a description edited in the UI stays) and the saved runs ``view`` (one
+    or several)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
@@ -82,6 +87,21 @@ def _label(cfg: TrialConfig, searched: Iterable[str] = ()) -> list[str]:
     return parts
 
 
+METHOD_LABELS = {"none": "zero_shot", "full": "full_ft"}
+"""How a trial without an adapter (lora.method) is named: the names the shipped presets give the
+two baselines."""
+
+
+def config_label(cfg: TrialConfig, searched: Iterable[str] = (), baseline: str | None = None) -> str:
+    """A configuration as it reads, the same for all its seeds (MLflow tag ``lora_lab.config``):
+    ``r=64 α=256 all_linear`` and any other searched value; a baseline by its name."""
+    if baseline:
+        return baseline
+    if cfg.lora.method in METHOD_LABELS:
+        return METHOD_LABELS[cfg.lora.method]
+    return " ".join(_label(cfg, searched))
+
+
 def trial_run_name(
     number: int,
     cfg: TrialConfig,
@@ -91,21 +111,21 @@ def trial_run_name(
     prefix: str = "t",
 ) -> str:
     """A sweep trial's run name, what the runs table, chart legends and compare view show:
-    ``t13 r=64 α=256 all_linear`` (``prefix`` + the Optuna trial number, then the settings;
+    ``t13 r=64 α=256 all_linear`` (``prefix`` + the Optuna trial number, then ``config_label``;
     ``s<seed>`` added when the sweep runs several seeds), and for a baseline its name and seed,
     ``zero_shot s0``."""
     if baseline:
         return f"{baseline} s{cfg.train.seed}"
-    parts = [f"{prefix}{number}", *_label(cfg, searched)]
+    parts = [f"{prefix}{number}", config_label(cfg, searched)]
     if show_seed:
         parts.append(f"s{cfg.train.seed}")
     return " ".join(parts)
 
 
 def run_name(cfg: TrialConfig) -> str:
-    """A single ``lora_lab.train`` run's default name: model, r, alpha, targets, seed
-    (``tiny_llama r=8 α=16 all_linear s0``)."""
-    return " ".join([cfg.model.name, *_label(cfg), f"s{cfg.train.seed}"])
+    """A single ``lora_lab.train`` run's default name: model, the configuration, seed
+    (``tiny_llama r=8 α=16 all_linear s0``; ``tiny_llama zero_shot s0`` with lora.method=none)."""
+    return " ".join([cfg.model.name, config_label(cfg), f"s{cfg.train.seed}"])
 
 
 # -- source and code version ------------------------------------------------------------------
@@ -188,7 +208,12 @@ VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 updatedAt, state}, ``state`` being the JSON of the runs page's search and column settings."""
 
 VIEW_ID = "lora_lab-trials"
-"""The one runs view lora_lab keeps per experiment (rewritten when the sweep's columns change)."""
+"""The runs view of the trials, one row per run (rewritten when the sweep's columns change); the
+links lora_lab prints open it."""
+
+CONFIG_VIEW_ID = "lora_lab-configs"
+"""The runs view of a sweep's configurations: its runs grouped by configuration, each group's row
+showing every metric's mean over its seeds."""
 
 DEFAULT_VIEW_METRICS = (
     "eval_loss",
@@ -212,10 +237,11 @@ def runs_view(
     order_by: str,
     ascending: bool = True,
     search_filter: str = "",
+    view_id: str = VIEW_ID,
 ) -> dict[str, Any]:
-    """A saved runs view: these param and metric columns, sorted by the metric ``order_by``, the
-    sweep's parent run filtered out so the trials list flat (MLflow nests children under a parent
-    shown in the same table, collapsed)."""
+    """A saved runs view (kept under ``view_id``): these param and metric columns, sorted by the
+    metric ``order_by``, the runs that ``search_filter`` leaves (MLflow nests children under a
+    parent shown in the same table, collapsed, so the views filter the sweep's parent run out)."""
     params, metrics = list(dict.fromkeys(params)), list(dict.fromkeys(metrics))
     columns = [column("params", p) for p in params] + [column("metrics", m) for m in metrics]
     state = {
@@ -226,7 +252,7 @@ def runs_view(
         "columnOrder": columns,
         "columnWidths": {c: 110 for c in columns},
     }
-    return {"name": name, "state": state}
+    return {"id": view_id, "name": name, "state": state}
 
 
 CURVES = ("eval_loss", "eval_token_accuracy", "train_loss")
@@ -316,30 +342,70 @@ def trial_view(
     return view
 
 
+AGGREGATE = "average"
+"""How the configurations view sums up a group's runs: MLflow's run-grouping aggregate functions are
+'min', 'average' and 'max'."""
+
+
+def config_view(
+    objectives: Sequence[tuple[str, str]] = (("eval_loss", "minimize"),), searched: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The configurations view of a sweep's experiment: its runs grouped by configuration (the tags
+    ``lora_lab.config``, readable, and ``lora_lab.config_id``, exact), each group's row showing every
+    metric column's mean over the group's seeds, the groups sorted by the first objective's mean,
+    best first. Baselines are groups of their own; the chart view plots the groups' means."""
+    view = trial_view(objectives, searched)
+    metric = objectives[0][0]
+    view["id"] = CONFIG_VIEW_ID
+    view["name"] = f"lora_lab: configurations by mean {metric}"
+    view["state"]["groupBy"] = {
+        "aggregateFunction": AGGREGATE,
+        "groupByKeys": [
+            {"mode": "tag", "groupByData": names.TAG_CONFIG_LABEL},
+            {"mode": "tag", "groupByData": names.TAG_CONFIG_ID},
+        ],
+    }
+    view["state"]["useGroupedValuesInCharts"] = True
+    return view
+
+
+def sweep_views(
+    objectives: Sequence[tuple[str, str]] = (("eval_loss", "minimize"),), searched: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    """The saved runs views of a sweep's experiment: its trials (``trial_view``) and its
+    configurations (``config_view``)."""
+    return [trial_view(objectives, searched), config_view(objectives, searched)]
+
+
 def experiment_tags(
-    existing: dict[str, str], note: str | None = None, view: dict[str, Any] | None = None
+    existing: dict[str, str],
+    note: str | None = None,
+    view: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, str]:
     """The experiment tags still to write so ``mlflow ui`` opens the experiment as lora_lab means it:
     the experiment kind and description (only where missing: a user's choice in the UI stays) and
-    the saved view (whenever its columns changed)."""
+    the saved views (``view``: one or several, each rewritten whenever its columns changed)."""
     out = {}
     if "mlflow.experimentKind" not in existing:
         out["mlflow.experimentKind"] = EXPERIMENT_KIND
     if note and not existing.get("mlflow.note.content"):
         out["mlflow.note.content"] = note
-    if view is not None:
-        key = VIEW_TAG_PREFIX + VIEW_ID
-        state = json.dumps(view["state"], sort_keys=True)
+    views = [] if view is None else [view] if isinstance(view, dict) else list(view)
+    for each in views:
+        view_id = each.get("id", VIEW_ID)
+        key = VIEW_TAG_PREFIX + view_id
+        state = json.dumps(each["state"], sort_keys=True)
         try:
             old = json.loads(existing[key])
         except (KeyError, ValueError):
             old = {}
-        if old.get("state") != state or old.get("name") != view["name"]:
+        if old.get("state") != state or old.get("name") != each["name"]:
             now = int(time.time() * 1000)
             out[key] = json.dumps(
-                {"name": view["name"], "createdAt": old.get("createdAt", now), "updatedAt": now, "state": state}
+                {"name": each["name"], "createdAt": old.get("createdAt", now), "updatedAt": now, "state": state}
             )
-            out[names.TAG_RUN_VIEW] = VIEW_ID
+            if view_id == VIEW_ID:
+                out[names.TAG_RUN_VIEW] = VIEW_ID
     return out
 
 
@@ -354,10 +420,10 @@ def ui_base_url(tracking_uri: str | None = None) -> str:
     return "http://127.0.0.1:5000"
 
 
-def runs_url(experiment_id: str, base: str = "", view: bool = True) -> str:
-    """Link to the experiment's runs table (in the saved lora_lab view); ``base`` empty gives the
-    in-app link a run note uses."""
-    query = "workflowType=machine_learning" + (f"&viewStateShareKey={quote(VIEW_ID)}" if view else "")
+def runs_url(experiment_id: str, base: str = "", view: str | None = VIEW_ID) -> str:
+    """Link to the experiment's runs table in the saved ``view`` (the trials; CONFIG_VIEW_ID: the
+    configurations; None: as the UI last left it); ``base`` empty gives the in-app link a run note uses."""
+    query = "workflowType=machine_learning" + (f"&viewStateShareKey={quote(view)}" if view else "")
     return (
         f"{base}/#/experiments/{experiment_id}/runs?{query}" if base else f"#/experiments/{experiment_id}/runs?{query}"
     )
@@ -377,8 +443,9 @@ def experiment_note(study: str, objectives: Sequence[tuple[str, str]]) -> str:
         f"names the best trial; one nested run per trial, named after its settings (`t13 r=64 α=256 all_linear`), "
         f"baselines by name and seed (`zero_shot s0`). Objective: {goal}.\n\n"
         f"Open **Views → lora_lab: trials by {objectives[0][0]}** for the trials sorted best first with r, "
-        f"alpha and the metrics as columns; in **Chart view** end-of-run metrics are bars, eval_loss and "
-        f"train_loss lines over optimizer steps."
+        f"alpha and the metrics as columns, **Views → lora_lab: configurations by mean {objectives[0][0]}** for "
+        f"each configuration's seeds grouped under one row with the metrics' means; in **Chart view** "
+        f"end-of-run metrics are bars, eval_loss and train_loss lines over optimizer steps."
     )
 
 
@@ -440,7 +507,8 @@ def sweep_note(
             else ""
         )
         + ".",
-        f"**All trials**: [runs table, best first]({runs_url(experiment_id)}); the table "
+        f"**All trials**: [runs table, best first]({runs_url(experiment_id)}); "
+        f"[configurations, mean over seeds]({runs_url(experiment_id, view=CONFIG_VIEW_ID)}); the table "
         f"`trials.json` under this run's artifacts.",
         f"**Optuna**: `{dashboard_command(storage)}`.",
     ]
@@ -532,6 +600,7 @@ def browse_hints(client: MlflowClient, parent_run_id: str, storage: str) -> list
         shown = "$MLFLOW_TRACKING_URI" if "@" in uri else uri  # never print a database password
         lines.append(f"mlflow ui: mlflow ui --backend-store-uri {shown}   (then open the links below)")
     lines.append(f"runs table (best first, r/alpha/metrics as columns): {runs_url(run.info.experiment_id, base)}")
+    lines.append(f"configurations (mean over seeds): {runs_url(run.info.experiment_id, base, view=CONFIG_VIEW_ID)}")
     lines.append(f"sweep run (best trial, links): {run_url(run.info.experiment_id, parent_run_id, base)}")
     lines.append(f"optuna dashboard: {dashboard_command(storage)}")
     return lines

@@ -94,7 +94,11 @@ TAG_GIT_DIRTY = "lora_lab.git_dirty"
 TAG_VERSION = "lora_lab.version"
 """The installed lora_lab package version (the code version where there is no git checkout)."""
 TAG_RUN_VIEW = "lora_lab.runs_view"
-"""On the experiment: the id of the saved runs view lora_lab creates (``mlflow.sharedViewState.<id>``)."""
+"""On the experiment: the id of the saved runs view lora_lab's links open (``mlflow.sharedViewState.<id>``)."""
+TAG_CONFIG_LABEL = "lora_lab.config"
+"""A sweep run's configuration as it reads (``r=8 α=16 all_linear``, a baseline's name): its run name
+without the trial number and seed. With ``lora_lab.config_id`` it names the groups of the
+configurations view."""
 
 EFFECTIVE_RANK_METRIC = "effective_rank_mean"
 """The adapter's mean effective rank over its modules: logged by every trial, usable as a sweep objective."""

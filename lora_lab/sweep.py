@@ -340,7 +340,7 @@ class Sweep:
             self.client,
             self.sweep.experiment or name,
             note=track.experiment_note(name, goals),
-            view=track.trial_view(goals, [*self.sweep.params, *self.sweep.derived]),
+            view=track.sweep_views(goals, [*self.sweep.params, *self.sweep.derived]),
         )
         self.resources = ResourceCache(self.trial_root.parent / base_scores.DIRECTORY_NAME)  # beside the storage
         self.parent_run_id = self._parent_run()
@@ -652,7 +652,10 @@ class Sweep:
             trial_cfg,
             composed,
             params={f"{names.SWEEP_PARAM_PREFIX}{k}": v for k, v in state.values.items()},
-            tags={names.TAG_OVERRIDES: " ".join(overrides)},
+            tags={
+                names.TAG_OVERRIDES: " ".join(overrides),
+                names.TAG_CONFIG_LABEL: track.config_label(trial_cfg, state.values, baseline=slot.baseline),
+            },
             run_name=track.trial_run_name(
                 trial.number,
                 trial_cfg,

@@ -10,13 +10,17 @@ What is logged (the contract ``lora_lab.report`` reads):
   ``lora_lab.kind=sweep``, ``lora_lab.study``; params ``sweep.*``; artifacts ``sweep_config.yaml``
   and ``search_space.json``; at the end metrics ``best_<objective metric>`` and tags
   ``best_trial_number``, ``best_run_id``, ``best_overrides``.
-* Trial (single ``lora_lab.train`` runs too): params = every config field flattened
-  (``lora.r``, ``lora.lora_alpha``, ``lora.targets``, ``train.seed``, ...); in a sweep also the
+* Trial and baseline (single ``lora_lab.train`` runs too): params = every config field the trial
+  reads, flattened (``lora.r``, ``lora.lora_alpha``, ``lora.targets``, ``train.seed``, ...; a
+  baseline, lora.method none or full, has lora.method alone of the lora group); in a sweep also the
   sampled values as ``sweep.param.<name>`` (free variables such as ``alpha_over_r`` included).
-  Tags: ``lora_lab.kind`` (train | trial), and in a sweep ``mlflow.parentRunId``,
-  ``lora_lab.study``, ``optuna.trial_number``, ``optuna.state`` (COMPLETE | PRUNED | FAIL),
-  ``lora_lab.config_id`` (same value for the seeds of one configuration), ``lora_lab.overrides``
-  (the ``python -m lora_lab.train`` overrides that reproduce the trial), ``target_modules``.
+  Tags: ``lora_lab.kind`` (train: a single run; trial: a sweep's search or confirmation trial,
+  ``lora_lab.confirm=true`` on the latter; baseline: a sweep's baseline, its name in
+  ``lora_lab.baseline``), and in a sweep ``mlflow.parentRunId``, ``lora_lab.study``,
+  ``optuna.trial_number``, ``optuna.state`` (COMPLETE | PRUNED | FAIL), ``lora_lab.config_id``
+  (same value for the seeds of one configuration) and ``lora_lab.config`` (the same, readable),
+  ``lora_lab.overrides`` (the ``python -m lora_lab.train`` overrides that reproduce the trial),
+  ``target_modules``.
   Step metrics (step = optimizer step): ``train_loss``, ``learning_rate``, ``grad_norm``,
   ``eval_loss``, ``eval_token_accuracy``. Final metrics: ``eval_loss``, ``eval_token_accuracy``,
   ``perplexity``, ``exact_match``, ``trainable_params``, ``total_params``, ``trainable_pct``,
@@ -25,7 +29,8 @@ What is logged (the contract ``lora_lab.report`` reads):
   are the last step's). Artifacts: ``config.yaml``, ``effective_rank.json``, ``adapter/``. Status:
   FINISHED (complete), KILLED (pruned or interrupted), FAILED (error).
 * Every run: a name that says what it is, its source and code version, and the experiment's kind,
-  description and saved runs view (``lora_lab.mlflow_ui``).
+  description and saved runs views: the trials, and in a sweep the configurations with each
+  metric's mean over their seeds (``lora_lab.mlflow_ui``).
 """
 
 from __future__ import annotations
@@ -48,12 +53,13 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
 from lora_lab import names, threads
-from lora_lab.config import DataConfig, TrialConfig, flatten
+from lora_lab.config import DataConfig, TrialConfig, logged_fields
 from lora_lab.data import TaskData
 from lora_lab.evaluate import effective_ranks
 from lora_lab.mlflow_ui import (  # noqa: F401  (re-exported: the sweep and train call them as track.*)
     browse_hints,
     code_version,
+    config_label,
     dashboard_command,
     ensure_experiment,
     experiment_note,
@@ -63,6 +69,7 @@ from lora_lab.mlflow_ui import (  # noqa: F401  (re-exported: the sweep and trai
     run_url,
     runs_url,
     source_tags,
+    sweep_views,
     trial_run_name,
     trial_view,
 )
@@ -189,7 +196,8 @@ class TrialRun:
         tags: dict[str, str] | None = None,
         run_name: str | None = None,
     ) -> None:
-        """Every config field as a flat param (plus the caller's ``params`` and ``tags``, the run's
+        """Every config field the trial reads as a flat param (``config.logged_fields``: a baseline has
+        no lora.r), plus the caller's ``params`` and ``tags``, the run's
         source and code version, and ``run_name`` when given, in the same write), the composed config
         as the ``config.yaml`` artifact; written in the background while the trial trains (``config``
         is not to be changed afterwards). ``tracking.experiment`` says the experiment the run is in."""
@@ -199,7 +207,7 @@ class TrialRun:
             **(tags or {}),
             **({"mlflow.runName": run_name} if run_name else {}),
         }
-        self.writes.append(in_background(self._log_config, flatten(cfg), params or {}, tags, config))
+        self.writes.append(in_background(self._log_config, logged_fields(cfg), params or {}, tags, config))
 
     def _log_config(
         self, flat: dict[str, Any], params: dict[str, Any], tags: dict[str, str], config: DictConfig | str

@@ -225,6 +225,106 @@ def test_saved_adapter_names_the_base_model(sweep_result):
         assert "base_model: lora_lab/tiny_llama" in card and str(Path.home()) not in card
 
 
+# -- the configurations view -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def seeded_sweep(store, tmp_path_factory):
+    """One grid point with 2 seeds beside the zero-shot baseline with 2 seeds: 4 runs, 2 configurations."""
+    import os
+
+    work = tmp_path_factory.mktemp("seeded")
+    old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(work)
+    os.environ["MLFLOW_TRACKING_URI"] = store.tracking_uri
+    try:
+        register_configs()
+        overrides = ["+sweep=rank_alpha", "sweep.study_name=ui_configs", "sweep.seeds=2"]
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+            cfg = compose("config", overrides=overrides + TINY)
+            cfg.sweep.params["lora.r"].choices = [2]
+            cfg.sweep.params["alpha_over_r"].choices = [4]
+            cfg.sweep.baselines = [b for b in cfg.sweep.baselines if b.name == "zero_shot"]
+            sweep = Sweep(cfg, overrides + TINY, console_progress=False)
+            summary = sweep.run()
+    finally:
+        os.chdir(old_cwd)
+        if old_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_uri
+    return sweep, summary
+
+
+def _view_state(store, experiment_id: str, view_id: str) -> tuple[dict, dict]:
+    envelope = json.loads(store.get_experiment(experiment_id).tags[ui.VIEW_TAG_PREFIX + view_id])
+    return envelope, json.loads(envelope["state"])
+
+
+def test_the_configurations_view_groups_each_configurations_seeds_under_their_mean(seeded_sweep, store):
+    sweep, summary = seeded_sweep
+    envelope, state = _view_state(store, sweep.experiment_id, ui.CONFIG_VIEW_ID)
+    assert envelope["name"] == "lora_lab: configurations by mean eval_loss"
+    assert state["groupBy"] == {
+        "aggregateFunction": "average",
+        "groupByKeys": [
+            {"mode": "tag", "groupByData": names.TAG_CONFIG_LABEL},
+            {"mode": "tag", "groupByData": names.TAG_CONFIG_ID},
+        ],
+    }
+    assert state["orderByKey"] == "metrics.`eval_loss`" and state["orderByAsc"] is True  # groups: best mean first
+    assert "metrics.`eval_loss`" in state["selectedColumns"] and state["useGroupedValuesInCharts"] is True
+    _, trials_state = _view_state(store, sweep.experiment_id, ui.VIEW_ID)
+    assert "groupBy" not in trials_state  # the trials view stays one row per run
+
+    # the runs the view lists, grouped by its keys as MLflow's UI groups them: one group per configuration
+    runs = store.search_runs([sweep.experiment_id], state["searchFilter"])
+    groups: dict[tuple, list] = {}
+    for run in runs:
+        key = tuple(run.data.tags.get(k["groupByData"]) for k in state["groupBy"]["groupByKeys"])
+        groups.setdefault(key, []).append(run)
+    labels = sorted(label for label, _ in groups)
+    assert labels == ["r=2 α=8 all_linear", "zero_shot"]
+    for (label, config_id), members in groups.items():
+        assert config_id and len(members) == 2, label
+        assert sorted(r.data.params["train.seed"] for r in members) == ["0", "1"]  # a group is one config's seeds
+        losses = [r.data.metrics["eval_loss"] for r in members]
+        assert all(loss == loss for loss in losses)  # every seed logged the metric the group row averages
+    # the links: printed at the end of the sweep and in the parent run's note
+    hints = ui.browse_hints(store, summary.parent_run_id, "sweeps/ui_configs/optuna.journal")
+    assert any(h.endswith(f"viewStateShareKey={ui.CONFIG_VIEW_ID}") for h in hints)
+    assert (
+        ui.runs_url(sweep.experiment_id, view=ui.CONFIG_VIEW_ID)
+        in store.get_run(summary.parent_run_id).data.tags["mlflow.note.content"]
+    )
+
+
+def test_baseline_runs_carry_no_lora_params_they_never_used(seeded_sweep, store):
+    sweep, _ = seeded_sweep
+    runs = store.search_runs([sweep.experiment_id], f"tags.`{names.TAG_KIND}` != '{names.KIND_SWEEP}'")
+    baselines = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_BASELINE]
+    trials = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_TRIAL]
+    assert len(baselines) == 2 and len(trials) == 2
+    for run in baselines:
+        lora = {k: v for k, v in run.data.params.items() if k.startswith("lora.")}
+        assert lora == {"lora.method": "none"}, run.info.run_name
+        assert run.data.tags[names.TAG_CONFIG_LABEL] == "zero_shot"
+        assert "train.seed" in run.data.params and "model.name" in run.data.params  # the rest is still there
+    for run in trials:
+        assert run.data.params["lora.r"] == "2" and run.data.params["lora.lora_alpha"] == "8.0"
+        assert run.data.tags[names.TAG_CONFIG_LABEL] == "r=2 α=8 all_linear"
+
+
+def test_a_single_baseline_run_is_named_and_logged_as_what_it_is(make_trial_config):
+    from lora_lab.config import logged_fields
+
+    zero_shot = make_trial_config("lora.method=none")
+    assert ui.run_name(zero_shot) == "tiny_llama zero_shot s0"
+    assert ui.run_name(make_trial_config("lora.method=full", "train.seed=3")) == "tiny_llama full_ft s3"
+    assert [k for k in logged_fields(zero_shot) if k.startswith("lora.")] == ["lora.method"]
+    assert {"lora.r", "lora.lora_alpha", "lora.targets"} <= set(logged_fields(make_trial_config()))
+
+
 # -- optuna-dashboard --------------------------------------------------------------------------
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
