@@ -116,8 +116,9 @@ def quantizes(cfg: typing.Any) -> bool:
 def skip_bitsandbytes(cfg: typing.Any) -> bool:
     """Keep bitsandbytes out of a process that never quantizes; True when it was kept out.
 
-    PEFT imports bitsandbytes whenever it is installed (``peft.helpers`` tries it on import: ~0.7 s,
-    plus a probe for optional CPU kernels), quantized model or not. For a config that
+    PEFT imports bitsandbytes whenever it is installed (``peft.helpers`` tries it on import, plus a
+    probe for optional CPU kernels: a visible share of start-up, ``benchmarks/bench_startup.py``),
+    quantized model or not. For a config that
     quantizes nothing (``quantizes`` is False) the module is marked as not importable with the
     import system's documented ``sys.modules[name] = None`` before PEFT is first imported
     (lora_lab.model.adapter imports PEFT where it uses it); PEFT's ``is_bnb_available`` then answers False

@@ -691,7 +691,8 @@ TRIAL_GROUPS = (*names.TRIAL_GROUPS, "tracking")
 
 @functools.cache
 def _trial_schema() -> DictConfig:
-    """TrialConfig as an OmegaConf schema, built once (~35 ms); ``OmegaConf.merge`` copies it."""
+    """TrialConfig as an OmegaConf schema, built once per process (building it is slower than copying
+    it); ``OmegaConf.merge`` copies it."""
     return OmegaConf.structured(TrialConfig)
 
 
@@ -700,8 +701,8 @@ def to_trial_config(cfg: DictConfig) -> TrialConfig:
 
     A config composed from conf/config.yaml is typed already (its defaults start with the
     ``schema_trial`` schema, so Hydra checked every key and type while composing): its groups become
-    the dataclasses directly, whose ``__post_init__`` checks ranges and choices (~2 ms). Any other
-    config is merged into the schema first (~25 ms), which checks keys and types too."""
+    the dataclasses directly, whose ``__post_init__`` checks ranges and choices. Any other config is
+    merged into the schema first (an order of magnitude slower), which checks keys and types too."""
     groups = [k for k in TRIAL_GROUPS if k in cfg]
     if OmegaConf.get_type(cfg) is TrialConfig:
         trial = TrialConfig(**{k: OmegaConf.to_object(cfg[k]) for k in groups})
@@ -718,7 +719,7 @@ def _merged_trial_config(cfg: DictConfig, groups: list[str]) -> TrialConfig:
 
 def flatten(trial: TrialConfig) -> dict[str, Any]:
     """Flat 'group.field' -> value mapping of a trial config, for logging as parameters."""
-    container = dataclasses.asdict(trial)  # plain values already: no OmegaConf round trip (~30 ms)
+    container = dataclasses.asdict(trial)  # plain values already: no OmegaConf round trip, which is far slower
     out: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:

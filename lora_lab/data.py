@@ -43,9 +43,9 @@ class TensorExamples(torch.utils.data.Dataset):
 
     A batch comes out in one indexing per field (``__getitems__``, which torch's DataLoader calls
     with a whole batch of indices), already padded to its longest example on the tokenizer's side.
-    Reading an Arrow-backed ``datasets.Dataset`` row by row and padding it with the tokenizer took
-    3.3 ms a batch of 32, ~0.5 s of a 150-step CPU trial (``benchmarks/bench_trial_overhead.py``);
-    trials of a sweep share these tensors, built once with the data."""
+    Reading an Arrow-backed ``datasets.Dataset`` row by row and padding it with the tokenizer at every
+    batch was a visible share of a CPU trial (``benchmarks/bench_trial_overhead.py`` times each step's
+    batch fetch); trials of a sweep share these tensors, built once with the data."""
 
     def __init__(self, rows: datasets.Dataset, pad_token_id: int, padding_side: str = "right"):
         self.pad_token_id = pad_token_id

@@ -169,7 +169,7 @@ def git_state(directory: Path, tracked_file: str) -> dict[str, str]:
 
 @functools.cache
 def code_version() -> dict[str, str]:
-    """Tags naming the code that runs, found once per process (~10 ms of ``git``): the git state of
+    """Tags naming the code that runs, found once per process (it runs ``git``): the git state of
     the checkout lora_lab is imported from (``git_state``) and the package version; an installed
     wheel has no checkout, its version alone names it."""
     from importlib.metadata import PackageNotFoundError, version

@@ -93,9 +93,9 @@ class StepLogger(TrainerCallback):
 
     Step metrics are buffered and written once ``FLUSH_S`` seconds passed since the last write (so
     ``mlflow ui`` follows a long trial live, at most half a minute behind) and at the end of the run
-    (``TrialRun.finish`` writes what is left together with the final metrics, whatever happens): a
-    database write costs ~30-40 ms on a sqlite store, and a 150-step CPU trial lasts ~4-5 s, so a
-    short trial writes its step metrics once."""
+    (``TrialRun.finish`` writes what is left together with the final metrics, whatever happens): each
+    database write has a fixed cost that is a visible share of a short CPU trial, so a short trial
+    writes its step metrics once."""
 
     FLUSH_S = 30.0
 
@@ -143,11 +143,11 @@ os.register_at_fork(after_in_child=_forget_writer)
 def in_background(write, *args, **kwargs) -> Future:
     """Run an MLflow write on lora_lab's one background writer thread (in submission order).
 
-    A trial's first writes (~65 config params, config.yaml, the dataset input: ~50 ms on a sqlite
-    store) then overlap its training instead of delaying it; ``TrialRun.finish`` waits for them
+    A trial's first writes (every config param, config.yaml, the dataset input) then overlap its
+    training instead of delaying it; ``TrialRun.finish`` waits for them
     before it ends the run, so a finished run is complete. MLflow's own async logging
     (``log_batch(synchronous=False)``) does not fit: every ``set_terminated`` shuts its queue down
-    and waits for its thread, ~0.5 s a trial, measured."""
+    and waits for its thread, at every trial."""
     global _writer
     if _writer is None:
         _writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lora_lab-mlflow")
@@ -225,7 +225,7 @@ class TrialRun:
         if isinstance(config, DictConfig) and OmegaConf.select(config, "tracking.experiment") != experiment:
             config = copy.deepcopy(config)  # the trial's own config stays as composed
             config.tracking.experiment = experiment
-        text = config if isinstance(config, str) else OmegaConf.to_yaml(config)  # ~10 ms: off the trial's path
+        text = config if isinstance(config, str) else OmegaConf.to_yaml(config)  # here: off the trial's path
         self.client.log_text(self.run_id, text, "config.yaml")
 
     def log_dataset(self, task: TaskData, data_cfg: DataConfig) -> None:

@@ -113,7 +113,7 @@ class ResourceCache:
             self.builds += 1
             # What exists now (libraries, base model, data) lives as long as the sweep. Freezing it
             # keeps the full collections that transformers/accelerate run in every trial (gc.collect()
-            # in Trainer.train) from rescanning ~600k long-lived objects: 0.3-0.5 s a trial on a CPU.
+            # in Trainer.train) from rescanning the hundreds of thousands of long-lived objects every trial.
             gc.collect()
             gc.freeze()
         return self._current
@@ -176,7 +176,7 @@ class LoraTrainer(Trainer):
     """transformers' Trainer, counting each batch's FLOPs from a parameter count taken once.
 
     Trainer.floating_point_ops recounts the model's parameters at every step (a walk over every
-    module: ~0.9 ms a step on the built-in model, ~3 % of a CPU step); the count cannot change while
+    module, a few percent of a CPU step on the built-in model); the count cannot change while
     an adapter trains, so the same number (6 x tokens x non-embedding parameters) comes from one walk."""
 
     _non_embedding_params: int | None = None
@@ -554,9 +554,10 @@ def command(cfg: DictConfig) -> float:
     threads.apply()
     trial_cfg = to_trial_config(cfg)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
-    # MLflow (~0.7 s of imports) and its tracking store (~0.8 s: SQLAlchemy, Alembic, the schema
-    # check) are opened on a thread of their own while the model and data build; the run itself is
-    # created only once they are built, so a trial that cannot start leaves no run behind.
+    # MLflow (its imports) and its tracking store (SQLAlchemy, Alembic, the schema check: together a
+    # large share of start-up, benchmarks/bench_startup.py) are opened on a thread of their own while
+    # the model and data build; the run itself is created only once they are built, so a trial that
+    # cannot start leaves no run behind.
     opening = _open_tracking_in_background() if trial_cfg.tracking.enabled else None
     resources = build_resources(trial_cfg)
     if trial_cfg.lora.method == "lora":  # a set the model cannot express stops here, before a run is created

@@ -74,7 +74,7 @@ def save_adapter(peft_model: PeftModel, directory: str | Path, base_model: str |
     instead of the directory the base was loaded from on this machine.
 
     PEFT starts the model card from huggingface_hub's template, which it compiles anew at every save
-    (~22 ms, half of saving a small adapter); it updates an existing README.md instead, so the card
+    (a large part of saving a small adapter); it updates an existing README.md instead, so the card
     rendered once per process is put there first: the saved files are the same."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
