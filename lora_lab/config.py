@@ -677,12 +677,31 @@ class PretrainConfig:
         _check_range("min_exact_match", self.min_exact_match, low=0, high=1)
 
 
+@dataclass
+class ExportConfig:
+    """``python -m lora_lab.export``: merge a trained adapter into its base model (conf/export.yaml)."""
+
+    adapter: str = MISSING
+    """Directory of an adapter saved by a trial (``<run dir>/adapter``): PEFT's files plus the trial's
+    model and quantization settings (``lora_lab_trial.json``), which say which base to merge into."""
+    output_dir: str = MISSING
+    """Where the merged model and its tokenizer are written (a directory that does not exist yet)."""
+    dequantize: bool = False
+    """An adapter trained on a quantized base (QLoRA): merge into the base's weights dequantized to
+    the compute dtype, the weights the adapter was trained against, giving a full-precision model.
+    Without it such an adapter is refused: merging into 4-bit weights would re-quantize the sum."""
+    base: Optional[str] = None
+    """The base model as a Hub id or local directory, when it is no longer where the trial loaded it
+    from (``model.pretrained`` of the trial); null: the trial's own."""
+
+
 def register_configs() -> None:
     """Register the schemas with Hydra so conf/ YAML files can extend them."""
     cs = ConfigStore.instance()
     cs.store(name="schema_trial", node=TrialConfig)
     cs.store(name="schema_report", node=ReportConfig)
     cs.store(name="schema_pretrain", node=PretrainConfig)
+    cs.store(name="schema_export", node=ExportConfig)
 
 
 TRIAL_GROUPS = (*names.TRIAL_GROUPS, "tracking")

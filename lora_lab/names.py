@@ -9,6 +9,10 @@ from __future__ import annotations
 TRIAL_GROUPS: tuple[str, ...] = ("model", "lora", "quant", "train", "data")
 """The Hydra config groups one trial is composed from (``tracking`` is logged but never searched)."""
 
+ADAPTER_TRIAL_FILE = "lora_lab_trial.json"
+"""Saved beside a trial's adapter: the trial's model and quant settings, so ``lora_lab.export`` knows
+the base to merge into."""
+
 TARGET_SETS: tuple[str, ...] = ("qv", "attn", "mlp", "all_linear")
 """The named target-module sets (lora.targets), resolved per architecture by lora_lab.model.targets."""
 

@@ -474,7 +474,7 @@ def _train_and_evaluate(
         adapter_dir = None
         if cfg.train.save_adapter and not was_pruned and method == "lora":
             adapter_dir = str(output_dir / "adapter")
-            save_adapter(model, adapter_dir, base_model=base_model_id(cfg.model))
+            save_adapter(model, adapter_dir, base_model=base_model_id(cfg.model), trial=cfg)
         if on_adapter_ready is not None and method == "lora":
             on_adapter_ready(model)
         train_time = float(train_output.metrics["train_runtime"])

@@ -14,10 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 from tiny_archs import ARCHITECTURES, save_checkpoint
+from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from lora_lab import names
+from lora_lab.config import ExportConfig
 from lora_lab.errors import ConfigError
+from lora_lab.export import Exporter
 from lora_lab.model import targets
 from lora_lab.train import build_resources, run_trial
 
@@ -145,9 +148,10 @@ def test_target_sets_resolve_from_the_config_alone(checkpoints, make_trial_confi
 
 
 def test_the_train_command_on_a_local_gpt2_checkpoint(checkpoints, tmp_path):
-    """The real command, offline: a GPT-2 checkpoint (Conv1D layers) with the attention set."""
+    """The real command, offline: a GPT-2 checkpoint (Conv1D layers) with the attention set; then its
+    adapter merged (lora_lab.export)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    overrides = [o for o in STEP if not o.startswith("tracking.")]
+    overrides = [o for o in STEP if not o.startswith(("tracking.", "train.save_adapter"))]
     command = [sys.executable, "-m", "lora_lab.train", *hub_overrides("gpt2", checkpoints["gpt2"]), *overrides]
     command += ["lora.targets=attn", "tracking.enabled=false", f"hydra.run.dir={tmp_path / 'run'}"]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -155,3 +159,11 @@ def test_the_train_command_on_a_local_gpt2_checkpoint(checkpoints, tmp_path):
     # attn on GPT-2 (width 32, 2 layers): c_attn 32 -> 96 and attn.c_proj 32 -> 32, rank 2
     assert f"trainable params: {2 * 2 * ((32 + 96) + (32 + 32)):,}" in done.stdout
     assert "fan_in_fan_out" not in done.stderr  # set by lora_lab, so PEFT has nothing to correct
+    # the adapter it saved merges into the Conv1D layers (weights stored transposed) as it computed
+    exporter = Exporter(ExportConfig(adapter=str(tmp_path / "run" / "adapter"), output_dir=str(tmp_path / "merged")))
+    exporter.setup()
+    batch = exporter.tokenizer(["<s>abc<", "<s>hello<"], return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        with_adapter = exporter.peft_model(**batch).logits
+        merged = AutoModelForCausalLM.from_pretrained(exporter.run(), local_files_only=True)
+        torch.testing.assert_close(merged(**batch).logits, with_adapter, atol=1e-5, rtol=1e-5)

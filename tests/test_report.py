@@ -573,6 +573,9 @@ def test_report_markdown_and_html(built, store):
     assert md.index("## Recommendation") < md.index("## Summary") < md.index("## Findings")
     assert seedless in md and seedless in page
     assert (built / "recommended_command.txt").read_text().splitlines()[1] == seedless
+    run_dir = "outputs/demo-eval_loss"  # the recommended training, then its adapter merged for use
+    merge = f"python -m lora_lab.export adapter={run_dir}/adapter output_dir={run_dir}/merged"
+    assert f"{seedless} hydra.run.dir={run_dir}\n{merge}\n" in md
     assert (built / "best_command.txt").read_text().strip() == (
         "python -m lora_lab.train lora.r=8 lora.targets=all_linear train.seed=0 lora.lora_alpha=16"
     )

@@ -5,6 +5,7 @@ PEFT is imported where it is used (see ``lora_lab.cli.skip_bitsandbytes``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -14,7 +15,8 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import PreTrainedModel
 
-from lora_lab.config import LoraSettings, ModelConfig
+from lora_lab import names
+from lora_lab.config import LoraSettings, ModelConfig, TrialConfig
 from lora_lab.model import targets
 
 if TYPE_CHECKING:
@@ -67,11 +69,14 @@ def _blank_model_card() -> str:
     return str(ModelCard.from_template(ModelCardData()))
 
 
-def save_adapter(peft_model: PeftModel, directory: str | Path, base_model: str | None = None) -> None:
+def save_adapter(
+    peft_model: PeftModel, directory: str | Path, base_model: str | None = None, trial: TrialConfig | None = None
+) -> None:
     """Save the adapter with PEFT's ``save_pretrained`` (weights, adapter_config.json, README.md).
 
     ``base_model`` (see ``base_model_id``) is written as the adapter's ``base_model_name_or_path``
-    instead of the directory the base was loaded from on this machine.
+    instead of the directory the base was loaded from on this machine. ``trial``'s model, quant and
+    lora settings go to ``names.ADAPTER_TRIAL_FILE`` beside it: what ``lora_lab.export`` merges into.
 
     PEFT starts the model card from huggingface_hub's template, which it compiles anew at every save
     (a large part of saving a small adapter); it updates an existing README.md instead, so the card
@@ -93,3 +98,6 @@ def save_adapter(peft_model: PeftModel, directory: str | Path, base_model: str |
         if loaded_from and loaded_from != base_model:
             card = readme.read_text(encoding="utf-8")
             readme.write_text(card.replace(loaded_from, base_model), encoding="utf-8")
+    if trial is not None:
+        settings = {group: dataclasses.asdict(getattr(trial, group)) for group in ("model", "quant", "lora")}
+        (directory / names.ADAPTER_TRIAL_FILE).write_text(json.dumps(settings, indent=2), encoding="utf-8")

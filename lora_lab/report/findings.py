@@ -132,6 +132,15 @@ def recommended_command(runs: pd.DataFrame, rec: Recommendation) -> str:
     return "python -m lora_lab.train " + " ".join(train_overrides(run, seed=False))
 
 
+def with_merge(command: str, runs: pd.DataFrame, rec: Recommendation, run_dir: str) -> list[str]:
+    """``command`` with its run directory fixed, then the ``python -m lora_lab.export`` that merges the
+    adapter it trains into its base for use (``dequantize=true`` where the base was quantized)."""
+    run = runs[runs["run_id"] == rec.chosen["best_run_id"]].iloc[0]
+    quantized = str(run.get("params.quant.method", "none")) not in ("none", "nan", "None")
+    merge = f"python -m lora_lab.export adapter={run_dir}/adapter output_dir={run_dir}/merged"
+    return [f"{command} hydra.run.dir={run_dir}", merge + (" dequantize=true" if quantized else "")]
+
+
 # -- warnings about the search ----------------------------------------------------------------------
 
 

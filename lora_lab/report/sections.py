@@ -139,8 +139,13 @@ def section_recommendation(data: SweepData, doc: Doc, files: Files) -> None:
         recs.append((em_rec, findings.recommended_command(em_runs, em_rec)))
         files["recommendation_exact_match.csv"] = em_configs
     doc.bullets(items)
-    doc.para("Ready to run (the seed left at its default):")
-    doc.code("\n".join(dict.fromkeys(c for _, c in recs)))
+    doc.para(
+        "Ready to run (the seed left at its default), then merged into its base for use (python -m lora_lab.export):"
+    )
+    steps: dict[str, list[str]] = {}  # each distinct command once, with the run directory of its first metric
+    for r, c in recs:
+        steps.setdefault(c, findings.with_merge(c, data.ranked, r, f"outputs/{data.settings.study}-{r.metric}"))
+    doc.code("\n".join(line for lines in steps.values() for line in lines))
     files["recommended_command.txt"] = "\n".join(f"# {r.metric}: {r.chosen['config']}\n{c}" for r, c in recs) + "\n"
     keys = [k for k in tables.sampled_keys(data.ranked, data.info, derived=False)]
     warnings = findings.grid_edges(data.info, data.configs, keys)
