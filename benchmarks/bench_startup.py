@@ -6,6 +6,13 @@ working directory with a warm model cache and an existing MLflow store):
 * ``floor``: ``python -c "import torch, transformers, peft; from transformers import Trainer"``: the least any
   command built on these libraries can cost;
 * ``floor (A/A)``: the same command again as a series of its own: how far two identical series differ here;
+* ``floor + Llama + MLflow store``: the floor, plus what any trial that builds a Llama model and tracks it in
+  MLflow must import and open whoever writes it: ``from transformers import LlamaForCausalLM`` (transformers'
+  ``modeling_utils`` and the model-loading modules it imports at module level: ``core_model_loading``,
+  ``integrations.finegrained_fp8``, ``integrations.deepgemm``, with ``torch.distributed.tensor`` and
+  ``torch._dynamo``) and ``MlflowClient().search_experiments()`` on the same sqlite store (``import mlflow``,
+  which in mlflow 3.18 imports ``mlflow.genai``, and the store's SQLAlchemy/Alembic schema check): the
+  libraries' own cost, which no change inside lora_lab can remove;
 * ``import``: ``python -c "import lora_lab.train"``;
 * ``train 1 step``: ``python -m lora_lab.train train.max_steps=1``, the whole command (build, one step, evaluation,
   adapter save, MLflow);
@@ -33,6 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, Machine, fmt, median, ratio_ci, table, write_report  # noqa: E402
 
 FLOOR = "import torch, transformers, peft; from transformers import Trainer"
+TRACKED_FLOOR = (
+    FLOOR + "; from transformers import LlamaForCausalLM; "
+    "from mlflow.tracking import MlflowClient; MlflowClient().search_experiments(max_results=1)"
+)
+LIBRARIES = "floor + Llama + MLflow store"
 
 
 def _env(repo: Path, store: Path, cache: Path) -> dict[str, str]:
@@ -103,8 +115,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="lora_lab_startup_"))
     cache = work / "cache"
-    series: dict[str, list[float]] = {"floor": [], "floor (A/A)": []}
-    jobs: list[tuple[str, object]] = [("floor", None), ("floor (A/A)", None)]
+    series: dict[str, list[float]] = {"floor": [], "floor (A/A)": [], LIBRARIES: []}
+    jobs: list[tuple[str, object]] = [("floor", None), ("floor (A/A)", None), (LIBRARIES, None)]
     for label, repo in repos.items():
         store = work / f"{label.replace(' ', '_')}.db"
         cwd = work / label.replace(" ", "_")
@@ -116,6 +128,7 @@ def main() -> None:
             series[f"{name} [{label}]"] = []
             jobs.append((f"{name} [{label}]", (name, repo, env, cwd, store)))
     floor_env = _env(REPO, work / "floor.db", cache)
+    _timed([sys.executable, "-c", TRACKED_FLOOR], floor_env, work)  # not timed: creates its store once, as above
 
     machine = Machine()
     for round_ in range(args.runs):
@@ -123,7 +136,7 @@ def main() -> None:
         random.Random(round_).shuffle(order)
         for key, spec in order:
             if spec is None:
-                value = _timed([sys.executable, "-c", FLOOR], floor_env, work)
+                value = _timed([sys.executable, "-c", TRACKED_FLOOR if key == LIBRARIES else FLOOR], floor_env, work)
             else:
                 name, repo, env, cwd, store = spec
                 if name == "import":
@@ -153,6 +166,8 @@ def main() -> None:
         "from an empty working directory with a warm model cache and an MLflow sqlite store that already exists.",
         "Ratio: median over rounds of (command / floor in the same round); interval: 95 % bootstrap CI over "
         "rounds. The `floor (A/A)` row is the same floor command as a second series: its ratio is the noise floor.",
+        f'`{LIBRARIES}`: `python -c "{TRACKED_FLOOR}"` on the same kind of store: what the libraries alone cost a '
+        "tracked trial of a Llama model; a lora_lab command's ratio divided by this row's is lora_lab's own share.",
         "",
         *table(["command", "median s", "min s", "max s", "ratio to floor", "95 % CI"], rows),
         "",

@@ -391,6 +391,7 @@ def reference(args) -> None:
         "confirm": f"each of the best {len(top)} explored configurations trained again with train.seed=0..{args.ref_seeds - 1}"
         " (lora_lab.train.run_trial on the composed config, pruning off, no generation)",
         "made_by": _common.command_line(),
+        "versions": _common.versions(),
         "revision": _common.git_revision(),
         "date": f"{machine.started:%Y-%m-%d %H:%M} UTC",
         "uptime_before": machine.uptime_before,
@@ -685,7 +686,11 @@ def report(args, ref, target, machine, sides, results) -> None:
             body,
         )
         raw.write_text(
-            json.dumps({"target": target, "tolerance": args.tolerance, "results": results}, indent=1, default=str)
+            json.dumps(
+                {"target": target, "tolerance": args.tolerance, "versions": _common.versions(), "results": results},
+                indent=1,
+                default=str,
+            )
             + "\n"
         )
 
