@@ -136,6 +136,13 @@ def peft_default_targets(model_type: str) -> list[str] | None:
     return list(targets) if targets else None
 
 
+def fused_projections(found: Layout) -> list[str]:
+    """Short names of attention layers that compute query, key and value together (PEFT's single
+    default target for the model type, or a name with 'qkv' / 'query_key_value' in it)."""
+    default = peft_default_targets(found.model_type) or ()
+    return [n for n in _short_names(found.attention) if (n in default and len(default) == 1) or _FUSED.search(n)]
+
+
 def _query_value(found: Layout) -> list[str] | None:
     """Full names of the separate query and value projections, or None when the model fuses them."""
     short = {n: n.rsplit(".", 1)[-1] for n in found.attention}
@@ -173,9 +180,7 @@ def resolve(model: torch.nn.Module, name: str, model_cfg: ModelConfig, found: La
     if name == "qv":
         layers = _query_value(found)
         if layers is None:
-            default = peft_default_targets(found.model_type)
-            attention = _short_names(found.attention)
-            fused = [n for n in attention if n in (default or ()) or _FUSED.search(n)]
+            fused = fused_projections(found)
             raise ConfigError(
                 "lora.targets",
                 "qv",
