@@ -167,3 +167,36 @@ def test_the_train_command_on_a_local_gpt2_checkpoint(checkpoints, tmp_path):
         with_adapter = exporter.peft_model(**batch).logits
         merged = AutoModelForCausalLM.from_pretrained(exporter.run(), local_files_only=True)
         torch.testing.assert_close(merged(**batch).logits, with_adapter, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_short_sweep_on_a_local_checkpoint(checkpoints, tmp_path, monkeypatch):
+    """The targets preset, narrowed to two sets, on an OPT checkpoint: each trial trains its own set."""
+    import mlflow
+    from hydra import compose, initialize_config_dir
+
+    from lora_lab.config import register_configs
+    from lora_lab.sweep import Sweep
+
+    monkeypatch.chdir(tmp_path)
+    register_configs()
+    overrides = [
+        *hub_overrides("opt", checkpoints["opt"]),
+        *[o for o in STEP if not o.startswith(("tracking.", "lora.r"))],
+        "tracking.log_adapter=false",
+        "+sweep=targets",
+        "sweep.study_name=opt_targets",
+        "sweep.seeds=1",
+    ]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=overrides)
+        cfg.sweep.params["lora.targets"].choices = ["qv", "mlp"]
+        cfg.sweep.params["lora.r"].choices = [2]
+        sweep = Sweep(cfg, overrides, console_progress=False)
+        sweep.setup()
+        summary = sweep.run()
+    assert summary.counts == {"COMPLETE": 2}
+    runs = mlflow.search_runs(experiment_names=["opt_targets"], filter_string="tags.`lora_lab.kind` = 'trial'")
+    by_set = dict(zip(runs["params.lora.targets"], runs["metrics.trainable_params"].astype(int), strict=True))
+    # OPT, width 32, MLP 64, 2 layers, r=2: qv = q_proj + v_proj (32 -> 32 each), mlp = fc1 (32 -> 64) + fc2 (64 -> 32)
+    assert by_set == {"qv": 2 * 2 * 2 * (32 + 32), "mlp": 2 * 2 * 2 * (32 + 64)}
