@@ -141,7 +141,7 @@ class Proc:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="rounds; each measures every series once")
-    parser.add_argument("--steps", type=int, default=20, help="optimizer steps of the measured trial")
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps of the measured trial")
     parser.add_argument(
         "--settle", type=float, default=1.0, help="seconds a resumed neighbour runs before a measurement"
     )
@@ -220,6 +220,14 @@ def main() -> None:
             f"- beside a {neighbour} neighbour: **{fmt(policy)}x** its time alone with lora_lab's policy "
             f"(goal <= {GOAL}x: {met}); stock settings: {fmt(stock)}x."
         )
+    alone_ratio, alone_low, alone_high = ratio_ci(
+        [p / s for p, s in zip(times[("policy", "alone")], times[("stock", "alone")], strict=True)]
+    )
+    verdict.append(
+        f"- alone, the policy side against the stock side (same round): {fmt(alone_ratio)}x"
+        + (f" [{fmt(alone_low)}, {fmt(alone_high)}]" if alone_low == alone_low else "")
+        + " (above 1: passive waiting costs a trial that has the cores to itself)."
+    )
     cores = os.cpu_count()
     body = [
         f"{args.rounds} rounds on {cores} cores; the measured unit is one whole `run_trial` of the default "
