@@ -29,8 +29,10 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 
 from lora_lab import names, search_space
+from lora_lab import storage as storage_module
 from lora_lab.cli import redact_url
 from lora_lab.config import SweepConfig
+from lora_lab.storage import journal_path
 
 DONE, LIVE, VOID = "done", "live", "void"
 """How a trial stands towards its slot: a result (COMPLETE, PRUNED, or FAIL by its own error),
@@ -107,11 +109,6 @@ def warm_start_storage_url(sweep: SweepConfig) -> str:
     return sweep.warm_start.storage or default_storage(sweep.warm_start.study)
 
 
-def journal_path(url: str) -> str:
-    """The file of a journal storage given as a path or a journal:// URL."""
-    return url.removeprefix("journal:///").removeprefix("journal://")
-
-
 def heartbeat_interval_s() -> int:
     """How often a running trial tells a database storage it is alive ($LORA_LAB_HEARTBEAT_S,
     default 10); after three missed beats (the grace period) another worker fails the trial and
@@ -119,21 +116,12 @@ def heartbeat_interval_s() -> int:
     return int(os.environ.get("LORA_LAB_HEARTBEAT_S", "10"))
 
 
-def open_storage(url: str, on_stale_trial: Callable | None = None) -> optuna.storages.BaseStorage:
-    """An Optuna storage: a journal file (path ending in .journal) or any RDB URL. Database
-    storages get a heartbeat, so the trial of a killed worker on any host is failed (and
-    ``on_stale_trial`` called) instead of being left RUNNING."""
-    if url.endswith(".journal"):
-        path = journal_path(url)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
-    return optuna.storages.RDBStorage(
-        url,
-        heartbeat_interval=heartbeat_interval_s(),
-        grace_period=3 * heartbeat_interval_s(),
-        heartbeat_stale_trial_callback=on_stale_trial,
-        engine_kwargs={"pool_pre_ping": True},
-    )
+def open_storage(url: str, on_stale_trial: Callable | None = None, say: Callable[[str], None] | None = None):
+    """An Optuna storage: a journal file (path ending in .journal; a torn last record is moved aside
+    first, see ``lora_lab.storage``) or any RDB URL. Database storages get a heartbeat, so the trial
+    of a killed worker on any host is failed (and ``on_stale_trial`` called) instead of being left
+    RUNNING."""
+    return storage_module.open_storage(url, on_stale_trial, say)
 
 
 def open_for_reading(url: str) -> optuna.storages.BaseStorage | None:
@@ -290,10 +278,31 @@ class Heartbeat:
 class SlotBook:
     """One Optuna study seen as slots: which are done, held or missing, and who may run which."""
 
-    def __init__(self, study: optuna.Study, heartbeat: bool = False):
+    def __init__(self, study: optuna.Study, heartbeat: bool = False, retry_failed: bool = False):
         self.study = study
         self.heartbeat = heartbeat
         """Whether the storage fails a trial whose worker stopped beating (database storages)."""
+        self.retry_below: int | None = len(study.get_trials(deepcopy=False)) if retry_failed else None
+        """With ``sweep.retry_failed``: the configurations' own failures among the trials older than
+        this (those of earlier runs) leave their slots open, so they run once more."""
+
+    def standing(self, trial: FrozenTrial) -> str:
+        """DONE, LIVE or VOID (see ``standing``), an earlier failure being VOID under ``sweep.retry_failed``."""
+        stand = standing(trial)
+        if (
+            stand == DONE
+            and trial.state == TrialState.FAIL
+            and self.retry_below is not None
+            and trial.number < self.retry_below
+        ):
+            return VOID
+        return stand
+
+    def outcome(self, trial: FrozenTrial) -> str:
+        """``outcome``, with an earlier failure run again under ``sweep.retry_failed`` as RETRIED."""
+        if standing(trial) == DONE and self.standing(trial) == VOID:
+            return names.OUTCOME_RETRIED.upper()
+        return outcome(trial)
 
     def trials(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False)
@@ -303,7 +312,7 @@ class SlotBook:
         return {
             t.user_attrs[names.TAG_SLOT]
             for t in self.trials()
-            if names.TAG_SLOT in t.user_attrs and standing(t) in (DONE, LIVE)
+            if names.TAG_SLOT in t.user_attrs and self.standing(t) in (DONE, LIVE)
         }
 
     def enqueue_missing(self, planned: list[Slot]) -> list[Slot]:
@@ -330,7 +339,7 @@ class SlotBook:
         for t in self.trials():
             if t.number == number or t.user_attrs.get(names.TAG_SLOT) != slot_id:
                 continue
-            stand = standing(t)
+            stand = self.standing(t)
             if stand == DONE or (stand == LIVE and t.number < number):
                 return t
         return None
