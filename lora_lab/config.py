@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -43,6 +44,20 @@ def _check_range(
         lo = "" if low is None else f"{low} {'<=' if low_inclusive else '<'} "
         hi = "" if high is None else f" {'<=' if high_inclusive else '<'} {high}"
         raise ConfigError(name, value, f"a number with {lo}{name.rsplit('.', 1)[-1]}{hi}")
+
+
+STUDY_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+"""A study name is one path segment (it names sweeps/<study>/ and reports/<study>/)."""
+
+
+def _check_study_name(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not STUDY_NAME.fullmatch(value) or ".." in value or value == ".":
+        raise ConfigError(
+            name,
+            value,
+            "one path segment of letters, digits and - _ . (no '/', no '..'): it names the folders "
+            "sweeps/<name>/ and reports/<name>/, which must stay inside them",
+        )
 
 
 @dataclass
@@ -539,8 +554,15 @@ class SweepConfig:
     """Stop when this many trials failed in a row (null: stop only when every trial so far failed)."""
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     """Run the best configurations of an earlier study first (``warm_start.study``; off by default)."""
+    retry_failed: bool = False
+    """Run again the configurations whose trials failed by their own error (NaN loss, a value the
+    model refuses, out of memory), which a study otherwise keeps as results. Failures of the
+    environment (missing file, no space, ...) are always run again: see docs/faults.md."""
 
     def __post_init__(self) -> None:
+        _check_study_name("sweep.study_name", self.study_name)
+        if self.warm_start.study is not None:
+            _check_study_name("sweep.warm_start.study", self.warm_start.study)
         if not self.objectives:
             raise ConfigError("sweep.objectives", self.objectives, "at least one {metric, direction}")
         _check_choice("sweep.sampler.name", self.sampler.name, ("tpe", "random", "grid", "cmaes", "nsgaii", "qmc"))
@@ -603,6 +625,7 @@ class ReportConfig:
     """MLflow UI address (http://host:5000) for run links; null: the tracking URI when it is http(s)."""
 
     def __post_init__(self) -> None:
+        _check_study_name("study", self.study)
         _check_range("confidence", self.confidence, low=0.5, high=0.999)
         _check_choice("tie_rule", self.tie_rule, ("welch", "relative", "absolute"))
         _check_range("tie_alpha", self.tie_alpha, low=0.001, high=0.5)

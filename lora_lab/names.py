@@ -31,7 +31,8 @@ KIND_BASELINE = "baseline"
 
 TAG_STUDY = "lora_lab.study"
 TAG_CONFIG_ID = "lora_lab.config_id"
-"""Hash of a trial's searched values without the seed: runs with one config_id are seeds of one configuration."""
+"""Hash of a trial's whole config but its seed (its searched values and its study's definition, see
+lora_lab.definition): runs with one config_id are seeds of one configuration."""
 TAG_OVERRIDES = "lora_lab.overrides"
 TAG_ERROR = "lora_lab.error"
 TAG_WORKER = "lora_lab.worker"
@@ -61,6 +62,12 @@ OUTCOME_ERROR counts as a finished configuration; the others leave its slot to b
 report never averages a run that carries it (interrupted, worker_lost runs are listed apart)."""
 OUTCOME_ERROR = "error"
 """The configuration itself failed (exception, NaN loss, out of memory): a result, not re-run."""
+OUTCOME_ENVIRONMENT = "environment"
+"""The environment failed the trial (a missing file, a model or service out of reach, no space left,
+no permission; see lora_lab.faults): not the configuration's result, so its slot stays open and the
+sweep stops."""
+OUTCOME_RETRIED = "retried"
+"""How the counts show a configuration's failure that ``sweep.retry_failed=true`` runs again."""
 OUTCOME_INTERRUPTED = "interrupted"
 """Ctrl-C or SIGTERM (e.g. SLURM preemption) during the trial."""
 OUTCOME_WORKER_LOST = "worker_lost"
@@ -77,6 +84,9 @@ TAG_SLOT = "lora_lab.slot"
 TAG_SEED = "lora_lab.seed"
 ATTR_PLAN = "lora_lab.plan"
 """Study user attr: what the study was asked to hold (grid points, seeds, n_trials, objectives)."""
+ATTR_DEFINITION = "lora_lab.definition"
+"""Study user attr: the sweep's definition (search space, objectives, the trial config but its searched
+fields and seed), stored when the study is created; a rerun that differs is refused (lora_lab.definition)."""
 ATTR_WARM_START = "lora_lab.warm_start"
 """Study user attr: the configurations taken from an earlier study (sweep.warm_start), kept so that
 every worker and every restart runs the same ones; also the parent run's MLflow tag holding the line
