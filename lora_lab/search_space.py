@@ -187,8 +187,12 @@ def to_overrides(values: dict[str, Any]) -> list[str]:
     return out
 
 
-def config_id(values: dict[str, Any]) -> str:
+def config_id(values: dict[str, Any], basis: str = "") -> str:
     """Identifier shared by the seeds of one configuration: a hash of its sampled values (derived
-    values follow from them; a seed among the values is left out)."""
-    key = {k: v for k, v in sorted(values.items()) if k != SEED_PARAM}
+    values follow from them; a seed among the values is left out) and of ``basis``, the digest of
+    everything else its trials are trained with (``lora_lab.definition.basis_of``; empty for a study
+    made before definitions were kept, whose ids came from the sampled values alone)."""
+    key: dict[str, Any] = {k: v for k, v in sorted(values.items()) if k != SEED_PARAM}
+    if basis:
+        key["lora_lab.definition"] = basis
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
