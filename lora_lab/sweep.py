@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -30,17 +32,20 @@ import optuna
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 from optuna.trial import FrozenTrial, TrialState
 from transformers import TrainerCallback
 
-from lora_lab import base_scores, cli, grid_order, names, preflight, search_space, threads, track
+from lora_lab import base_scores, cli, definition, faults, grid_order, names, preflight, search_space, threads, track
 from lora_lab.config import BaselineConfig, SweepConfig, TrialConfig, register_configs, to_trial_config
 from lora_lab.errors import ConfigError, LoraLabError
 from lora_lab.progress import SweepProgress
+from lora_lab.storage import check_writable, journal_path, release_space, repair_journal, reserve_space
 from lora_lab.study import (
     DONE,
     Heartbeat,
@@ -51,7 +56,6 @@ from lora_lab.study import (
     make_pruner,
     make_sampler,
     open_storage,
-    outcome,
     standing,
     storage_url,
     worker_identity,
@@ -228,6 +232,9 @@ class SweepSummary:
     best: list[dict[str, Any]] = field(default_factory=list)
     baselines: dict[str, int] = field(default_factory=dict)
     confirmations: dict[str, int] = field(default_factory=dict)
+    unfinished: list[str] = field(default_factory=list)
+    """What of the plan did not complete (failed or never ran), one phrase per phase: the command
+    then exits non-zero."""
 
 
 @dataclass
@@ -291,8 +298,20 @@ class Sweep:
     def check_inputs(self) -> None:
         """Refuse bad input before anything is created: a clear ConfigError naming the field."""
         # storage, servers, device, objectives, search space, the study to warm-start from
-        self.warm = preflight.check_sweep(self.cfg, self.sweep)
+        self.warm = preflight.check_sweep(self.cfg, self.sweep, self._baseline_configs())
         self.n_configs = target_configs(self.sweep)
+        check_writable(self.storage)
+        if self.storage.endswith(".journal"):  # a torn last record moved aside first: the study is read next
+            note = repair_journal(journal_path(self.storage))
+            if note:
+                self._say(note)
+        self.definition = definition.build(self.sweep, to_trial_config(self.cfg))
+        self.study_exists, stored = definition.check_stored(self.sweep, self.storage, self.definition)
+        self.definition_stored = stored is not None
+        self.config_basis = (
+            stored.get("basis", "") if stored else ("" if self.study_exists else self.definition["basis"])
+        )
+        """What every configuration id of this study adds to its searched values (see lora_lab.definition)."""
         if self.sweep.sampler.name == "cmaes":
             try:
                 import cmaes  # noqa: F401  (Optuna's CMA-ES sampler needs it)
@@ -309,7 +328,7 @@ class Sweep:
         self.check_inputs()
         self.client = MlflowClient()
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # links printed once, at the end
-        self.raw_storage = open_storage(self.storage, self._on_stale_trial)
+        self.raw_storage = open_storage(self.storage, self._on_stale_trial, say=self._say)
         name = self.sweep.study_name
         directions = [o.direction for o in self.objectives]
         first = optuna.create_study(
@@ -319,14 +338,19 @@ class Sweep:
         self.study = optuna.load_study(
             study_name=name, storage=self.raw_storage, sampler=sampler, pruner=make_pruner(self.sweep)
         )
-        self.search = Phase("search", self.study, SlotBook(self.study, self._has_heartbeat()), samples=not self.is_grid)
-        for param, before, now in self.search.book.changed_choices(search_space.distributions(self.sweep)):
-            raise ConfigError(
-                f"sweep.params.{param}.choices",
-                now,
-                f"the choices study '{name}' began with, {before} (Optuna keeps one value space per parameter "
-                "in a study; give the changed search a new sweep.study_name)",
-            )
+        self.search = Phase(
+            "search",
+            self.study,
+            SlotBook(self.study, self._has_heartbeat(), self.sweep.retry_failed),
+            samples=not self.is_grid,
+        )
+        if not self.definition_stored:
+            self.study.set_user_attr(names.ATTR_DEFINITION, {**self.definition, "basis": self.config_basis})
+            if self.study_exists:
+                self._say(
+                    f"study '{name}' was made before lora_lab kept a study's definition: this run's settings are "
+                    "stored in it now, and later runs under this name are checked against them"
+                )
         self.baselines = self._side_phase("baseline", names.BASELINE_STUDY_SUFFIX) if self.sweep.baselines else None
         self.confirm = (
             self._side_phase("confirm", names.CONFIRM_STUDY_SUFFIX)
@@ -343,11 +367,32 @@ class Sweep:
             view=track.sweep_views(goals, [*self.sweep.params, *self.sweep.derived]),
         )
         self.resources = ResourceCache(self.trial_root.parent / base_scores.DIRECTORY_NAME)  # beside the storage
+        reserve_space(self.trial_root.parent)  # given back if the disk fills up (see lora_lab.storage)
         self.parent_run_id = self._parent_run()
         self.warm_configs = self._warm_start()
         self._plan()
         self.progress = SweepProgress(name, self._total(), enabled=self.console_progress)
         self.ready = True
+
+    def _baseline_configs(self) -> list[TrialConfig]:
+        """Each baseline's trial config, composed as its trials will be: a baseline that cannot run
+        (``quant=nf4`` with full fine-tuning) is refused before anything is created."""
+        configs = []
+        for baseline in self.sweep.baselines:
+            try:
+                configs.append(self.compose_trial([*baseline.overrides, f"{names.SEED_KEY}=0"])[0])
+            except (LoraLabError, OmegaConfBaseException, HydraException) as exc:
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise LoraLabError(
+                    f"sweep.baselines: the baseline {baseline.name!r} (overrides {list(baseline.overrides)}) gives "
+                    f"an invalid trial config with this sweep's settings. {detail} Change its overrides, or leave "
+                    "it out with sweep.baselines=[]."
+                ) from None
+        return configs
+
+    def _config_id(self, values: dict[str, Any]) -> str:
+        """The id of the configuration with these searched values (or a baseline's name and overrides)."""
+        return search_space.config_id(values, self.config_basis)
 
     def _has_heartbeat(self) -> bool:
         return isinstance(self.raw_storage, optuna.storages.RDBStorage)
@@ -359,7 +404,7 @@ class Sweep:
             directions=[o.direction for o in self.objectives],
             load_if_exists=True,
         )
-        return Phase(kind, study, SlotBook(study, self._has_heartbeat()))
+        return Phase(kind, study, SlotBook(study, self._has_heartbeat(), self.sweep.retry_failed))
 
     def _plan(self) -> None:
         """The fixed plans (baselines, grid) and a record of what the study is asked to hold;
@@ -367,13 +412,13 @@ class Sweep:
         seeds = [self.base_seed + i for i in range(self.sweep.seeds)]
         if self.baselines is not None:
             self.baselines.fixed = [
-                Slot(search_space.config_id({"baseline": b.name, "overrides": b.overrides}), seed, {}, baseline=b.name)
+                Slot(self._config_id({"baseline": b.name, "overrides": b.overrides}), seed, {}, baseline=b.name)
                 for b in self.sweep.baselines
                 for seed in seeds
             ]
         if self.is_grid:  # spread: any first trials cover every searched value (see lora_lab.grid_order)
             points = grid_order.spread_order(search_space.grid(self.sweep), self.sweep.sampler.seed)[: self.n_configs]
-            self.search.fixed = [Slot(search_space.config_id(p), seed, p) for seed in seeds for p in points]
+            self.search.fixed = [Slot(self._config_id(p), seed, p) for seed in seeds for p in points]
         else:  # a sampled search starts with the warm-start configurations (none without sweep.warm_start)
             self.search.fixed = [Slot(c.config_id, seed, c.params) for c in self.warm_configs for seed in seeds]
         self.study.set_user_attr(
@@ -409,7 +454,7 @@ class Sweep:
         held = self.search.book.configs_before(sys.maxsize)
         free = self.n_configs - len(held)
         planned = []
-        for config in chosen.configs:
+        for config in (dataclasses.replace(c, config_id=self._config_id(c.params)) for c in chosen.configs):
             if config.config_id in held:
                 planned.append(config)
             elif free > 0:
@@ -555,7 +600,7 @@ class Sweep:
         with ``sweep.max_failures``, end in that many failures): the set-up is broken. Failures of an
         earlier run do not count, so a fixed set-up resumes."""
         done = sorted(
-            (t for t in phase.book.trials() if standing(t) == DONE and _started_since(t, self.started_wall)),
+            (t for t in phase.book.trials() if phase.book.standing(t) == DONE and _started_since(t, self.started_wall)),
             key=lambda t: t.number,
         )
         errors = [t.state == TrialState.FAIL for t in done]
@@ -587,8 +632,18 @@ class Sweep:
             self._fail(phase, trial, state, names.OUTCOME_INTERRUPTED, exc)
             raise
         except Exception as exc:
-            self._fail(phase, trial, state, names.OUTCOME_ERROR, exc)
-            return names.OUTCOME_ERROR
+            cause = faults.environment_cause(exc)
+            if cause is None:
+                self._fail(phase, trial, state, names.OUTCOME_ERROR, exc)
+                return names.OUTCOME_ERROR
+            self._fail(phase, trial, state, names.OUTCOME_ENVIRONMENT, exc)
+            slot = f" ({state.slot.id})" if state.slot is not None else ""
+            raise faults.EnvironmentFailure(
+                f"{phase.kind} trial {trial.number}{slot} could not run: {cause} ({_first_line(exc)}). "
+                "This is a failure of the environment, not a result of the configuration: the trial is "
+                "not counted and its slot stays open, so the sweep stopped here. Fix the cause and run the "
+                "same command again: it runs this trial and the rest of the study (see docs/faults.md)."
+            ) from exc
 
     def _sample(self, phase: Phase, trial: optuna.Trial, state: Attempt) -> bool:
         """The trial's slot and values: the enqueued ones, or (a non-grid search) a configuration the
@@ -614,7 +669,7 @@ class Sweep:
         if enqueued:
             state.slot = Slot(attrs[names.TAG_CONFIG_ID], int(attrs[names.TAG_SEED]), sampled)
         else:
-            state.slot = Slot(search_space.config_id(sampled), self.base_seed, sampled)
+            state.slot = Slot(self._config_id(sampled), self.base_seed, sampled)
             for key, value in state.slot.user_attrs().items():
                 trial.set_user_attr(key, value)
         state.values = search_space.resolve(self.sweep, sampled)  # derived values: may fail, after the slot is known
@@ -725,6 +780,13 @@ class Sweep:
                 state.run.finish(track.status_for(exc), tags=tags)
         except Exception as mlflow_error:
             self._say(f"trial {trial.number}: could not record its end in MLflow: {mlflow_error}")
+        if why == names.OUTCOME_ENVIRONMENT:
+            shutil.rmtree(self.trial_root / f"{phase.kind}-{trial.number:04d}", ignore_errors=True)  # no result
+            if faults.disk_full(exc):
+                release_space(self.trial_root.parent)  # room for the records below and the runs' ends
+            if self.storage.endswith(".journal"):
+                with contextlib.suppress(Exception):  # a record the full disk cut short goes aside first
+                    repair_journal(journal_path(self.storage))
         with contextlib.suppress(Exception):
             phase.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         self.progress.end_trial(trial.number, "FAIL" if why == names.OUTCOME_ERROR else why.upper(), exc)
@@ -848,7 +910,7 @@ class Sweep:
         return True
 
     def _show_done(self) -> None:
-        done = sum(1 for phase in self._phases() for t in phase.book.trials() if standing(t) == DONE)
+        done = sum(1 for phase in self._phases() for t in phase.book.trials() if phase.book.standing(t) == DONE)
         self.progress.set_done(done, self._best_value())
 
     def _best_value(self) -> float | None:
@@ -917,8 +979,9 @@ class Sweep:
     def counts(self, phase: Phase | None = None) -> dict[str, int]:
         """Trials of a phase's study (the search by default) by outcome (see ``study.outcome``)."""
         out: dict[str, int] = {}
-        for t in (phase or self.search).book.trials():
-            key = outcome(t)
+        book = (phase or self.search).book
+        for t in book.trials():
+            key = book.outcome(t)
             out[key] = out.get(key, 0) + 1
         return out
 
@@ -926,18 +989,34 @@ class Sweep:
         """Best trial on the parent run; the parent run ends FINISHED once nothing is left to run
         (trials still running on other workers keep it RUNNING), FAILED when every trial failed,
         KILLED on an interruption."""
-        self.best = self._log_best()
+        logging_error: Exception | None = None
+        try:
+            self.best = self._log_best()
+        except Exception as exc:  # the parent run must still end: nothing is left RUNNING
+            self.best, logging_error = [], exc
         counts = self.counts()
         self.all_failed = not counts.get("COMPLETE") and not counts.get("PRUNED") and bool(counts.get("FAIL"))
         if error is not None:
             status = track.status_for(error)
+        elif logging_error is not None:
+            status = "FAILED"
         elif self.all_failed:
             status = "FAILED"
         elif any(phase.book.running() for phase in self._phases()):
             return  # other workers still run trials: the last one ends the parent run
         else:
             status = "FINISHED"
-        self.client.set_terminated(self.parent_run_id, status)
+        try:
+            self.client.set_terminated(self.parent_run_id, status)
+        except Exception as exc:
+            logging_error = logging_error or exc
+        if logging_error is not None and error is None:
+            raise SweepFailedError(
+                f"the study's trials are recorded in Optuna, but MLflow could not record the sweep's end "
+                f"({_first_line(logging_error)}); its parent run {self.parent_run_id} was ended as "
+                f"{status} where the tracking store allowed it. Check the tracking store "
+                "(MLFLOW_TRACKING_URI) and run the same command again: it runs nothing twice and logs the end."
+            ) from logging_error
 
     def _summary_or_raise(self) -> SweepSummary:
         counts = self.counts()
@@ -958,7 +1037,28 @@ class Sweep:
             self.best,
             self.counts(self.baselines) if self.baselines else {},
             self.counts(self.confirm) if self.confirm else {},
+            self._unfinished(),
         )
+
+    def _unfinished(self) -> list[str]:
+        """What of each phase's plan did not complete: failed trials (the configuration's own error)
+        and planned slots that no trial holds (a timeout, too many failures), unless other workers
+        still run trials of that phase."""
+        out = []
+        for phase in self._phases():
+            if phase.book.live():
+                continue
+            failed = sum(
+                1 for t in phase.book.trials() if phase.book.standing(t) == DONE and t.state == TrialState.FAIL
+            )
+            held = phase.book.held()
+            missing = sum(1 for slot in self._planned(phase) if slot.id not in held)
+            if phase.samples:
+                missing += max(0, self.n_configs - len(phase.book.configs_before(sys.maxsize))) * self.sweep.seeds
+            parts = [f"{failed} failed" if failed else "", f"{missing} not run" if missing else ""]
+            if any(parts):
+                out.append(f"{phase.kind}: " + " and ".join(p for p in parts if p))
+        return out
 
     # -- workers that died ------------------------------------------------------------------------
     def _reap(self, phase: Phase) -> None:
@@ -1006,6 +1106,12 @@ def _redacted_storages(sweep_node: dict) -> dict:
     if isinstance(warm, dict) and isinstance(warm.get("storage"), str):
         node["warm_start"] = {**warm, "storage": cli.redact_url(warm["storage"])}
     return node
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0][:300] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _started_since(trial: FrozenTrial, wall: float) -> bool:
@@ -1091,6 +1197,14 @@ def main(cfg: DictConfig) -> None:
             code=130,
         )
     print_summary(summary)
+    if summary.unfinished:
+        cli.fail(
+            f"study {summary.study_name!r} is not complete ({'; '.join(summary.unfinished)}). A configuration's "
+            "own failure (NaN loss, a value the model refuses, out of memory) is kept as its result; run "
+            "again with sweep.retry_failed=true to retry those, or the same command to run what was not run "
+            "(see docs/faults.md).",
+            code=1,
+        )
 
 
 if __name__ == "__main__":
