@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import shutil
 import sys
 import typing
 from pathlib import Path
@@ -43,16 +44,47 @@ def reports_errors(fn):
         try:
             return fn(*args, **kwargs)
         except LoraLabError as exc:
+            drop_run_folder()
             fail(str(exc), exc.exit_code)
         except MissingMandatoryValue as exc:
+            drop_run_folder()
             fail(
                 f"'{exc.full_key}' must be set (it is '???' in the chosen config); "
                 f"add {exc.full_key}=... to the command line."
             )
         except OmegaConfBaseException as exc:
+            drop_run_folder()
             fail(f"invalid config: {str(exc).splitlines()[0]} (at '{getattr(exc, 'full_key', '?')}').")
 
     return wrapper
+
+
+def drop_run_folder() -> None:
+    """Hydra makes a command's run folder (outputs/<date>/<time>/) before the command starts. A command
+    refused for bad input leaves nothing behind: the folder goes when it holds only Hydra's own files
+    (its .hydra/ record and the job's log), and so do the folders above it that it leaves empty, up
+    to the one the command ran in."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.RUN or not hydra_cfg.runtime.output_dir:
+        return
+    folder = Path(hydra_cfg.runtime.output_dir).resolve()
+    own = {hydra_cfg.output_subdir or ".hydra", f"{hydra_cfg.job.name}.log"}
+    if not folder.is_dir() or any(entry.name not in own for entry in folder.iterdir()):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    here = Path.cwd().resolve()
+    parent = folder.parent
+    while parent != here and here in parent.parents:
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            break
+        parent = parent.parent
 
 
 def _schema_fields(cls: type) -> dict[str, typing.Any]:

@@ -259,19 +259,26 @@ def _read_jsonl(path: str, cfg: DataConfig, field: str = "data.path") -> tuple[l
             f'{{"{cfg.prompt_field}": ..., "{cfg.response_field}": ...}} or '
             f'{{"{cfg.messages_field}": [{{"role": ..., "content": ...}}, ...]}} object per line.'
         )
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = file.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{file}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            f"JSONL is UTF-8: convert the file, e.g. `iconv -f latin1 -t utf-8 {file.name} > fixed.jsonl`."
+        ) from None
     rows, where = [], []
-    with file.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{file}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}).") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{file}:{lineno}: expected a JSON object, got {type(row).__name__}.")
-            rows.append(row)
-            where.append(f"{file}:{lineno}")
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.rstrip("\r\n"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{file}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}).") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{file}:{lineno}: expected a JSON object, got {type(row).__name__}.")
+        rows.append(row)
+        where.append(f"{file}:{lineno}")
     if not rows:
         raise DataError(f"{file}: holds no records.")
     return rows, where

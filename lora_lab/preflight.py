@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
+import math
 import os
 import urllib.error
 import urllib.request
@@ -28,6 +30,7 @@ from lora_lab import names, search_space, study
 from lora_lab.cli import redact_url
 from lora_lab.config import SweepConfig, TrialConfig, to_trial_config
 from lora_lab.errors import ConfigError, LoraLabError, UnreachableError
+from lora_lab.storage import check_tracking_store
 from lora_lab.study import WarmStart
 
 CONNECT_TIMEOUT_S = 5
@@ -47,20 +50,24 @@ WARM_START_STORAGE_FORMS = STORAGE_FORMS.replace("<study_name>", "<sweep.warm_st
 """The same forms for ``sweep.warm_start.storage``, whose null means the earlier study's own folder."""
 
 
-def check_sweep(cfg: DictConfig, sweep: SweepConfig) -> WarmStart | None:
+def check_sweep(cfg: DictConfig, sweep: SweepConfig, baselines: list[TrialConfig] = ()) -> WarmStart | None:
     """Refuse a sweep whose inputs cannot give a single usable trial, before anything is created:
-    the search space, the base trial config and every searched choice on it, the objectives, the
-    device's precision support, ``$LORA_LAB_HEARTBEAT_S``, the study storage, the study to warm-start
-    from and the tracking server. Returns what the warm start takes (None without one), so that the
-    earlier study is read once."""
+    the search space, the base trial config with every searched choice, both ends of every range and
+    the derived expressions on the space's corners, the objectives, the device's precision support,
+    ``$LORA_LAB_HEARTBEAT_S``, the study storage, the study to warm-start from, the tracking server,
+    and (for those trial configs and the ``baselines``' composed configs) the target modules against
+    the model's module names and the data, loaded once. Returns what the warm start takes (None
+    without one), so that the earlier study is read once."""
     check_search_space(sweep)
-    for trial in trial_configs(cfg, sweep):
+    configs = [*trial_configs(cfg, sweep), *range_configs(cfg, sweep), *derived_configs(cfg, sweep)]
+    for trial in configs:
         check_precision(trial)
     check_objectives(sweep)
     heartbeat_interval_s()
     check_storage(sweep.storage)
     warm = check_warm_start(sweep)
     check_tracking_uri()
+    check_models_and_data([*configs, *baselines])
     return warm
 
 
@@ -99,6 +106,120 @@ def trial_configs(cfg: DictConfig, sweep: SweepConfig) -> list[TrialConfig]:
                     f"sweep.params.{name}: the choice {choice!r} gives an invalid trial config. {detail}"
                 ) from None
     return configs
+
+
+def _with_values(cfg: DictConfig, values: dict) -> TrialConfig:
+    """The trial config of ``cfg`` with these config-field values set (as a trial's overrides would)."""
+    node = copy.deepcopy(cfg)
+    for name, value in values.items():
+        if not search_space.is_config_field(name):
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # as search_space.to_overrides writes it: '16' suits int and float fields
+        OmegaConf.update(node, name, value, merge=False)
+    return to_trial_config(node)
+
+
+def range_configs(cfg: DictConfig, sweep: SweepConfig) -> list[TrialConfig]:
+    """The trial config at both ends of every int/float range that sets a config field, each checked
+    by the typed schema (a dropout range [0.9, 1.5] or a learning rate range [-1, 0] is refused
+    before any trial trains)."""
+    configs = []
+    for name, spec in sweep.params.items():
+        if spec.type == "categorical" or not search_space.is_config_field(name):
+            continue
+        for end, value in (("low", spec.low), ("high", spec.high)):
+            value = int(value) if spec.type == "int" else float(value)
+            try:
+                configs.append(_with_values(cfg, {name: value}))
+            except (LoraLabError, OmegaConfBaseException) as exc:
+                raise LoraLabError(
+                    f"sweep.params.{name}: its {end} end {value!r} gives an invalid trial config. "
+                    f"{str(exc).splitlines()[0]}"
+                ) from None
+    return configs
+
+
+MAX_CORNERS = 512
+"""Derived expressions are evaluated on every corner of the space while there are at most this many
+(each categorical param's choices, each range's two ends); beyond, on each param's extremes."""
+
+
+def _corners(sweep: SweepConfig) -> list[dict]:
+    """The points of the space a derived expression is checked on: each categorical param's choices
+    and each range's two ends, all combinations (each param's first and last value alone when there
+    would be more than MAX_CORNERS)."""
+    axes: dict[str, list] = {}
+    for name, spec in sweep.params.items():
+        if spec.type == "categorical":
+            axes[name] = list(spec.choices or [])
+        else:
+            cast = int if spec.type == "int" else float
+            axes[name] = [cast(spec.low), cast(spec.high)]
+    if math.prod(len(v) for v in axes.values()) > MAX_CORNERS:
+        axes = {name: [values[0], values[-1]] if len(values) > 1 else values for name, values in axes.items()}
+    return [dict(zip(axes, point, strict=True)) for point in itertools.product(*axes.values())]
+
+
+def derived_configs(cfg: DictConfig, sweep: SweepConfig) -> list[TrialConfig]:
+    """Every derived expression evaluated on the corners of the space (unknown names, division by
+    zero, a result outside its field's limits are refused, naming the expression), and the trial
+    config of each corner, checked by the schema."""
+    if not sweep.derived:
+        return []
+    configs = []
+    for corner in _corners(sweep):
+        values = dict(corner)
+        for target, expression in sweep.derived.items():
+            where = f"sweep.derived.{target}"
+            try:
+                values[target] = search_space.evaluate_expression(expression, values)
+            except ConfigError as exc:
+                raise ConfigError(where, expression, exc.allowed) from None
+            except (ArithmeticError, ValueError, TypeError) as exc:
+                raise ConfigError(
+                    where,
+                    expression,
+                    f"an expression defined everywhere in the search space; at {corner} it fails "
+                    f"({type(exc).__name__}: {exc})",
+                ) from None
+            if search_space.is_config_field(target):
+                try:
+                    configs.append(_with_values(cfg, {**corner, **{target: values[target]}}))
+                except (LoraLabError, OmegaConfBaseException) as exc:
+                    raise ConfigError(
+                        where,
+                        expression,
+                        f"an expression whose value suits {target} everywhere in the search space; at {corner} "
+                        f"it gives {values[target]!r}: {str(exc).splitlines()[0]}",
+                    ) from None
+    return configs
+
+
+def check_models_and_data(configs: list[TrialConfig]) -> None:
+    """Before any trial: each trial's target modules exist in its model (resolved on the model built
+    from its config on the meta device, ``model.targets.model_skeleton``: no weights loaded; a Hub
+    model whose config is neither cached nor reachable is refused here) and its data loads (each
+    distinct data config once)."""
+    from lora_lab.data import load_records
+    from lora_lab.model import targets
+
+    skeletons: dict[str, object] = {}
+    checked: set[str] = set()
+    data_seen: set[str] = set()
+    for trial in configs:
+        if trial.lora.method == "lora":
+            key = repr((trial.model, trial.lora.targets, trial.lora.target_modules))
+            if key not in checked:
+                checked.add(key)
+                model_key = repr(trial.model)
+                if model_key not in skeletons:
+                    skeletons[model_key] = targets.model_skeleton(trial.model)
+                targets.for_trial(skeletons[model_key], trial.lora, trial.model)
+        data_key = repr(trial.data)
+        if data_key not in data_seen:
+            data_seen.add(data_key)
+            load_records(trial.data)
 
 
 def trial_metric_names() -> list[str]:
@@ -373,6 +494,7 @@ def check_tracking_uri(uri: str | None = None, timeout_s: float = CONNECT_TIMEOU
         import mlflow
 
         uri = mlflow.get_tracking_uri()
+    check_tracking_store(uri)
     if urlparse(uri).scheme not in ("http", "https"):
         return
     hint = (

@@ -533,7 +533,9 @@ def _open_tracking_in_background() -> Future:
 
     def open_tracking():
         from lora_lab import track
+        from lora_lab.storage import check_tracking_store
 
+        check_tracking_store()  # a damaged mlflow.db: one paragraph, before the client writes into it
         return track, track.MlflowClient()  # the client opens (and if needed migrates) its store
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lora_lab-open-tracking")

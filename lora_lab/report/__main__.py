@@ -13,6 +13,7 @@ from lora_lab import cli
 from lora_lab.config import ReportConfig, register_configs
 from lora_lab.mlflow_ui import log_report
 from lora_lab.report.sections import build_report
+from lora_lab.storage import check_tracking_store
 
 
 def _quiet() -> None:
@@ -33,6 +34,7 @@ def main(cfg: DictConfig) -> None:
     settings = OmegaConf.to_object(cfg)
     assert isinstance(settings, ReportConfig)
     _quiet()
+    check_tracking_store()  # a damaged mlflow.db: one paragraph, never a report built on it
     target = build_report(settings)
     print(f"report: {target / 'report.md'} (and report.html, CSVs, plots in {target}{os.sep})")
     parent = log_report(target, settings.study)  # the sweep's run note links it in the MLflow UI
