@@ -6,6 +6,7 @@ reads ``HF_HUB_OFFLINE`` once at import time, so setting it from a fixture would
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -22,6 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
 
 _SESSION_DIR: Path | None = None
+SESSION_TRACKING_URI = ""
+"""The session's own MLflow store (set in pytest_configure)."""
+_INVOKED_IN: Path | None = None
+"""The folder pytest was started in (the session itself runs in a scratch folder)."""
 
 
 def pytest_configure(config):
@@ -31,15 +36,56 @@ def pytest_configure(config):
     (_SESSION_DIR / "cache").mkdir()
     (_SESSION_DIR / "mlflow").mkdir()
     os.environ["LORA_LAB_CACHE"] = str(_SESSION_DIR / "cache")  # the built-in model is materialised here
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_SESSION_DIR / 'mlflow' / 'mlflow.db'}"
+    global SESSION_TRACKING_URI
+    SESSION_TRACKING_URI = f"sqlite:///{_SESSION_DIR / 'mlflow' / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = SESSION_TRACKING_URI
     os.environ["HF_HOME"] = str(_SESSION_DIR / "hf_home")  # no Hub model is ever found in a cache
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ.pop("HYDRA_FULL_ERROR", None)  # the CLI tests check that no stack trace is printed
+    # The session runs in a scratch folder of its own: whatever is written relative to the current
+    # folder lands there, never in the user's checkout. MLflow resolves a sqlite store's default
+    # artifact root (./mlruns) against the folder the store is first opened in, and Hydra's run
+    # folders (outputs/) and lora_lab's studies (sweeps/) are relative too.
+    global _INVOKED_IN
+    _INVOKED_IN = Path.cwd().resolve()
+    (_SESSION_DIR / "cwd").mkdir()
+    os.chdir(_SESSION_DIR / "cwd")
+
+
+USER_STATE = ("mlflow.db", "mlruns", "sweeps", "outputs", "multirun", "reports")
+"""What a user's checkout holds of its own runs: the test suite must leave all of it as it was."""
+
+
+def _digest(root: Path) -> dict[str, str]:
+    """Path -> sha256 of every file under the user's run state in ``root`` (absent paths omitted)."""
+    out = {}
+    for name in USER_STATE:
+        top = root / name
+        files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file()) if top.is_dir() else []
+        for path in files:
+            out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def users_files_stay_as_they_were():
+    """The test run changes none of the user's files in the folder pytest starts in and in the checkout:
+    ``mlflow.db``, ``mlruns/``, ``sweeps/``, ``outputs/``, ``multirun/``, ``reports/`` (checksums of
+    every file before and after the session)."""
+    roots = {_INVOKED_IN or REPO, REPO}
+    before = {root: _digest(root) for root in roots}
+    yield
+    for root in roots:
+        after = _digest(root)
+        changed = sorted(path for path in set(before[root]) | set(after) if before[root].get(path) != after.get(path))
+        assert not changed, f"the tests changed the user's files in {root}: {', '.join(changed[:20])}"
 
 
 def pytest_unconfigure(config):
+    if _INVOKED_IN is not None:
+        os.chdir(_INVOKED_IN)
     if _SESSION_DIR is not None:
         shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 

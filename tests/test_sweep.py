@@ -16,10 +16,12 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 from tiny_trial import TINY
+from transformers import TrainerCallback
 
 from lora_lab import search_space
 from lora_lab.config import ParamSpec, SamplerConfig, SweepConfig, register_configs
-from lora_lab.errors import ConfigError
+from lora_lab.definition import DefinitionChangedError
+from lora_lab.errors import ConfigError, TrialFailedError
 from lora_lab.evaluate import adapter_singular_values, effective_ranks, entropy_effective_rank
 from lora_lab.sweep import Sweep, storage_url, to_sweep_config
 
@@ -30,10 +32,13 @@ CONF = str(Path(__file__).resolve().parent.parent / "conf")
 def tracking_uri(tmp_path_factory):
     """One sqlite MLflow store for the module (its schema takes seconds to create)."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     MlflowClient(uri).search_experiments()
     yield uri
-    mlflow.set_tracking_uri(None)
+    mlflow.set_tracking_uri(
+        previous
+    )  # not None: that unsets $MLFLOW_TRACKING_URI, and MLflow falls back to ./mlflow.db
 
 
 @pytest.fixture
@@ -373,29 +378,35 @@ def test_journal_storage_and_seed_repeats(run_sweep, tmp_path):
     assert not math.isclose(runs["metrics.eval_loss"].iloc[0], runs["metrics.eval_loss"].iloc[1])
 
 
+class DivergesAtFirstStep(TrainerCallback):
+    """Fault injection: every trial fails as a NaN loss fails it (the configuration's own failure)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        raise TrialFailedError("training loss became nan at step 1: the run diverged")
+
+
 def test_failing_trials_are_recorded_and_an_all_failed_sweep_errors(run_sweep):
-    # a module the model does not have: every trial fails to build its adapter
     overrides = ["+sweep=targets", "sweep.study_name=all_fail"]
     from lora_lab.sweep import SweepFailedError
 
     choices = {"lora.r": [2], "lora.targets": ["qv", "attn", "mlp", "all_linear"]}
-    with pytest.raises(SweepFailedError, match="every trial.*no_such_module"):
-        run_sweep([*overrides, "lora.target_modules=[no_such_module]"], choices)
+    with pytest.raises(SweepFailedError, match="every trial.*diverged"):
+        run_sweep(overrides, choices, trial_callbacks=[DivergesAtFirstStep()])
     runs = trial_runs("all_fail")
     assert len(runs) == 3  # stopped after three failures with no success
     assert set(runs["status"]) == {"FAILED"} and set(runs["tags.optuna.state"]) == {"FAIL"}
-    assert runs["tags.lora_lab.error"].str.contains("no_such_module").all()
+    assert runs["tags.lora_lab.error"].str.contains("diverged").all()
     assert set(runs["tags.lora_lab.outcome"]) == {"error"}
     parent = mlflow.search_runs(experiment_names=["all_fail"], filter_string="tags.`lora_lab.kind` = 'sweep'")
     assert parent["status"].tolist() == ["FAILED"]
-    # the set-up fixed, the same study resumes: earlier failures are results (not run again), not a
+    # the cause gone, the same study resumes: earlier failures are results (not run again), not a
     # reason to stop now
     sweep, summary = run_sweep(overrides, choices)
-    assert summary.counts == {"COMPLETE": 1, "FAIL": 3}
+    assert summary.counts == {"COMPLETE": 1, "FAIL": 3} and summary.unfinished == ["search: 3 failed"]
     parent = mlflow.search_runs(experiment_names=["all_fail"], filter_string="tags.`lora_lab.kind` = 'sweep'")
     assert parent["status"].tolist() == ["FINISHED"]
-    # Optuna keeps one value space per parameter: another set of choices is refused with a clear message
-    with pytest.raises(ConfigError, match=r"sweep.params.lora.targets.choices.*new sweep.study_name"):
+    # a study keeps one definition: another set of choices is refused with a clear message
+    with pytest.raises(DefinitionChangedError, match=r"sweep.params.lora.targets: choices.*new sweep.study_name"):
         run_sweep(overrides, {"lora.r": [2], "lora.targets": ["qv"]})
 
 
@@ -521,9 +532,10 @@ def test_baselines_run_once_per_seed_outside_the_search_and_confirm_reruns_the_b
 
 
 @pytest.mark.slow
-def test_an_all_failed_sweep_exits_non_zero_with_the_first_cause(tracking_uri, tmp_path):
-    """The command line: every trial fails; each failure and then the first cause are printed, and
-    the exit code is not 0."""
+def test_target_modules_the_model_lacks_are_refused_before_anything_is_created(tracking_uri, tmp_path):
+    """The command line: a target module the model lacks fails every trial, so preflight refuses it
+    (checked on the model's config, no weights loaded) with one paragraph and exit 2; no study, no
+    MLflow experiment, no outputs/ folder is left behind."""
     import subprocess
 
     done = subprocess.run(
@@ -542,11 +554,11 @@ def test_an_all_failed_sweep_exits_non_zero_with_the_first_cause(tracking_uri, t
         timeout=600,
         env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(Path(CONF).parent)},
     )
-    assert done.returncode not in (0, None)
-    output = done.stdout + done.stderr
-    assert "every trial of study 'cli_fail' failed" in done.stderr and "no_such_module" in done.stderr
-    assert output.count("no_such_module") >= 4  # each failed trial's line, then the summary
-    assert "Traceback" not in output
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Invalid value for 'lora.target_modules'" in done.stderr and "not found: no_such_module" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not (tmp_path / "sweeps").exists() and not (tmp_path / "outputs").exists()
+    assert MlflowClient(tracking_uri).get_experiment_by_name("cli_fail") is None
 
 
 # -- warm start: the best configurations of an earlier study first ---------------------------------
