@@ -93,6 +93,36 @@ def bad_inputs() -> dict[str, tuple[list[str], dict[str, str], list[str]]]:
             {},
             ["Invalid value for 'train.max_steps': 0", ">= 1, or null to train for train.epochs"],
         ),
+        "study_name_escape": (
+            ["sweep.study_name=../escape"],
+            {},
+            ["Invalid value for 'sweep.study_name': '../escape'", "one path segment", "no '..'"],
+        ),
+        "baseline_cannot_run": (
+            ["quant=nf4"],  # rank_alpha's full fine-tuning baseline cannot train a 4-bit base
+            {},
+            ["sweep.baselines: the baseline 'full_ft'", "lora.method", "sweep.baselines=[]"],
+        ),
+        "journal_unwritable": (
+            ["sweep.storage=a_file/optuna.journal"],
+            {},
+            ["cannot write the study's storage a_file/optuna.journal", "is a file, not a folder"],
+        ),
+        "mlflow_db_not_a_database": (
+            [],
+            {"MLFLOW_TRACKING_URI": "sqlite:///broken.db"},
+            ["MLFLOW_TRACKING_URI: broken.db is not a usable sqlite database", "file is not a database"],
+        ),
+        "jsonl_not_utf8": (
+            ["data=jsonl", "data.path=latin1.jsonl"],
+            {},
+            ["latin1.jsonl:2: not UTF-8 text (byte 0xe9"],
+        ),
+        "train_targets_missing": (
+            ["lora.targets=nonexistent"],  # python -m lora_lab.train
+            {},
+            ["Invalid value for 'lora.targets': 'nonexistent'", "model.target_sets: qv, attn, mlp, all_linear"],
+        ),
         "warm_start_missing": (
             [
                 "sweep.sampler.name=random",
@@ -118,7 +148,14 @@ def earlier_studies(path: Path) -> None:
         study.add_trial(optuna.trial.create_trial(params={"lora.r": 4}, distributions=space, value=0.5))
 
 
-PREPARE = {"warm_start_missing": lambda cwd: earlier_studies(cwd / "earlier.journal")}
+PREPARE = {
+    "warm_start_missing": lambda cwd: earlier_studies(cwd / "earlier.journal"),
+    "journal_unwritable": lambda cwd: (cwd / "a_file").write_text("a file where the storage's folder should be"),
+    "mlflow_db_not_a_database": lambda cwd: (cwd / "broken.db").write_bytes(b"not a database " * 100),
+    "jsonl_not_utf8": lambda cwd: (cwd / "latin1.jsonl").write_bytes(
+        b'{"prompt": "a", "response": "b"}\n{"prompt": "caf\xe9", "response": "x"}\n'
+    ),
+}
 """What a bad input's directory holds before its command runs."""
 
 
@@ -135,11 +172,12 @@ def commands(tmp_path_factory):
         tracking = f"sqlite:///{cwd / 'mlflow.db'}"
         env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": tracking, **env_extra}
         preset = [] if any(o.startswith("+sweep=") for o in overrides) else ["+sweep=rank_alpha"]
+        command = "lora_lab.train" if name.startswith("train_") else "lora_lab.sweep"
         argv = [
             sys.executable,
             "-m",
-            "lora_lab.sweep",
-            *preset,
+            command,
+            *(preset if command == "lora_lab.sweep" else []),
             *overrides,
             f"hydra.searchpath=[file://{cwd / 'conf'}]",
             "train.max_steps=2" if "train.max_steps=0" not in overrides else "data.n_train=64",
@@ -172,6 +210,8 @@ def test_bad_input_exits_with_one_paragraph_and_leaves_nothing_running(commands,
         experiments = [e.experiment_id for e in client.search_experiments()]
         if experiments:
             assert client.search_runs(experiments) == []
+    assert not (cwd / "outputs").exists()  # Hydra's run folder of a refused command is gone
+    assert not (cwd.parent / "escape").exists()
     for journal in cwd.glob("sweeps/*/optuna.journal"):
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
         for summary in optuna.get_all_study_summaries(storage):
@@ -391,3 +431,128 @@ def test_a_warm_start_the_earlier_study_cannot_give_is_refused_naming_the_field(
     )
     warm = preflight.check_warm_start(_sweep(study="done", storage=f"sqlite:///{tmp_path / 'earlier.db'}"))
     assert [c.params for c in warm.configs] == [{"lora.r": 8, "lora.targets": "qv"}] and warm.configs[0].value == 0.4
+
+
+# -- what preflight checks on every trial it can know without training ----------------------------
+
+
+def _preflight(compose_config, *overrides, params=None, derived=None, baselines=None):
+    cfg = compose_config("+sweep=rank_alpha", "sweep.baselines=[]", *overrides)
+    with open_dict(cfg):
+        for name, spec in (params or {}).items():
+            cfg.sweep.params[name] = spec
+        for name, expression in (derived or {}).items():
+            cfg.sweep.derived[name] = expression
+    return preflight.check_sweep(cfg, to_sweep_config(cfg))
+
+
+@pytest.mark.parametrize(
+    ("name", "low", "high", "end", "field"),
+    [
+        ("lora.lora_dropout", 0.9, 1.5, "high end 1.5", "lora.lora_dropout"),
+        ("train.learning_rate", -1.0, 0.0, "low end -1.0", "train.learning_rate"),
+    ],
+)
+def test_both_ends_of_every_range_are_checked(compose_config, name, low, high, end, field):
+    spec = ParamSpec(type="float", low=low, high=high)
+    with pytest.raises(LoraLabError, match=rf"sweep.params.{name}: its {end} gives an invalid trial config") as info:
+        _preflight(compose_config, params={name: spec})
+    assert f"'{field}'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("16 / (lora.r - 1)", "ZeroDivisionError"),  # lora.r = 1 is a corner of rank_alpha's space
+        ("alpah_over_r * lora.r", "'alpah_over_r' is not one of them"),
+        ("alpha_over_r * lora.r - 4", "at {'lora.r': 1, 'alpha_over_r': 1} it gives -3"),  # alpha must be > 0
+    ],
+)
+def test_derived_expressions_are_evaluated_on_the_corners_of_the_space(compose_config, expression, expected):
+    with pytest.raises(ConfigError) as info:
+        _preflight(compose_config, derived={"lora.lora_alpha": expression})
+    assert info.value.field == "sweep.derived.lora.lora_alpha" and info.value.value == expression
+    assert expected in str(info.value), str(info.value)
+
+
+def test_target_modules_are_checked_against_the_model_without_loading_it(compose_config, tmp_path):
+    for overrides, expected in (
+        (["lora.target_modules=[q_proj,nope]"], "not found: nope"),
+        (["model=tiny_llama_scratch", "lora.target_modules=[wq]"], "not found: wq"),
+    ):
+        with pytest.raises(ConfigError, match="lora.target_modules") as info:
+            _preflight(compose_config, *overrides)
+        assert expected in str(info.value) and "q_proj" in str(info.value)
+    from lora_lab.config import ModelConfig
+
+    names = preflight.model_module_names(ModelConfig())  # the shipped model, built on the meta device
+    assert names == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+
+
+def test_a_model_or_data_that_cannot_be_loaded_is_refused_before_any_trial(compose_config, tmp_path, monkeypatch):
+    from lora_lab.errors import DataError, ModelUnavailableError
+
+    with pytest.raises(ModelUnavailableError, match="model.pretrained='Qwen/Qwen2.5-0.5B'"):
+        _preflight(compose_config, "model=qwen2_5_0_5b")  # offline, not cached (HF_HUB_OFFLINE=1 in tests)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="data.path: no such file 'missing.jsonl'"):
+        _preflight(compose_config, "data=jsonl", "data.path=missing.jsonl")
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", ".", "", "name with space", "x..y"])
+def test_study_names_are_one_path_segment(name):
+    from lora_lab.config import ReportConfig
+
+    with pytest.raises(ConfigError, match="one path segment"):
+        SweepConfig(study_name=name, params={"lora.r": ParamSpec(choices=[4])})
+    with pytest.raises(ConfigError, match="'study'.*one path segment"):
+        ReportConfig(study=name)
+    SweepConfig(study_name="rank_alpha-2.v1", params={"lora.r": ParamSpec(choices=[4])})
+
+
+# -- storages and tracking stores that cannot be used ------------------------------------------------
+
+
+def test_a_read_only_storage_folder_is_refused_in_one_paragraph(tmp_path):
+    from lora_lab.storage import StorageError, check_writable
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() == 0:  # root writes everywhere but on a read-only file system: mount one
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True
+        )
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a read-only tmpfs: {mounted.stderr.decode().strip()}")
+    else:
+        folder.chmod(0o555)
+    try:
+        for url in (str(folder / "optuna.journal"), f"sqlite:///{folder / 'optuna.db'}"):
+            with pytest.raises(StorageError, match="cannot write the study's storage") as info:
+                check_writable(url)
+            assert "\n" not in str(info.value) and "Nothing was created" in str(info.value)
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(folder)], check=True)
+        else:
+            folder.chmod(0o755)
+
+
+def test_a_damaged_sqlite_file_is_refused_not_written_to(tmp_path):
+    """A real MLflow store whose pages were overwritten in the middle fails PRAGMA quick_check: the
+    sweep, the single trial and the report refuse it instead of writing into it."""
+    from mlflow.tracking import MlflowClient
+
+    from lora_lab.storage import StorageError, check_tracking_store
+
+    db = tmp_path / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()  # a real store, its schema created
+    check_tracking_store(f"sqlite:///{db}")
+    data = bytearray(db.read_bytes())
+    page = 4096
+    data[3 * page : 3 * page + 600] = b"\x00\xff" * 300  # a b-tree page overwritten: the header still says sqlite
+    db.write_bytes(bytes(data))
+    with pytest.raises(StorageError, match="MLFLOW_TRACKING_URI: .* is not a usable sqlite database"):
+        check_tracking_store(f"sqlite:///{db}")
+    with pytest.raises(StorageError, match="PRAGMA quick_check|not a database|malformed"):
+        preflight.check_tracking_uri(f"sqlite:///{db}")
