@@ -129,9 +129,12 @@ def check_stored(sweep: SweepConfig, url: str, now: dict[str, Any]) -> tuple[boo
         return False, None
     try:
         try:
-            study = optuna.load_study(study_name=sweep.study_name, storage=storage)
-        except KeyError:
+            held = optuna.get_all_study_names(storage)
+        except Exception:  # a database without Optuna's tables yet: no study to compare with
             return False, None
+        if sweep.study_name not in held:
+            return False, None
+        study = optuna.load_study(study_name=sweep.study_name, storage=storage)
         stored = read_stored(study)
         if stored is None:
             book = SlotBook(study)
