@@ -339,6 +339,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_up_during_a_sweep_leaves_nothing_running_and_the_rerun_completes(
     small_disk, tracking, monkeypatch
 ):
