@@ -614,22 +614,30 @@ class ReportConfig:
     """The report goes to <output_dir>/<study>/."""
     confidence: float = 0.95
     """Level of the t confidence intervals in the tables (0.95: mean ± the 95% interval's half-width)."""
-    tie_rule: str = "welch"
-    """When a configuration 'cannot be told apart' from the best: 'welch' (Welch's t-test p >= tie_alpha),
-    'relative' (mean within tolerance x |best mean|) or 'absolute' (mean within tolerance of the best)."""
-    tie_alpha: float = 0.05
-    """Significance level of the welch rule: a larger value calls fewer configurations ties."""
-    tolerance: float = 0.01
-    """Tolerance of the relative (a fraction, 0.01 = 1%) and absolute (in metric units) rules."""
+    alpha: float = 0.05
+    """Error rate of each one-sided test behind 'equivalent' and 'worse' (TOST at alpha; the comparison's
+    interval shown is the 1 - 2 alpha one)."""
+    ratio_margin: float = 1.25
+    """A loss (any metric positive in every run) is equivalent to the best when shown within this factor
+    of it (1.25: at most 25% higher), compared on the log scale."""
+    proportion_margin: float = 0.02
+    """Exact match and token accuracy are equivalent to the best when shown within this share of it
+    (0.02: two points), over the prompts scored."""
+    difference_margin: float = 0.01
+    """Any other metric is equivalent to the best when shown within this difference, in its units."""
+    correction: str = "holm"
+    """'holm': p-values corrected for the number of comparisons with the best; 'none': not corrected."""
     ui_url: Optional[str] = None
     """MLflow UI address (http://host:5000) for run links; null: the tracking URI when it is http(s)."""
 
     def __post_init__(self) -> None:
         _check_study_name("study", self.study)
         _check_range("confidence", self.confidence, low=0.5, high=0.999)
-        _check_choice("tie_rule", self.tie_rule, ("welch", "relative", "absolute"))
-        _check_range("tie_alpha", self.tie_alpha, low=0.001, high=0.5)
-        _check_range("tolerance", self.tolerance, low=0.0)
+        _check_range("alpha", self.alpha, low=0.001, high=0.25)
+        _check_range("ratio_margin", self.ratio_margin, low=1.0, low_inclusive=False)
+        _check_range("proportion_margin", self.proportion_margin, low=0.0, high=1.0)
+        _check_range("difference_margin", self.difference_margin, low=0.0)
+        _check_choice("correction", self.correction, ("holm", "none"))
 
 
 @dataclass

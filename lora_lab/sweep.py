@@ -1139,10 +1139,20 @@ def print_summary(summary: SweepSummary) -> None:
     print(f"optuna storage: {cli.redact_url(summary.storage)}")
     for hint in track.browse_hints(MlflowClient(), summary.parent_run_id, cli.redact_url(summary.storage)):
         print(hint)
-    for best in summary.best[:1]:
-        values = ", ".join(f"{v:.4g}" for v in best["values"])
-        print(f"best trial {best['number']} ({values}): python -m lora_lab.train {best['overrides']}")
+    print("\n".join(_decision(summary)))
     print(f"report: python -m lora_lab.report study={summary.study_name}")
+
+
+def _decision(summary: SweepSummary) -> list[str]:
+    """The report's decision (best configuration over its seeds, recommendation), not the luckiest trial."""
+    from lora_lab.report import ReportError, decision_lines  # pandas/statsmodels: only once the sweep is done
+
+    client = MlflowClient()
+    try:
+        experiment = client.get_experiment(client.get_run(summary.parent_run_id).info.experiment_id).name
+        return decision_lines(summary.study_name, client, experiment)
+    except ReportError as exc:
+        return [f"no decision: {exc}"]
 
 
 class PrepareSweep(Callback):

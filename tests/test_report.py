@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param, RunTag
@@ -94,6 +95,10 @@ def _trial(
         Param("lora.target_modules", "None"),
         Param("lora.lora_dropout", "0.0"),
         Param("train.seed", str(seed)),
+        Param("train.eval_generate", "200"),  # exact match is a share of 200 held-out prompts
+        Param("train.max_steps", "60"),
+        Param("train.learning_rate", "0.005"),
+        Param("train.batch_size", "32"),
     ]
     now = int(time.time() * 1000)
     logged = [Metric("eval_loss", v, now + i, step) for i, (step, v) in enumerate(history)]
@@ -348,8 +353,10 @@ def test_objective_resolution_is_tolerant(demo):
 
 
 def test_report_settings_are_checked():
-    with pytest.raises(ConfigError, match="tie_rule.*'welch', 'relative', 'absolute'"):
-        ReportConfig(study="demo", tie_rule="bayes")
+    with pytest.raises(ConfigError, match="correction.*'holm', 'none'"):
+        ReportConfig(study="demo", correction="bonferroni")
+    with pytest.raises(ConfigError, match="ratio_margin"):
+        ReportConfig(study="demo", ratio_margin=1.0)  # nothing could ever be shown inside a margin of 1x
     with pytest.raises(ConfigError, match="confidence"):
         ReportConfig(study="demo", confidence=95)
 
@@ -357,34 +364,33 @@ def test_report_settings_are_checked():
 # -- tables --------------------------------------------------------------------------------------
 
 
-def test_config_table_means_intervals_and_ties(demo):
+def test_config_table_centres_intervals_and_decisions(demo):
     table = demo["configs"]
-    assert list(table["config"]) == [LABEL[c] for c in ("C4", "C3", "C5", "C2", "C1")]
+    # C4 has the lowest loss but one seed: the best is C3, the best upper bound among configurations with >= 2
+    assert list(table["config"]) == [LABEL[c] for c in ("C3", "C4", "C5", "C2", "C1")]
     c3 = _cell(table, config=LABEL["C3"])
-    assert c3["mean"] == pytest.approx(0.6) and c3["std"] == pytest.approx(0.1) and c3["n"] == 3
-    assert c3["ci_half"] == pytest.approx(4.302652729749464 * 0.1 / math.sqrt(3))  # t(0.975, 2 df)
+    logs = [math.log(v) for v in (0.6, 0.5, 0.7)]
+    half = 4.302652729749464 * statistics.stdev(logs) / math.sqrt(3)  # t(0.975, 2 df) on the log scale
+    assert c3["mean"] == pytest.approx(math.exp(statistics.mean(logs))) and c3["n"] == 3
+    assert (c3["ci_low"], c3["ci_high"]) == (
+        pytest.approx(math.exp(statistics.mean(logs) - half)),
+        pytest.approx(math.exp(statistics.mean(logs) + half)),
+    )
     assert c3["seeds"] == "0,1,2" and c3["exact_match"] == pytest.approx(0.4)
+    assert (table["ci_low"].dropna() > 0).all()  # a loss interval never reaches zero
     c4 = _cell(table, config=LABEL["C4"])
     assert c4["mean"] == pytest.approx(0.55) and math.isnan(c4["std"]) and c4["n"] == 1
-    assert math.isnan(c4["ci_half"])
+    assert math.isnan(c4["ci_low"]) and c4["decision"] == "undecided"  # one seed: nothing to decide with
     c1 = _cell(table, config=LABEL["C1"])  # the pruned seed (3.0) is not averaged in
-    assert c1["mean"] == pytest.approx(1.1) and c1["std"] == pytest.approx(statistics.stdev([1.0, 1.2]))
+    assert c1["mean"] == pytest.approx(math.sqrt(1.0 * 1.2)) and c1["std"] == pytest.approx(
+        statistics.stdev([1.0, 1.2])
+    )
     assert c1["n"] == 2 and c1["trainable_params"] == 1000
     assert c1["taskA_exact_match"] == pytest.approx(0.79) and c1["forget_exact_match"] == pytest.approx(0.11)
-    # the best has a single seed: Welch's test cannot compare anything with it
-    assert table["tie"].iloc[0] is True and table["tie"].iloc[1:].isna().all()
-    relative = report.config_table(
-        demo["done"], "eval_loss", "minimize", demo["info"], rule=report.TieRule("relative", tolerance=0.1)
-    )
-    assert relative.set_index("config")["tie"].to_dict() == {
-        LABEL["C4"]: True,
-        LABEL["C3"]: True,
-        LABEL["C5"]: False,
-        LABEL["C2"]: False,
-        LABEL["C1"]: False,
-    }
+    assert table["decision"].iloc[0] == "best" and set(table["decision"].iloc[1:]) <= {"undecided", "worse"}
     maximize = report.config_table(demo["done"], "exact_match", "maximize", demo["info"])
-    assert maximize["config"].iloc[0] == LABEL["C4"]
+    assert maximize.attrs["scale"] == "proportion"
+    assert ((maximize["ci_low"] >= 0) & (maximize["ci_high"] <= 1)).all()
 
 
 def test_grid_cells_are_configurations_never_pools(demo):
@@ -395,13 +401,13 @@ def test_grid_cells_are_configurations_never_pools(demo):
         cell = _cell(grid, r=r, alpha_over_r=a)
         assert cell["config"] == LABEL[name] and cell["configs"] == configs
         assert cell["n"] == len(CONFIGS[name][-1])  # seeds of that one configuration (C4: 1, not C4 + C5's 3)
-    assert grid.loc[grid["best"], ["r", "alpha_over_r"]].values.tolist() == [[8, 2]]
+    assert grid.loc[grid["best"], ["r", "alpha_over_r"]].values.tolist() == [[8, 1]]
     fixed_alpha = report.grid_table(demo["configs"], "r", "lora_alpha")
     assert sorted(zip(fixed_alpha["r"], fixed_alpha["lora_alpha"], strict=True)) == [(4, 4), (4, 8), (8, 8), (8, 16)]
     targets = report.grid_table(demo["configs"], "r", "targets")
     assert len(targets) == 3  # (4, all_linear) was never run
     assert _cell(targets, r=4, targets="qv")["config"] == LABEL["C2"]
-    assert _cell(targets, r=8, targets="qv")["mean"] == pytest.approx(0.7)
+    assert _cell(targets, r=8, targets="qv")["mean"] == pytest.approx(math.sqrt(0.65 * 0.75))  # geometric
 
 
 def test_pareto_front_against_each_cost(demo):
@@ -504,14 +510,25 @@ def test_unfinished_listed_not_averaged(demo):
 
 def test_baselines_and_recovered_gain(demo):
     baselines = demo["runs"][demo["runs"]["kind"] == "baseline"]
-    rows = findings.baseline_rows(baselines, ["eval_loss", "taskA_exact_match"], 0.95)
+    rows = findings.baseline_rows(baselines, ["eval_loss", "taskA_exact_match", "trainable_params"], report.Rule())
     assert rows["baseline"].tolist() == ["zero_shot", "full_ft"] and rows["n"].tolist() == [1, 2]
-    assert rows["eval_loss"].tolist() == pytest.approx([2.0, 0.5])
+    assert rows["eval_loss"].tolist() == pytest.approx([2.0, math.sqrt(0.4 * 0.6)])  # geometric means
+    assert (rows["eval_loss low"].dropna() > 0).all()  # a loss interval stays positive
+    assert rows["taskA_exact_match high"].max() <= 1 and rows["taskA_exact_match low"].min() >= 0
+    assert rows["trainable_params low"].isna().all()  # a count: no interval
     gains = findings.recovered(demo["done"], baselines, demo["configs"]).set_index("config")
-    assert gains.loc[LABEL["C3"], "recovered"] == pytest.approx((2.0 - 0.6) / (2.0 - 0.5))
-    assert gains.loc[LABEL["C1"], "recovered"] == pytest.approx((2.0 - 1.1) / (2.0 - 0.5))
+    full = baselines.loc[baselines["baseline"] == "full_ft", "metrics.eval_loss"].astype(float)
+    log_full = float(np.mean(np.log(full)))
+
+    def share(losses):  # the share of full fine-tuning's gain in log loss, clipped to [0, 1]
+        return min(1.0, max(0.0, (math.log(2.0) - np.mean(np.log(losses))) / (math.log(2.0) - log_full)))
+
+    assert gains.loc[LABEL["C3"], "recovered"] == pytest.approx(share([0.6, 0.5, 0.7]))
+    assert gains.loc[LABEL["C1"], "recovered"] == pytest.approx(share([1.0, 1.2]))
     c3 = gains.loc[LABEL["C3"]]
-    assert c3["recovered_low"] < c3["recovered"] < c3["recovered_high"]
+    assert 0 <= c3["recovered_low"] < c3["recovered"] < c3["recovered_high"] <= 1
+    assert c3["ratio"] == pytest.approx(math.exp(np.mean(np.log([0.6, 0.5, 0.7])) - log_full))
+    assert 0 < c3["ratio_low"] < c3["ratio"] < c3["ratio_high"] and c3["versus_full_ft"] == "undecided"
     assert math.isnan(gains.loc[LABEL["C4"], "recovered_low"])  # one seed: no interval
     no_full = baselines[baselines["baseline"] == "zero_shot"]
     assert findings.recovered(demo["done"], no_full, demo["configs"]).empty
@@ -558,7 +575,7 @@ def test_report_files(built):
         assert (built / name).stat().st_size > 0, name
     assert not (built / "pareto_peak_memory_mb.png").exists() and not (built / "pareto_tokens_per_s.png").exists()
     rank_alpha = pd.read_csv(built / "rank_alpha.csv")
-    assert _cell(rank_alpha, r=8, alpha_over_r=1)["mean"] == pytest.approx(0.6)
+    assert _cell(rank_alpha, r=8, alpha_over_r=1)["mean"] == pytest.approx((0.6 * 0.5 * 0.7) ** (1 / 3))
     found = pd.read_csv(built / "findings.csv").set_index("finding")["verdict"]
     assert found["rsLoRA trains more stably than alpha/r at large r"] == "not measured in this sweep"
     assert found["All linear layers beat q,v"] == "inconclusive"  # C4 has one seed: Welch cannot decide
@@ -569,7 +586,7 @@ def test_report_files(built):
 def test_report_markdown_and_html(built, store):
     md = (built / "report.md").read_text()
     page = (built / "report.html").read_text()
-    seedless = "python -m lora_lab.train lora.r=8 lora.targets=all_linear lora.lora_alpha=16"
+    seedless = "python -m lora_lab.train lora.r=8 lora.targets=all_linear lora.lora_alpha=8"  # C3: the best
     assert md.index("## Recommendation") < md.index("## Summary") < md.index("## Findings")
     assert seedless in md and seedless in page
     assert (built / "recommended_command.txt").read_text().splitlines()[1] == seedless
@@ -577,11 +594,11 @@ def test_report_markdown_and_html(built, store):
     merge = f"python -m lora_lab.export adapter={run_dir}/adapter output_dir={run_dir}/merged"
     assert f"{seedless} hydra.run.dir={run_dir}\n{merge}\n" in md
     assert (built / "best_command.txt").read_text().strip() == (
-        "python -m lora_lab.train lora.r=8 lora.targets=all_linear train.seed=0 lora.lora_alpha=16"
+        "python -m lora_lab.train lora.r=8 lora.targets=all_linear train.seed=1 lora.lora_alpha=8"
     )
     assert "| r \\ alpha_over_r | 1 | 2 |" in md
-    assert "| r=8 | 0.6 ± 0.25 | **0.55 (1 seed) ★ (best of 2)** |" in md
-    assert "| r=4 | 1.1 ± 1.3 | 0.8 ± 1.3 |" in md
+    assert "| r=8 | **0.5944 [0.39, 0.9] ★** | 0.55 (1 seed) ? (best of 2) |" in md  # C4: one seed, undecided
+    assert "| r=4 | 1.095 [0.34, 3.5] ? | 0.7937 [0.16, 3.9] ? |" in md  # geometric means, positive intervals
     assert "| r \\ targets | qv | all_linear |" in md  # declared order of the choices
     assert "Trial runs: 13 (10 complete, 1 pruned, 1 failed, 1 excluded); 10 averaged." in md
     assert "RuntimeError: out of memory" in md and "RuntimeError: out of memory" in page
@@ -671,14 +688,17 @@ def _cli(store, *args: str) -> subprocess.CompletedProcess:
 
 def test_cli_writes_report(store, tmp_path):
     out = tmp_path / "out"
-    result = _cli(store, "study=demo", f"output_dir={out}", "metric=exact_match", "tie_rule=relative", "tolerance=0.4")
+    result = _cli(store, "study=demo", f"output_dir={out}", "metric=exact_match", "proportion_margin=0.3")
     assert result.returncode == 0, result.stderr
     assert f"report: {out / 'demo' / 'report.md'}" in result.stdout
     md = (out / "demo" / "report.md").read_text()
-    assert "**exact_match** (maximize" in md and "within 0.4 × |best mean|" in md
-    # C4 is best (0.45); C5 (0.3, 2,000 params) is within 40% of it and the cheapest such: recommended
+    assert "**exact_match** (maximize" in md and "within 0.3 (absolute share) of the best" in md
+    assert "(200 prompts scored per seed)" in md
+    assert "**Budget** every ranking below holds for: 60 optimizer steps, learning rate 0.005, batch size 32" in md
+    # C3 is best (0.7 of 600 prompts); C2 (0.6 of 400, 1,000 params) is shown within 0.3 of it and is the
+    # cheapest such; C1 (0.45, as cheap) is undecided at this margin
     assert (out / "demo" / "recommended_command.txt").read_text().splitlines()[1] == (
-        "python -m lora_lab.train lora.r=8 lora.targets=qv lora.lora_alpha=16"
+        "python -m lora_lab.train lora.r=4 lora.targets=qv lora.lora_alpha=8"
     )
     assert set(PLOTS) <= {p.name for p in (out / "demo").iterdir()}
     assert not (store["root"] / "outputs").exists() and not list(store["root"].glob("*.log"))
@@ -699,13 +719,13 @@ def test_errors_exit_2_with_one_paragraph(store, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_report_of_a_real_sweep(tmp_path, monkeypatch):
+def test_report_of_a_real_sweep(tmp_path, monkeypatch, capsys):
     """Two ranks x 2 seeds trained for real by lora_lab.sweep, then reported: n counts the seeds of each
     configuration, intervals exist, the recommendation's command is one lora_lab.train accepts."""
     from hydra import compose, initialize_config_dir
 
     from lora_lab.config import register_configs
-    from lora_lab.sweep import Sweep
+    from lora_lab.sweep import Sweep, print_summary
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)
@@ -716,18 +736,24 @@ def test_report_of_a_real_sweep(tmp_path, monkeypatch):
         cfg = compose("config", overrides=overrides)
         cfg.sweep.params["lora.r"].choices = [2, 4]
         cfg.sweep.params["alpha_over_r"].choices = [1]
-        Sweep(cfg, overrides, console_progress=False).run()
+        summary = Sweep(cfg, overrides, console_progress=False).run()
     path = report.build_report(
         ReportConfig(study="tiny_report", output_dir=str(tmp_path / "reports")), MlflowClient(tracking_uri=uri)
     )
     configs = pd.read_csv(path / "configs.csv")
     assert sorted(configs["r"]) == [2, 4] and configs["n"].tolist() == [2, 2]
-    assert configs["ci_half"].notna().all()
+    assert (configs["ci_low"] > 0).all() and (configs["ci_low"] < configs["mean"]).all()
     command = (path / "recommended_command.txt").read_text().splitlines()[1]
     assert command.startswith("python -m lora_lab.train ") and "train.seed" not in command
-    tied = configs[configs["tie"].astype(str) == "True"]  # the best and whatever Welch cannot tell from it
-    expected = int(tied.sort_values("trainable_params")["r"].iloc[0])
+    shown = configs[configs["decision"].isin(["best", "equivalent"])]  # the best and those shown equivalent
+    expected = int(shown.sort_values("trainable_params")["r"].iloc[0])
     assert f"lora.r={expected} " in command
+    # the sweep's closing lines state the same decision, not the luckiest trial
+    print_summary(summary)
+    out = capsys.readouterr().out
+    best = configs.iloc[0]
+    assert f"best configuration: {best['config']}, eval_loss " in out and "(geometric mean over 2 seed(s)" in out
+    assert command in out and not re.search(r"best trial \d", out)  # no luckiest single trial
     md = (path / "report.md").read_text()
     assert md.split("## ")[1].startswith("Recommendation") and str(tmp_path) not in md
 

@@ -12,7 +12,8 @@ never leaves a report that looks complete.
 The package, by job:
 
 * :mod:`~lora_lab.report.read`: MLflow runs to DataFrames (MlflowClient only);
-* :mod:`~lora_lab.report.stats`: t intervals, Welch's test, bootstrap (scipy.stats), the tie rule;
+* :mod:`~lora_lab.report.decide`: equivalent / worse / undecided against the best (statsmodels TOST, Holm);
+* :mod:`~lora_lab.report.stats`: t intervals, Welch's test, bootstrap (scipy.stats), two-way ANOVA;
 * :mod:`~lora_lab.report.tables`: per-configuration tables, grids, Pareto fronts, curves, importance;
 * :mod:`~lora_lab.report.findings`: recommendation, warnings, baselines, published findings;
 * :mod:`~lora_lab.report.plots`: matplotlib figures and Optuna's own views;
@@ -20,11 +21,12 @@ The package, by job:
 * :mod:`~lora_lab.report.sections`: the sections in order and :func:`build_report`;
 * ``__main__``: the Hydra command line (conf/report.yaml).
 
-Only pandas, scipy, matplotlib, MLflow and Optuna are needed: no model code, so a report is quick to
+Only pandas, scipy, statsmodels, matplotlib, MLflow and Optuna are needed: no model code, so a report is quick to
 make on a machine without a GPU.
 """
 
 from lora_lab.errors import LoraLabError
+from lora_lab.report.decide import Rule
 from lora_lab.report.document import Doc, write_atomically
 from lora_lab.report.findings import best_command, recommend
 from lora_lab.report.read import (
@@ -41,8 +43,8 @@ from lora_lab.report.read import (
     resolve_objective,
     trial_state,
 )
-from lora_lab.report.sections import build_report
-from lora_lab.report.stats import TieRule, summarize, welch_p
+from lora_lab.report.sections import build_report, decision_lines
+from lora_lab.report.stats import summarize
 from lora_lab.report.tables import config_table, grid_table, pareto_front
 
 __all__ = [
@@ -50,13 +52,14 @@ __all__ = [
     "LoraLabError",
     "NoFinishedTrialsError",
     "ReportError",
+    "Rule",
     "SweepInfo",
-    "TieRule",
     "UnknownSweepError",
     "assign_configs",
     "best_command",
     "build_report",
     "completed",
+    "decision_lines",
     "config_table",
     "find_experiment",
     "grid_table",
@@ -68,6 +71,5 @@ __all__ = [
     "resolve_objective",
     "summarize",
     "trial_state",
-    "welch_p",
     "write_atomically",
 ]

@@ -15,11 +15,25 @@ import numpy as np
 import pandas as pd
 
 from lora_lab import names
+from lora_lab.report.decide import (
+    EQUIVALENT,
+    MARKS,
+    PROPORTION_METRICS,
+    UNDECIDED,
+    WORSE,
+    Rule,
+    acceptable,
+    centre,
+    compare,
+    metric_scale,
+    pairwise,
+)
 from lora_lab.report.read import SweepInfo, number
-from lora_lab.report.stats import bootstrap_ci, is_tie, summarize, variance_explained, welch_p
-from lora_lab.report.tables import samples_of
+from lora_lab.report.stats import bootstrap_ci, two_way_anova
+from lora_lab.report.tables import prompts_scored, samples_of
 
 NOT_MEASURED = "not measured in this sweep"
+INCONCLUSIVE = "inconclusive"
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -101,29 +115,38 @@ def best_command(run: pd.Series | dict[str, Any]) -> str:
 
 @dataclass
 class Recommendation:
-    """The cheapest configuration that cannot be told apart from the best on one metric."""
+    """The cheapest configuration shown equivalent to the best on one metric (the best itself when none
+    cheaper is)."""
 
     metric: str
     direction: str
     best: pd.Series
     chosen: pd.Series
     tied: pd.DataFrame
-    """Every configuration that cannot be told apart from the best (the best included)."""
+    """The best and every configuration shown equivalent to it, cheapest first."""
     undecided: int
-    """Configurations the rule could not decide (a single seed under the welch rule)."""
+    """Configurations neither shown equivalent nor shown worse."""
     cost: str
     """What 'cheapest' is measured in: trainable_params, else r."""
+    open_cheaper: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Undecided configurations cheaper than the chosen one: more seeds for them (and the best) would
+    decide whether one of them is the recommendation."""
 
 
 def recommend(configs: pd.DataFrame, metric: str, direction: str) -> Recommendation:
-    """From a config table (best first, with the ``tie`` column of stats.TieRule): the configuration with
-    the fewest trainable parameters (else the smallest r) among those that cannot be told apart from the
-    best, the better mean breaking equal costs. Undecided configurations are never chosen."""
+    """From a config table (best first, with the ``decision`` column of :mod:`lora_lab.report.decide`):
+    the configuration with the fewest trainable parameters (else the smallest r) among the best and those
+    shown equivalent to it, the better centre breaking equal costs. Undecided configurations are never
+    chosen; those cheaper than the choice are listed as what more seeds would decide."""
     cost = "trainable_params" if "trainable_params" in configs and configs["trainable_params"].notna().all() else "r"
-    tied = configs[configs["tie"].map(is_tie)]
+    tied = configs[configs["decision"].map(acceptable)]
     tied = tied.assign(_order=range(len(tied))).sort_values([cost, "_order"], kind="stable").drop(columns="_order")
-    undecided = int(configs["tie"].isna().sum())
-    return Recommendation(metric, direction, configs.iloc[0], tied.iloc[0], tied, undecided, cost)
+    chosen = tied.iloc[0]
+    open_ = configs[configs["decision"] == UNDECIDED]
+    cheaper = open_[open_[cost] < chosen[cost]] if cost in open_ else open_.iloc[0:0]
+    return Recommendation(
+        metric, direction, configs.iloc[0], chosen, tied, len(open_), cost, cheaper.sort_values(cost, kind="stable")
+    )
 
 
 def recommended_command(runs: pd.DataFrame, rec: Recommendation) -> str:
@@ -180,27 +203,53 @@ def grid_edges(info: SweepInfo, configs: pd.DataFrame, keys: list[str]) -> list[
 
 
 @dataclass
-class AlphaView:
-    """How much of the variance of the metric across runs each scale knob explains."""
+class ScaleAnalysis:
+    """Rank against scale: a two-way analysis of variance of the log metric with r and alpha/r as factors."""
 
-    shares: dict[str, float] = field(default_factory=dict)
-    """factor -> eta squared (r, lora_alpha, alpha_over_r, targets where they vary)."""
-    alpha_explains: bool = False
-    """lora_alpha explains clearly more than r (and alpha and r both varied)."""
+    table: pd.DataFrame
+    """One row per term: sum_sq, df, F, PR(>F), share of the total sum of squares."""
+    text: str
+    """What it shows, in words."""
 
 
-def alpha_view(runs: pd.DataFrame, metric: str) -> AlphaView:
-    """eta squared of r, lora_alpha and alpha/r (and targets) on the runs' metric: when alpha explains
-    clearly more than r, the differences come from the scale, not the rank."""
-    view = AlphaView()
-    for factor in ("r", "lora_alpha", "alpha_over_r", "targets"):
-        if factor in runs and runs[factor].nunique() > 1:
-            share = variance_explained(runs, factor, f"metrics.{metric}")
-            if not math.isnan(share):
-                view.shares[factor] = share
-    r, alpha = view.shares.get("r"), view.shares.get("lora_alpha")
-    view.alpha_explains = r is not None and alpha is not None and alpha > r + 0.1
-    return view
+def scale_analysis(runs: pd.DataFrame, metric: str, keys: list[str], alpha: float = 0.05) -> ScaleAnalysis:
+    """Two-way analysis of variance of the metric (on the log scale when positive: a loss) over the runs,
+    with r and the scale alpha/r (lora_alpha / r) as factors and the other searched values as further
+    factors, so an effect of one is not blamed on the other; statsmodels' anova_lm (type 2)."""
+    column = f"metrics.{metric}"
+    values = pd.to_numeric(runs[column], errors="coerce") if column in runs else pd.Series(dtype=float)
+    if values.dropna().empty or "r" not in runs:
+        return ScaleAnalysis(pd.DataFrame(), f"r and alpha/r: {NOT_MEASURED}.")
+    log = bool((values.dropna() > 0).all())
+    data = pd.DataFrame(
+        {"y": np.log(values) if log else values, "r": runs["r"], "alpha/r": runs["lora_alpha"] / runs["r"]}
+    )
+    others = []
+    for key in keys:
+        column = f"params.{names.SWEEP_PARAM_PREFIX}{key}"
+        if key in ("lora.r", "alpha_over_r", "lora.lora_alpha") or column not in runs:
+            continue
+        data[key] = runs[column].astype(str)
+        others.append(key)
+    table, note = two_way_anova(data, "y", ["r", "alpha/r", *others])
+    scale = f"log {metric}" if log else metric
+    if table.empty:
+        return ScaleAnalysis(table, f"Two-way analysis of {scale} with r and alpha/r as factors: {note}".strip())
+    effects = table[table["term"] != "Residual"]
+    shown = "; ".join(
+        f"{row['term']}: {row['share']:.0%} of the sum of squares (F = {fmt(row['F'], 3)}, p = {fmt(row['PR(>F)'], 2)})"
+        for _, row in effects.iterrows()
+    )
+    significant = effects[effects["PR(>F)"] < alpha].sort_values("sum_sq", ascending=False)
+    if significant.empty:
+        verdict = f"no factor has an effect shown at p < {alpha:g}"
+    else:
+        verdict = "the effects shown at p < {:g}, largest first: {}".format(alpha, ", ".join(significant["term"]))
+    return ScaleAnalysis(
+        table,
+        f"Two-way analysis of variance of {scale} over {len(data.dropna())} runs (statsmodels anova_lm, type 2): "
+        f"{shown}. {note}So: {verdict}.",
+    )
 
 
 # -- baselines ---------------------------------------------------------------------------------------
@@ -208,8 +257,10 @@ def alpha_view(runs: pd.DataFrame, metric: str) -> AlphaView:
 RECOVERY_METRIC = "eval_loss"
 
 
-def baseline_rows(baselines: pd.DataFrame, metrics: list[str], confidence: float) -> pd.DataFrame:
-    """One row per baseline kind: mean, interval and n of each metric over its runs."""
+def baseline_rows(baselines: pd.DataFrame, metrics: list[str], rule: Rule) -> pd.DataFrame:
+    """One row per baseline kind: each loss's and proportion's centre and interval on its scale (geometric
+    mean for a loss, pooled share for a proportion; see :func:`lora_lab.report.decide.centre`), the mean
+    of other metrics (counts, costs), and n runs."""
     rows = []
     for kind, members in baselines.groupby("baseline", sort=False):
         row: dict[str, Any] = {
@@ -221,9 +272,14 @@ def baseline_rows(baselines: pd.DataFrame, metrics: list[str], confidence: float
         for metric in metrics:
             col = f"metrics.{metric}"
             if col in members and members[col].notna().any():
-                s = summarize(members[col], confidence)
+                values = pd.to_numeric(members[col], errors="coerce").dropna().to_numpy(float)
+                if metric in PROPORTION_METRICS or "loss" in metric:
+                    s = centre(values, metric_scale(metric, values), rule.confidence, prompts_scored(members))
+                else:  # a count or a cost: its mean, no interval
+                    s = {"mean": float(np.mean(values)), "ci_low": math.nan, "ci_high": math.nan}
                 row[metric] = s["mean"]
-                row[f"{metric} ±"] = s["ci_half"]
+                row[f"{metric} low"] = s["ci_low"]
+                row[f"{metric} high"] = s["ci_high"]
         rows.append(row)
     order = {names.BASELINE_ZERO_SHOT: 0, names.BASELINE_FULL_FT: 1}
     table = pd.DataFrame(rows)
@@ -232,40 +288,72 @@ def baseline_rows(baselines: pd.DataFrame, metrics: list[str], confidence: float
     return table.sort_values("baseline", key=lambda s: s.map(lambda b: order.get(b, 2))).reset_index(drop=True)
 
 
+def _log_share(zero: float, lora, full) -> float:
+    """Share of full fine-tuning's gain over zero-shot in log loss, clipped to [0, 1]."""
+    share = (zero - float(np.mean(lora))) / (zero - float(np.mean(full)))
+    return min(1.0, max(0.0, share))
+
+
 def recovered(
-    runs: pd.DataFrame, baselines: pd.DataFrame, configs: pd.DataFrame, confidence: float = 0.95
+    runs: pd.DataFrame, baselines: pd.DataFrame, configs: pd.DataFrame, rule: Optional[Rule] = None
 ) -> pd.DataFrame:
-    """Share of full fine-tuning's gain over the zero-shot base each configuration recovers on eval loss:
-    (zero_shot - lora) / (zero_shot - full_ft), with a bootstrap interval (scipy.stats.bootstrap, the
-    configuration's and full fine-tuning's seeds resampled independently) where both have >= 2 seeds.
-    Empty when either baseline is missing or full fine-tuning did not improve on the base."""
+    """Each configuration against full fine-tuning on eval loss: the ratio of its loss to full fine-tuning's
+    (geometric means, log-scale interval at 1 - 2 alpha) with the three-way decision against full
+    fine-tuning as the reference (equivalent / worse / undecided, or 'better' when full fine-tuning is
+    shown worse than it), and the share of full fine-tuning's gain over zero-shot it recovers, measured
+    in log loss (so the zero-shot's large loss does not dominate) and clipped to [0, 1], with a bootstrap
+    interval (scipy.stats.bootstrap, both sides' seeds resampled) where both have >= 2 seeds. Empty when
+    either baseline is missing or full fine-tuning did not improve on the base."""
+    rule = rule or Rule()
     column = f"metrics.{RECOVERY_METRIC}"
-    cols = ["config", "recovered", "recovered_low", "recovered_high", "n"]
+    cols = [
+        "config",
+        "ratio",
+        "ratio_low",
+        "ratio_high",
+        "versus_full_ft",
+        "recovered",
+        "recovered_low",
+        "recovered_high",
+        "n",
+    ]
     if baselines.empty or column not in baselines:
         return pd.DataFrame(columns=cols)
-    zero = pd.to_numeric(
-        baselines.loc[baselines["baseline"] == names.BASELINE_ZERO_SHOT, column], errors="coerce"
-    ).dropna()
-    full = pd.to_numeric(
-        baselines.loc[baselines["baseline"] == names.BASELINE_FULL_FT, column], errors="coerce"
-    ).dropna()
-    if zero.empty or full.empty or not zero.mean() > full.mean():
+
+    def losses(kind: str) -> np.ndarray:
+        values = pd.to_numeric(baselines.loc[baselines["baseline"] == kind, column], errors="coerce").dropna()
+        return values[values > 0].to_numpy(float)
+
+    zero, full = losses(names.BASELINE_ZERO_SHOT), losses(names.BASELINE_FULL_FT)
+    if not len(zero) or not len(full) or not np.mean(np.log(zero)) > np.mean(np.log(full)):
         return pd.DataFrame(columns=cols)
-    z = float(zero.mean())
+    z, log_full = float(np.mean(np.log(zero))), np.log(full)
     samples = samples_of(runs, RECOVERY_METRIC)
     rows = []
     for _, config in configs.iterrows():
         values = samples.get(config["group"], np.array([]))
+        values = values[values > 0]
         if not len(values):
             continue
-        point = (z - values.mean()) / (z - full.mean())
-        low, high = bootstrap_ci(
-            [values, full.to_numpy(float)], lambda a, b: (z - np.mean(a)) / (z - np.mean(b)), confidence
-        )
+        against = compare(values, full, "ratio", "minimize", rule)
+        reverse = compare(full, values, "ratio", "minimize", rule)
+        if against["p_equivalent"] < rule.alpha:
+            versus = EQUIVALENT
+        elif against["p_worse"] < rule.alpha:
+            versus = WORSE
+        elif reverse["p_worse"] < rule.alpha:
+            versus = "better"
+        else:
+            versus = UNDECIDED
+        low, high = bootstrap_ci([np.log(values), log_full], lambda a, b: _log_share(z, a, b), rule.confidence)
         rows.append(
             {
                 "config": config["config"],
-                "recovered": point,
+                "ratio": against["estimate"],
+                "ratio_low": against["est_low"],
+                "ratio_high": against["est_high"],
+                "versus_full_ft": versus,
+                "recovered": _log_share(z, np.log(values), log_full),
                 "recovered_low": low,
                 "recovered_high": high,
                 "n": len(values),
@@ -296,8 +384,10 @@ def _slice(configs: pd.DataFrame, anchor: pd.Series, keys: list[str], free: tupl
 
 
 def saturation(configs: pd.DataFrame, keys: list[str], swaps: Optional[float]) -> Finding:
-    """Quality saturates in r: from some r on, every rank (the best configuration's other values held fixed)
-    cannot be told apart from the best."""
+    """Quality saturates in r: along the best configuration's other values, the smallest r from which every
+    larger r searched is shown equivalent to the best. Inconclusive when the best sits at the largest r
+    searched (a larger one may be better still) or a larger r is undecided; does not hold when a larger r
+    than the best is shown worse."""
     name = "Quality saturates in r"
     if "lora.r" not in keys or configs["r"].nunique() < 2:
         return Finding(name, NOT_MEASURED, "the sweep did not vary lora.r.")
@@ -308,32 +398,46 @@ def saturation(configs: pd.DataFrame, keys: list[str], swaps: Optional[float]) -
     where = ", ".join(f"{k}={best[k]}" for k in keys if k != "lora.r" and k in best) or "the only setting"
     values = "; ".join(
         f"r={fmt(row['r'])}: {fmt(row['mean'])}"
-        + (f" ± {fmt(row['ci_half'], 2)}" if not math.isnan(row["ci_half"]) else "")
+        + (f" [{fmt(row['ci_low'], 2)}, {fmt(row['ci_high'], 2)}]" if not math.isnan(row["ci_low"]) else " (1 seed)")
+        + f" {MARKS.get(row['decision'], '')}"
         for _, row in line.iterrows()
     )
-    if line["tie"].isna().any():
+    designed = f" The task's designed change touches data.swaps = {fmt(swaps)} letter pairs." if swaps else ""
+    above = line[line["r"] > best["r"]]
+    if above.empty:
         return Finding(
             name,
-            "inconclusive",
-            f"at {where}: {values}; some ranks have a single seed, so the tie rule cannot decide (raise sweep.seeds).",
+            INCONCLUSIVE,
+            f"at {where}: {values}. The best is at the largest r searched ({fmt(best['r'])}): a larger r may be "
+            f"better still (grid edge); extend lora.r upward.{designed}",
         )
-    ties = line["tie"].astype(bool).to_numpy()
-    start = len(ties)
-    while start > 0 and ties[start - 1]:
-        start -= 1
-    designed = f" The task's designed change touches data.swaps = {fmt(swaps)} letter pairs." if swaps else ""
-    if start == len(ties):  # the best rank itself is below the largest: the largest differs from the best
+    worse = above[above["decision"] == WORSE]
+    if len(worse):
         return Finding(
-            name, "does not hold", f"at {where}: {values}; the largest rank is worse than the best.{designed}"
+            name,
+            "does not hold",
+            f"at {where}: {values}; r = {', '.join(fmt(r) for r in worse['r'])}, above the best r = "
+            f"{fmt(best['r'])}, is shown worse than the best.{designed}",
         )
+    if (above["decision"] != EQUIVALENT).any():
+        open_ = above[above["decision"] != EQUIVALENT]
+        return Finding(
+            name,
+            INCONCLUSIVE,
+            f"at {where}: {values}; r = {', '.join(fmt(r) for r in open_['r'])} above the best is undecided "
+            f"(too few seeds for the margin): more seeds for these ranks would decide.{designed}",
+        )
+    ok = line["decision"].map(acceptable).to_numpy()
+    start = len(ok)
+    while start > 0 and ok[start - 1]:
+        start -= 1
     r_sat = line["r"].iloc[start]
     relation = f" Saturation starts at r = {fmt(r_sat)}, r/swaps = {fmt(r_sat / swaps, 3)}." if swaps else ""
-    if start == 0:
-        return Finding(name, "holds", f"flat over every rank searched at {where}: {values}.{designed}{relation}")
     return Finding(
         name,
         "holds",
-        f"from r = {fmt(r_sat)} on every rank is within noise of the best at {where}: {values}.{designed}{relation}",
+        f"from r = {fmt(r_sat)} on, every rank searched is shown equivalent to the best at {where}: "
+        f"{values}.{designed}{relation}",
     )
 
 
@@ -341,11 +445,24 @@ def _targets_name(value: Any) -> str:
     return str(value).replace(" ", "")
 
 
+def _pair_words(result: dict[str, Any], scale: str) -> str:
+    what = "ratio" if scale == "ratio" else "difference"
+    interval = (
+        ""
+        if math.isnan(result.get("est_low", math.nan))
+        else f" [{fmt(result['est_low'], 3)}, {fmt(result['est_high'], 3)}]"
+    )
+    return f"{what} {fmt(result['estimate'], 3)}{interval}: {result['decision']}"
+
+
 def targets_comparison(
-    configs: pd.DataFrame, runs: pd.DataFrame, metric: str, direction: str, keys: list[str], alpha: float = 0.05
+    configs: pd.DataFrame, runs: pd.DataFrame, metric: str, direction: str, keys: list[str], rule: Optional[Rule] = None
 ) -> Finding:
-    """All linear layers against q,v at equal r and at (nearly) equal trainable parameters: holds when
-    all_linear is better with Welch p < alpha at every rank run with both."""
+    """All linear layers against q,v at equal r (other values equal): q,v compared with all_linear as the
+    reference by the three-way rule (Holm over the ranks). Holds when q,v is shown worse at every rank;
+    does not hold when at some rank it is shown equivalent or better; inconclusive otherwise. Pairs at
+    nearly equal trainable parameters are listed beside."""
+    rule = rule or Rule()
     name = "All linear layers beat q,v"
     if "lora.targets" not in keys:
         return Finding(name, NOT_MEASURED, "the sweep did not vary lora.targets (run +sweep=targets).")
@@ -354,21 +471,20 @@ def targets_comparison(
     if qv.empty or al.empty:
         return Finding(name, NOT_MEASURED, "the sweep did not run both 'qv' and 'all_linear'.")
     samples = samples_of(runs, metric)
-    sign = 1 if direction == "minimize" else -1
-    lines, wins, undecided, total = [], 0, 0, 0
-    for _, a in al.iterrows():
+    scale = metric_scale(metric, np.concatenate(list(samples.values())))
+    pairs, labels = [], []
+    for _, a in al.sort_values("r").iterrows():
         match = _slice(qv, a, keys, ("lora.targets",))
         if match.empty:
             continue
         q = match.iloc[0]
-        p = welch_p(samples[a["group"]], samples[q["group"]])
-        better = sign * (q["mean"] - a["mean"]) > 0
-        total += 1
-        undecided += math.isnan(p)
-        wins += bool(better and not math.isnan(p) and p < alpha)
-        lines.append(
-            f"r={fmt(a['r'])}: all_linear {fmt(a['mean'])} vs qv {fmt(q['mean'])} (Welch p = {fmt(p, 2) or 'n/a'})"
-        )
+        pairs.append((samples[q["group"]], samples[a["group"]]))
+        labels.append(f"r={fmt(a['r'])}: q,v {fmt(q['mean'])} vs all_linear {fmt(a['mean'])}")
+    if not pairs:
+        return Finding(name, NOT_MEASURED, "no rank was run with both target sets and the same other values.")
+    results = pairwise(pairs, scale, direction, rule)
+    decisions = [r["decision"] for r in results]
+    lines = [f"{label} (q,v / all_linear {_pair_words(r, scale)})" for label, r in zip(labels, results, strict=True)]
     params = []
     if "trainable_params" in configs:
         for _, a in al.iterrows():
@@ -379,65 +495,100 @@ def targets_comparison(
             ratio = pool["trainable_params"] / a["trainable_params"]
             q = pool.loc[(np.log(ratio)).abs().idxmin()]
             if abs(math.log(q["trainable_params"] / a["trainable_params"])) <= math.log(1.25):
-                p = welch_p(samples[a["group"]], samples[q["group"]])
                 params.append(
                     f"{fmt(a['trainable_params'])} params: all_linear r={fmt(a['r'])} {fmt(a['mean'])} "
-                    f"vs qv r={fmt(q['r'])} {fmt(q['mean'])} (Welch p = {fmt(p, 2) or 'n/a'})"
+                    f"vs q,v r={fmt(q['r'])} {fmt(q['mean'])}"
                 )
-    if not lines:
-        return Finding(name, NOT_MEASURED, "no rank was run with both target sets and the same other values.")
-    verdict = "holds" if wins == total else ("does not hold" if wins == 0 and not undecided else "inconclusive")
+    if all(d == WORSE for d in decisions):
+        verdict = "holds"
+    elif any(d in (EQUIVALENT, "better") for d in decisions):
+        verdict = "does not hold"
+    else:
+        verdict = INCONCLUSIVE
     equal = (
         ("; at equal trainable parameters (within 25%): " + "; ".join(params))
         if params
-        else ("; equal trainable parameters: no pair within 25% of each other")
+        else "; equal trainable parameters: no pair within 25% of each other"
+    )
+    open_ = decisions.count(UNDECIDED)
+    why = (
+        f" {open_} of {len(decisions)} ranks undecided: more seeds would decide."
+        if open_ and verdict == INCONCLUSIVE
+        else ""
     )
     return Finding(
         name,
         verdict,
-        f"at equal r, all_linear is better with Welch p < {alpha:g} in {wins} of {total}: "
+        f"at equal r, q,v is shown worse than all_linear beyond the margin ({rule.margin_words(scale)}, Holm over "
+        f"{len(decisions)} ranks) in {decisions.count(WORSE)} of {len(decisions)}: "
         + "; ".join(lines)
         + equal
-        + ".",
+        + "."
+        + why,
     )
 
 
+def rslora_pairs(configs: pd.DataFrame, keys: list[str]) -> list[tuple[pd.Series, pd.Series, float]]:
+    """(rsLoRA configuration, alpha/r configuration, effective scale) pairs at one rank whose effective
+    scales meet: lora_alpha / sqrt(r) for rsLoRA equals lora_alpha / r for the other, within 1%; the other
+    searched values equal."""
+    rs = configs[configs["use_rslora"].astype(bool)]
+    plain = configs[~configs["use_rslora"].astype(bool)]
+    out = []
+    for _, a in rs.iterrows():
+        scale = a["lora_alpha"] / math.sqrt(a["r"])
+        match = _slice(plain, a, keys, ("lora.use_rslora", "alpha_over_r", "lora.lora_alpha"))
+        match = match[(match["r"] == a["r"]) & (np.abs(match["lora_alpha"] / match["r"] / scale - 1) < 0.01)]
+        if len(match):
+            out.append((a, match.iloc[0], scale))
+    return sorted(out, key=lambda p: -p[0]["r"])
+
+
 def rslora_comparison(
-    configs: pd.DataFrame, runs: pd.DataFrame, all_runs: pd.DataFrame, metric: str, keys: list[str]
+    configs: pd.DataFrame,
+    runs: pd.DataFrame,
+    all_runs: pd.DataFrame,
+    metric: str,
+    keys: list[str],
+    rule: Optional[Rule] = None,
+    direction: str = "minimize",
 ) -> Finding:
-    """rsLoRA (alpha/sqrt(r)) against alpha/r at the largest rank and scale both were run with: mean, spread
-    over seeds and failed runs."""
-    name = "rsLoRA trains more stably than alpha/r at large r"
+    """rsLoRA (alpha/sqrt(r)) against alpha/r at matched effective scale (the pair's scales meet), the
+    three-way rule with alpha/r as the reference, Holm over the pairs: holds when rsLoRA is shown better at
+    the largest rank matched, does not hold when shown equivalent or worse, inconclusive when undecided.
+    Without a matched pair: not tested, as at equal alpha the two differ in scale (sqrt(r) times)."""
+    rule = rule or Rule()
+    name = "rsLoRA trains better than alpha/r at large r"
     if "lora.use_rslora" not in keys or configs["use_rslora"].nunique() < 2:
         return Finding(name, NOT_MEASURED, "the sweep did not vary lora.use_rslora.")
-    both = configs.groupby("r")["use_rslora"].nunique()
-    ranks = both[both == 2].index
-    if not len(ranks):
-        return Finding(name, NOT_MEASURED, "no rank was run both with and without rsLoRA.")
-    r = max(ranks)
-    at_r = configs[configs["r"] == r]
-    scale = "alpha_over_r" if at_r["alpha_over_r"].notna().any() else "lora_alpha"
-    if at_r[scale].notna().any():
-        common = at_r.groupby(scale)["use_rslora"].nunique()
-        top = max(common[common == 2].index) if (common == 2).any() else None
-        if top is None:
-            return Finding(name, NOT_MEASURED, f"at r={fmt(r)} no scale was run both with and without rsLoRA.")
-        pair = at_r[at_r[scale] == top]
-        where = f"r={fmt(r)}, {scale}={fmt(top)}"
-    else:
-        pair, where = at_r, f"r={fmt(r)}"
-    samples = samples_of(runs, metric)
-    parts, stds = [], {}
-    for flag, label in ((True, "rsLoRA"), (False, "alpha/r")):
-        row = pair[pair["use_rslora"] == flag].iloc[0]
-        values = samples[row["group"]]
-        failed = all_runs[(all_runs["group"] == row["group"]) & all_runs["state"].isin(["FAIL", "PRUNED"])]
-        stds[flag] = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-        parts.append(
-            f"{label}: mean {fmt(row['mean'])}, seed std {fmt(stds[flag], 2) or 'n/a'} over "
-            f"{len(values)} seeds, {len(failed)} failed or pruned"
+    pairs = rslora_pairs(configs, keys)
+    if not pairs:
+        top = configs["r"].max()
+        return Finding(
+            name,
+            NOT_MEASURED,
+            f"not tested: confounded by scale. No rsLoRA configuration has an alpha/r partner at the same effective "
+            f"scale; at equal alpha rsLoRA's scale alpha/√r is √r times alpha/r's ({fmt(math.sqrt(top), 3)}× at "
+            f"r={fmt(top)}), so a difference would be the scale's, not the scaling rule's.",
         )
-    if any(math.isnan(s) for s in stds.values()):
-        return Finding(name, "inconclusive", f"at {where}: " + "; ".join(parts) + " (needs >= 2 seeds).")
-    verdict = "holds" if stds[True] < stds[False] else "does not hold"
-    return Finding(name, verdict, f"at {where}: " + "; ".join(parts) + ".")
+    samples = samples_of(runs, metric)
+    scale = metric_scale(metric, np.concatenate(list(samples.values())))
+    results = pairwise([(samples[a["group"]], samples[b["group"]]) for a, b, _ in pairs], scale, direction, rule)
+    lines = []
+    for (a, b, s), result in zip(pairs, results, strict=True):
+        failed = all_runs[all_runs["group"].isin([a["group"], b["group"]]) & all_runs["state"].isin(["FAIL", "PRUNED"])]
+        lines.append(
+            f"r={fmt(a['r'])} at scale {fmt(s, 3)}: rsLoRA (lora_alpha={fmt(a['lora_alpha'])}) {fmt(a['mean'])} vs "
+            f"alpha/r (lora_alpha={fmt(b['lora_alpha'])}) {fmt(b['mean'])}, rsLoRA / alpha/r {_pair_words(result, scale)}"
+            + (f", {len(failed)} failed or pruned" if len(failed) else "")
+        )
+    top = results[0]["decision"]
+    verdict = {"better": "holds", EQUIVALENT: "does not hold", WORSE: "does not hold"}.get(top, INCONCLUSIVE)
+    why = " More seeds would decide." if verdict == INCONCLUSIVE else ""
+    same = (
+        " At a matched scale the two are the same model (rsLoRA only changes the scale factor), so equivalence "
+        "is what to expect."
+        if top == EQUIVALENT
+        else ""
+    )
+    return Finding(name, verdict, "at matched effective scale: " + "; ".join(lines) + "." + same + why)

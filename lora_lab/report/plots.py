@@ -19,10 +19,10 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from lora_lab.report.decide import MARKS
 from lora_lab.report.document import png_bytes
 from lora_lab.report.findings import fmt
 from lora_lab.report.read import number
-from lora_lab.report.stats import is_tie
 
 
 def figure(width: float = 6.4, height: float = 4.4) -> tuple[Figure, Any]:
@@ -68,8 +68,16 @@ def plot_grid(table: pd.DataFrame, row: str, col: str, metric: str, col_choices:
     fig.colorbar(image, ax=ax, label=f"|{metric} − best| (log scale)")
     for _, cell in table.iterrows():
         i, j = rows.index(cell[row]), cols.index(cell[col])
-        spread = "1 seed" if cell["n"] < 2 else f"±{fmt(cell['ci_half'], 2)} (n={int(cell['n'])})"
-        mark = " ★" if cell["best"] else (" ≈" if is_tie(cell["tie"]) else "")
+        spread = (
+            "1 seed"
+            if math.isnan(cell["ci_low"])
+            else f"[{fmt(cell['ci_low'], 2)}, {fmt(cell['ci_high'], 2)}] n={int(cell['n'])}"
+        )
+        mark = (
+            " " + MARKS["best" if cell["best"] else cell["decision"]]
+            if (cell["best"] or cell["decision"] in MARKS)
+            else ""
+        )
         red, green, blue, _ = cmap(norm(max(abs(cell["mean"] - best), floor)))
         dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5  # white text on dark cells
         ax.text(
@@ -88,7 +96,7 @@ def plot_grid(table: pd.DataFrame, row: str, col: str, metric: str, col_choices:
     ax.set_yticks(range(len(rows)), [fmt(r) for r in rows])
     ax.set_xlabel(col)
     ax.set_ylabel(row)
-    ax.set_title(f"{metric}: ★ best, ≈ within noise of it", fontsize=10)
+    ax.set_title(f"{metric}: ★ best, ≈ equivalent, ✗ worse, ? undecided", fontsize=10)
     return fig
 
 

@@ -17,10 +17,10 @@ from mlflow.tracking import MlflowClient
 from lora_lab import names
 from lora_lab.config import ReportConfig
 from lora_lab.report import findings, plots, tables
+from lora_lab.report.decide import BEST, BEST_RULE, MARKS, Rule
 from lora_lab.report.document import Doc, write_atomically
 from lora_lab.report.findings import NOT_MEASURED, Recommendation, fmt
-from lora_lab.report.read import STATE_WORDS, SweepData, count_text, learning_curves, read_sweep, store_words
-from lora_lab.report.stats import TieRule, is_tie
+from lora_lab.report.read import STATE_WORDS, SweepData, count_text, learning_curves, number, read_sweep, store_words
 
 Files = dict[str, Any]
 """File name -> text, bytes or DataFrame (CSV), as write_atomically takes them."""
@@ -28,19 +28,42 @@ Files = dict[str, Any]
 COST_LABELS = {"trainable_params": "trainable parameters", "peak_memory_mb": "peak GPU memory (MiB)"}
 
 
-def tie_rule(settings: ReportConfig) -> TieRule:
-    return TieRule(settings.tie_rule, settings.tie_alpha, settings.tolerance)
+def rule_of(settings: ReportConfig) -> Rule:
+    """The decision rule the report's settings describe."""
+    return Rule(
+        alpha=settings.alpha,
+        ratio_margin=settings.ratio_margin,
+        proportion_margin=settings.proportion_margin,
+        difference_margin=settings.difference_margin,
+        correction=settings.correction,
+        confidence=settings.confidence,
+    )
 
 
-def spread(mean: float, half: float, n: int) -> str:
-    """'0.2437 ± 0.0012' (half-width of the interval) or '0.2437 (1 seed)'."""
-    if n < 2 or math.isnan(half):
-        return f"{fmt(mean)} (1 seed)"
-    return f"{fmt(mean)} ± {fmt(half, 2)}"
+def spread(mean: float, low: float, high: float, n: int) -> str:
+    """'0.0014 [0.0012, 0.0017]' (the configuration's interval) or '0.0014 (1 seed)'."""
+    if math.isnan(low) or math.isnan(high):
+        return f"{fmt(mean)} (1 seed)" if n < 2 else fmt(mean)
+    return f"{fmt(mean)} [{fmt(low, 2)}, {fmt(high, 2)}]"
 
 
-def mark(row: pd.Series, first: bool) -> str:
-    return " ★" if first else (" ≈" if is_tie(row.get("tie")) else "")
+def row_spread(row: pd.Series) -> str:
+    return spread(row["mean"], row["ci_low"], row["ci_high"], row["n"])
+
+
+def mark(row: pd.Series, first: bool = False) -> str:
+    """' ★' best, ' ≈' equivalent, ' ✗' worse, ' ?' undecided."""
+    decision = BEST if first else row.get("decision")
+    return f" {MARKS[decision]}" if decision in MARKS else ""
+
+
+CENTRE_WORDS = {
+    "ratio": "the geometric mean over the seeds of one configuration, with its {level:.0%} t interval computed on "
+    "the log scale (so it never reaches zero)",
+    "proportion": "the share of the prompts scored, pooled over the seeds of one configuration, with its "
+    "{level:.0%} Wilson interval (inside [0, 1])",
+    "difference": "the mean over the seeds of one configuration, with its {level:.0%} t interval",
+}
 
 
 def display(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
@@ -64,24 +87,79 @@ def seeds_words(configs: pd.DataFrame) -> str:
     return f"{low} seeds each" if low == high else f"{low}–{high} seeds each"
 
 
+def _values(runs: pd.DataFrame, key: str) -> list[float]:
+    column = f"params.{key}"
+    if column not in runs:
+        return []
+    return sorted({v for v in runs[column].map(number) if not math.isnan(v)})
+
+
+def _listed(values: list[float]) -> str:
+    if len(values) <= 3:
+        return " / ".join(fmt(v) for v in values)
+    return f"{fmt(values[0])} to {fmt(values[-1])} ({len(values)} values)"
+
+
+def budget(data: SweepData) -> str:
+    """The training budget every ranking holds for: steps, learning rate (or its range), batch size and
+    how lora_alpha was set."""
+    runs = data.ranked
+    parts = []
+    steps = _values(runs, "train.max_steps")
+    parts.append(f"{_listed(steps)} optimizer steps" if steps else "train.max_steps not logged")
+    rates = _values(runs, "train.learning_rate")
+    if rates:
+        searched = len(rates) > 1
+        parts.append(f"learning rate {'searched over ' if searched else ''}{_listed(rates)}")
+    batch = _values(runs, "train.batch_size")
+    if batch:
+        parts.append(f"batch size {_listed(batch)}")
+    if "lora.lora_alpha" in data.info.derived:
+        parts.append(f"lora_alpha = {data.info.derived['lora.lora_alpha']}")
+    elif "lora.lora_alpha" in data.info.space:
+        parts.append("lora_alpha searched")
+    else:
+        alphas = sorted(set(runs["lora_alpha"].dropna()))
+        if len(alphas) == 1:
+            parts.append(f"lora_alpha fixed at {fmt(alphas[0])} for every r (scale alpha/r = {fmt(alphas[0])}/r)")
+        elif alphas:
+            parts.append(f"lora_alpha {_listed(alphas)}")
+    if runs["use_rslora"].any():
+        parts.append("rsLoRA runs scale by alpha/√r")
+    return ", ".join(parts)
+
+
 # -- sections --------------------------------------------------------------------------------------------
 
 
 def section_header(data: SweepData, doc: Doc, files: Files) -> None:
-    """What was read, which metric, how intervals and ties are decided."""
+    """What was read, which metric, the budget every ranking holds for, how intervals and decisions are made."""
     arrow = "lower" if data.direction == "minimize" else "higher"
     stage = (
         " Runs of the confirm stage (top configurations re-run with fresh seeds) decide the ranking."
         if data.confirmed
         else ""
     )
+    rule = rule_of(data.settings)
+    scale = data.configs.attrs.get("scale", "ratio")
+    compared = len(data.configs) - 1
+    prompts = data.configs.attrs.get("prompts")
+    level = rule.confidence
     doc.para(
         f"Experiment `{data.info.experiment.name}` in {store_words(data.client)}, read "
         f"{time.strftime('%Y-%m-%d %H:%M')}. Metric **{data.metric}** ({data.direction}: {arrow} is better; "
-        f"from {data.source}). Values are means over the seeds of one configuration; ± is the half-width of "
-        f'the {data.settings.confidence:.0%} t confidence interval (scipy.stats); "n" counts seeds of one '
-        f"configuration. A configuration cannot be told apart from the best (marked ≈) when "
-        f"{tie_rule(data.settings).describe()}.{stage}"
+        f'from {data.source}). "n" counts seeds of one configuration.{stage}'
+    )
+    doc.bullets(
+        [
+            f"**Budget** every ranking below holds for: {budget(data)}. A different budget (more steps, another "
+            f"learning rate) can rank the configurations differently.",
+            f"**Values**: {CENTRE_WORDS[scale].format(level=level)}.",
+            f"**Best**: {BEST_RULE.format(level=level)}. Choosing the best from {len(data.configs)} noisy "
+            f"configurations favours a lucky one; the comparisons below do not correct for that choice.",
+            f"**Decisions** (marks ★ best, ≈ equivalent, ✗ worse, ? undecided): each of the {compared} other "
+            f"configurations is {rule.describe(scale, compared, prompts)}.",
+        ]
     )
 
 
@@ -89,53 +167,68 @@ def _seeds(n: float) -> str:
     return "" if n < 2 else f" (n={int(n)})"
 
 
-def _recommendation_text(data: SweepData, rec: Recommendation) -> str:
+def _names(frame: pd.DataFrame, limit: int = 6) -> str:
+    shown = [f"`{c}`" for c in frame["config"].head(limit)]
+    more = f" and {len(frame) - limit} more" if len(frame) > limit else ""
+    return ", ".join(shown) + more
+
+
+def _recommendation_text(data: SweepData, rec: Recommendation, rule: Rule, scale: str) -> str:
     """One bullet: the chosen configuration on one metric, against the best, and what the rule left open."""
     chosen, best = rec.chosen, rec.best
     cost = "trainable parameters" if rec.cost == "trainable_params" else "rank r"
     params = f", {fmt(chosen['trainable_params'])} trainable parameters" if rec.cost == "trainable_params" else ""
-    text = f"**{rec.metric}**: use `{chosen['config']}`, {spread(chosen['mean'], chosen['ci_half'], chosen['n'])}{_seeds(chosen['n'])}{params}. "
+    margin = rule.margin_words(scale)
+    text = f"**{rec.metric}**: use `{chosen['config']}`, {row_spread(chosen)}{_seeds(chosen['n'])}{params}. "
     if chosen["group"] == best["group"]:
+        shown = len(rec.tied) - 1
         text += (
-            f"It is also the best mean; {len(rec.tied) - 1} other configuration(s) cannot be told apart from "
-            f"it, none with fewer {cost}."
+            f"It is the best; {shown} other configuration(s) are shown equivalent to it ({margin}), none with "
+            f"fewer {cost}."
+            if shown
+            else f"It is the best, and no other configuration is shown equivalent to it ({margin})."
         )
     else:
-        text += (
-            f"The best mean is `{best['config']}`, {spread(best['mean'], best['ci_half'], best['n'])}"
-            + (f" with {fmt(best['trainable_params'])} trainable parameters" if rec.cost == "trainable_params" else "")
-            + f"; {len(rec.tied)} configuration(s) including it cannot be told apart from it, and this one has "
-            f"the fewest {cost}."
+        ratio = (
+            f"; ratio to the best {fmt(chosen['estimate'], 3)} [{fmt(chosen['est_low'], 3)}, {fmt(chosen['est_high'], 3)}]"
+            if scale == "ratio"
+            else f"; difference to the best {fmt(chosen['estimate'], 3)} [{fmt(chosen['est_low'], 3)}, {fmt(chosen['est_high'], 3)}]"
         )
-    if rec.undecided:
         text += (
-            f" {rec.undecided} configuration(s) have a single seed on one side, so the welch rule cannot "
-            f"compare them with the best; they are never recommended (raise sweep.seeds, or set "
-            f"tie_rule=relative)."
+            f"It is shown equivalent to the best, `{best['config']}` ({row_spread(best)}"
+            + (f", {fmt(best['trainable_params'])} trainable parameters" if rec.cost == "trainable_params" else "")
+            + f"), {margin}{ratio}; of the {len(rec.tied)} configurations shown equivalent (the best included) "
+            f"it has the fewest {cost}."
+        )
+    if len(rec.open_cheaper):
+        text += (
+            f" Undecided: {len(rec.open_cheaper)} configuration(s) with fewer {cost} could be neither shown "
+            f"equivalent nor shown worse ({_names(rec.open_cheaper)}); more seeds for them and for the best "
+            f"would decide whether one of them should be used instead."
         )
     return text
 
 
 def section_recommendation(data: SweepData, doc: Doc, files: Files) -> None:
-    """Which configuration to use: the cheapest that cannot be told apart from the best, on the objective
-    and on exact match, with the command; warnings about the grid edge and about alpha against r."""
+    """Which configuration to use: the cheapest shown equivalent to the best, on the objective and on
+    exact match, with the command; a warning at the grid's edge."""
     doc.heading("Recommendation")
+    rule = rule_of(data.settings)
     doc.para(
-        f"The cheapest configuration (fewest trainable parameters) that cannot be told apart from the best, "
-        f"over {len(data.configs)} configurations with {seeds_words(data.configs)}."
+        f"The cheapest configuration (fewest trainable parameters) shown equivalent to the best, over "
+        f"{len(data.configs)} configurations with {seeds_words(data.configs)}; the best itself when no cheaper "
+        f"one is shown equivalent."
     )
     rec = findings.recommend(data.configs, data.metric, data.direction)
-    items = [_recommendation_text(data, rec)]
+    items = [_recommendation_text(data, rec, rule, data.configs.attrs.get("scale", "ratio"))]
     command = findings.recommended_command(data.ranked, rec)
     recs = [(rec, command)]
     em = "exact_match"
     if data.metric != em and f"metrics.{em}" in data.ranked and data.ranked[f"metrics.{em}"].notna().any():
         em_runs = data.ranked[pd.to_numeric(data.ranked[f"metrics.{em}"], errors="coerce").notna()]
-        em_configs = tables.config_table(
-            em_runs, em, "maximize", data.info, data.settings.confidence, tie_rule(data.settings)
-        )
+        em_configs = tables.config_table(em_runs, em, "maximize", data.info, rule)
         em_rec = findings.recommend(em_configs, em, "maximize")
-        items.append(_recommendation_text(data, em_rec))
+        items.append(_recommendation_text(data, em_rec, rule, em_configs.attrs.get("scale", "proportion")))
         recs.append((em_rec, findings.recommended_command(em_runs, em_rec)))
         files["recommendation_exact_match.csv"] = em_configs
     doc.bullets(items)
@@ -149,31 +242,12 @@ def section_recommendation(data: SweepData, doc: Doc, files: Files) -> None:
     files["recommended_command.txt"] = "\n".join(f"# {r.metric}: {r.chosen['config']}\n{c}" for r, c in recs) + "\n"
     keys = [k for k in tables.sampled_keys(data.ranked, data.info, derived=False)]
     warnings = findings.grid_edges(data.info, data.configs, keys)
-    view = findings.alpha_view(data.ranked, data.metric)
-    if view.shares:
-        shares = ", ".join(f"{k} {v:.0%}" for k, v in sorted(view.shares.items(), key=lambda kv: -kv[1]))
-        if view.alpha_explains:
-            warnings.append(
-                f"Alpha, not r, explains the differences: share of the variance of {data.metric} "
-                f"across runs explained by each value alone: {shares}. Compare the fixed-alpha view "
-                f"(rank × lora_alpha) with the fixed-alpha/r view below."
-            )
-        else:
-            warnings.append(
-                f"Share of the variance of {data.metric} across runs explained by each value alone: {shares}."
-            )
     if int(data.configs["n"].max()) < 2:
         warnings.append(
-            "Every configuration ran 1 seed: no interval exists and no rule can tell configurations "
-            "apart. Rerun with sweep.seeds=3 before trusting the ranking."
+            "Every configuration ran 1 seed: no interval exists and no configuration can be shown equivalent "
+            "or worse. Rerun with sweep.seeds=3 before trusting the ranking."
         )
-    if warnings:
-        doc.bullets(
-            [
-                f"**Warning:** {w}" if "extend the grid" in w or "Alpha, not r" in w or "1 seed" in w else w
-                for w in warnings
-            ]
-        )
+    doc.bullets([f"**Warning:** {w}" for w in warnings])
 
 
 def section_summary(data: SweepData, doc: Doc, files: Files) -> None:
@@ -194,7 +268,7 @@ def section_summary(data: SweepData, doc: Doc, files: Files) -> None:
         [
             f"Trial runs: {len(trials)} ({count_text(trials)}); {len(data.done)} averaged.{stage}",
             f"Configurations: {len(data.configs)}, with {seeds_words(data.configs)}.",
-            f"Best mean: `{best['config']}`, {data.metric} {spread(best['mean'], best['ci_half'], best['n'])}"
+            f"Best: `{best['config']}`, {data.metric} {row_spread(best)}"
             f"{_seeds(best['n'])}; its best seed is run {data.run_link(run['run_id'])}, reproduced by "
             f"[best_command.txt](best_command.txt).",
             f"Baseline runs: {len(data.baselines)}." if len(data.baselines) else "Baseline runs: none in this sweep.",
@@ -211,7 +285,8 @@ def section_baselines(data: SweepData, doc: Doc, files: Files) -> None:
     doc.heading("Baselines and forgetting")
     retain = tables.forgetting_metrics(pd.concat([data.ranked, data.baselines]))
     metrics = list(dict.fromkeys([data.metric, "eval_loss", "exact_match", "trainable_params", *retain]))
-    base = findings.baseline_rows(data.baselines, metrics, data.settings.confidence)
+    rule = rule_of(data.settings)
+    base = findings.baseline_rows(data.baselines, metrics, rule)
     files["baselines.csv"] = base
     if base.empty:
         doc.para(
@@ -219,21 +294,41 @@ def section_baselines(data: SweepData, doc: Doc, files: Files) -> None:
             f"are {NOT_MEASURED}."
         )
     else:
-        shown = {"config": "baseline", "n": "n"}
-        shown.update({m: m for m in metrics if m in base})
-        doc.table(display(base, shown))
-    gains = findings.recovered(data.ranked, data.baselines, data.configs, data.settings.confidence)
+        shown = pd.DataFrame({"baseline": base["config"], "n": base["n"].astype(int)})
+        for m in metrics:
+            if m in base:
+                shown[m] = [
+                    spread(v, lo, hi, n)
+                    for v, lo, hi, n in zip(base[m], base[f"{m} low"], base[f"{m} high"], base["n"], strict=True)
+                ]
+        doc.para(
+            "Each baseline's value with its interval (geometric mean and log-scale interval for a loss, the "
+            "pooled share of prompts with a Wilson interval for exact match)."
+        )
+        doc.table(shown)
+    gains = findings.recovered(data.ranked, data.baselines, data.configs, rule)
     files["recovered.csv"] = gains
     if len(gains):
+        level = 1 - 2 * rule.alpha
         doc.para(
-            "Share of full fine-tuning's gain each configuration recovers on eval_loss: (zero-shot − LoRA) / "
-            "(zero-shot − full fine-tuning); 1 = as good as full fine-tuning. Interval: bootstrap "
-            "(scipy.stats.bootstrap) over the seeds, where both sides have ≥ 2."
+            f"Each configuration against full fine-tuning on eval_loss: the ratio of its loss to full fine-tuning's "
+            f"(geometric means; {level:.0%} log-scale interval) and the three-way decision with full fine-tuning "
+            f"as the reference (equivalent: within {rule.ratio_margin:g}× of full fine-tuning; 'better': full "
+            f"fine-tuning shown worse than it; not corrected for the number of configurations, as no choice rests "
+            f"on it); "
+            f"'recovered' is the share of full fine-tuning's gain over zero-shot measured in log loss "
+            f"((log zero-shot − log LoRA) / (log zero-shot − log full FT), clipped to [0, 1]; bootstrap "
+            f"interval over the seeds where both sides have ≥ 2)."
         )
         shown = pd.DataFrame(
             {
                 "configuration": gains["config"],
-                "recovered": [f"{v:.0%}" for v in gains["recovered"]],
+                "loss / full FT": [
+                    fmt(v, 3) + ("" if math.isnan(lo) else f" [{fmt(lo, 3)}, {fmt(hi, 3)}]")
+                    for v, lo, hi in zip(gains["ratio"], gains["ratio_low"], gains["ratio_high"], strict=True)
+                ],
+                "against full FT": gains["versus_full_ft"],
+                "recovered (log loss)": [f"{v:.0%}" for v in gains["recovered"]],
                 "interval": [
                     "" if math.isnan(lo) else f"{lo:.0%} – {hi:.0%}"
                     for lo, hi in zip(gains["recovered_low"], gains["recovered_high"], strict=True)
@@ -244,8 +339,8 @@ def section_baselines(data: SweepData, doc: Doc, files: Files) -> None:
         doc.table(shown)
     elif not base.empty:
         doc.para(
-            "The recovered share needs both baselines with eval_loss, and full fine-tuning better than "
-            "zero-shot; not available here."
+            "The comparison with full fine-tuning needs both baselines with eval_loss, and full fine-tuning "
+            "better than zero-shot; not available here."
         )
     if retain:
         doc.para(
@@ -267,19 +362,31 @@ def section_findings(data: SweepData, doc: Doc, files: Files) -> None:
     if swaps_col in data.ranked:
         values = data.ranked[swaps_col].map(findings.number).dropna().unique()
         swaps = float(values[0]) if len(values) == 1 else None
+    rule = rule_of(data.settings)
     found = [
         findings.saturation(data.configs, keys, swaps),
-        findings.targets_comparison(
-            data.configs, data.ranked, data.metric, data.direction, keys, data.settings.tie_alpha
-        ),
-        findings.rslora_comparison(data.configs, data.ranked, data.runs, data.metric, keys),
+        findings.targets_comparison(data.configs, data.ranked, data.metric, data.direction, keys, rule),
+        findings.rslora_comparison(data.configs, data.ranked, data.runs, data.metric, keys, rule, data.direction),
     ]
     files["findings.csv"] = pd.DataFrame(
         [{"finding": f.name, "verdict": f.verdict, "evidence": f.evidence} for f in found]
     )
     doc.heading("Findings")
-    doc.para(f"Published findings checked on this sweep's {data.metric} (± as above; Welch p two-sided).")
+    doc.para(
+        f"Published findings checked on this sweep's {data.metric}, each with one of four outcomes: holds, does not "
+        f"hold, inconclusive (and why) or not measured. Comparisons use the decision rule of the header "
+        f"({rule.margin_words(data.configs.attrs.get('scale', 'ratio'))}); marks ★ ≈ ✗ ? as there."
+    )
     doc.bullets([f"**{f.name}**: {f.verdict}. {f.evidence[0].upper() + f.evidence[1:]}" for f in found])
+    analysis = findings.scale_analysis(data.ranked, data.metric, keys, rule.alpha)
+    files["scale_anova.csv"] = analysis.table
+    doc.heading("Rank against scale", level=3)
+    doc.para(
+        "Whether r or the scale alpha/r moves the metric, with both as factors of one analysis (and the other "
+        "searched values as further factors), so an effect of one is not blamed on the other. "
+        + analysis.text
+        + (" [scale_anova.csv](scale_anova.csv)" if len(analysis.table) else "")
+    )
 
 
 def _grid_display(table: pd.DataFrame, row: str, col: str, col_choices: Optional[list[Any]] = None) -> pd.DataFrame:
@@ -288,7 +395,7 @@ def _grid_display(table: pd.DataFrame, row: str, col: str, col_choices: Optional
     cols = plots.axis_order(table[col], col_choices)
     cells = {}
     for _, c in table.iterrows():
-        text = spread(c["mean"], c["ci_half"], c["n"]) + mark(c, bool(c["best"]))
+        text = row_spread(c) + mark(c, bool(c["best"]))
         if c["configs"] > 1:
             text += f" (best of {c['configs']})"
         cells[(c[row], c[col])] = f"**{text}**" if c["best"] else text
@@ -361,9 +468,7 @@ def section_pareto(data: SweepData, doc: Doc, files: Files) -> None:
                 "#": range(1, len(optimal) + 1),
                 "configuration": optimal["config"],
                 label: [fmt(v) for v in optimal[cost]],
-                metric: [
-                    spread(m, h, n) for m, h, n in zip(optimal["mean"], optimal["ci_half"], optimal["n"], strict=True)
-                ],
+                metric: [row_spread(row) for _, row in optimal.iterrows()],
                 "n": optimal["n"].astype(int),
             }
         )
@@ -457,17 +562,37 @@ def section_configs(data: SweepData, doc: Doc, files: Files) -> None:
     configs = data.configs
     files["configs.csv"] = configs
     doc.heading("All configurations")
-    doc.para(f"Best first by mean {data.metric}; ★ best, ≈ cannot be told apart from it. [configs.csv](configs.csv)")
+    scale = configs.attrs.get("scale", "ratio")
+    against = "ratio to the best" if scale == "ratio" else "difference to the best"
+    level = 1 - 2 * data.settings.alpha
+    doc.para(
+        f"The best first, then by {data.metric}; ★ best, ≈ shown equivalent, ✗ shown worse, ? undecided (see "
+        f"the header). '{against}' is the comparison's estimate with its {level:.0%} interval; p-values are "
+        f"corrected ({data.settings.correction}). [configs.csv](configs.csv)"
+    )
+    compare = [
+        ""
+        if i == 0 or math.isnan(row["estimate"])
+        else fmt(row["estimate"], 3)
+        + (
+            ""
+            if math.isnan(row.get("est_low", math.nan))
+            else f" [{fmt(row['est_low'], 3)}, {fmt(row['est_high'], 3)}]"
+        )
+        for i, (_, row) in enumerate(configs.iterrows())
+    ]
     shown = pd.DataFrame(
         {
             "configuration": [
                 c + mark(row, i == 0)
                 for i, (c, (_, row)) in enumerate(zip(configs["config"], configs.iterrows(), strict=True))
             ],
-            data.metric: [
-                spread(m, h, n) for m, h, n in zip(configs["mean"], configs["ci_half"], configs["n"], strict=True)
-            ],
+            data.metric: [row_spread(row) for _, row in configs.iterrows()],
             "n": configs["n"].astype(int),
+            "decision": configs["decision"],
+            against: compare,
+            "p equivalent": [fmt(p, 2) for p in configs["p_equivalent"]],
+            "p worse": [fmt(p, 2) for p in configs["p_worse"]],
         }
     )
     for col, label in (
@@ -482,7 +607,7 @@ def section_configs(data: SweepData, doc: Doc, files: Files) -> None:
     if data.confirmed:
         search = data.done[~data.done["confirm"]]
         if len(search):
-            table = tables.config_table(search, data.metric, data.direction, data.info, data.settings.confidence)
+            table = tables.config_table(search, data.metric, data.direction, data.info, rule_of(data.settings))
             files["search_stage.csv"] = table
             doc.para(
                 f"The search stage's own means ({len(search)} runs, {len(table)} configurations) are biased "
@@ -546,9 +671,7 @@ def build_report(settings: ReportConfig, client: Optional[MlflowClient] = None) 
     Returns the report folder. Raises UnknownSweepError / NoFinishedTrialsError when there is nothing to
     report on (both LoraLabError, so the CLI prints one paragraph and exits with code 2)."""
     data = read_sweep(settings, client or MlflowClient())
-    data.configs = tables.config_table(
-        data.ranked, data.metric, data.direction, data.info, settings.confidence, tie_rule(settings)
-    )
+    data.configs = tables.config_table(data.ranked, data.metric, data.direction, data.info, rule_of(settings))
     doc, files = Doc(f"LoRA sweep report: {settings.study}"), {}
     for section in SECTIONS:
         section(data, doc, files)
@@ -560,3 +683,33 @@ def build_report(settings: ReportConfig, client: Optional[MlflowClient] = None) 
     target = Path(settings.output_dir) / settings.study
     write_atomically(target, files)
     return target
+
+
+def decision_lines(study: str, client: Optional[MlflowClient] = None, experiment: Optional[str] = None) -> list[str]:
+    """The report's decision in two or three lines, for the end of a sweep: the best configuration's value
+    with its interval, and the recommendation (the cheapest shown equivalent) or what would decide it.
+    Default report settings; raises ReportError when there is nothing to decide on."""
+    settings = ReportConfig(study=study, experiment=experiment)
+    data = read_sweep(settings, client or MlflowClient())
+    rule = rule_of(settings)
+    configs = tables.config_table(data.ranked, data.metric, data.direction, data.info, rule)
+    scale = configs.attrs.get("scale", "ratio")
+    rec = findings.recommend(configs, data.metric, data.direction)
+    best, chosen = rec.best, rec.chosen
+    level = f"{rule.confidence:.0%}"
+    centre = {"ratio": "geometric mean", "proportion": "share", "difference": "mean"}[scale]
+    lines = [
+        f"best configuration: {best['config']}, {data.metric} {row_spread(best)} ({centre} over {int(best['n'])} "
+        f"seed(s), {level} interval)"
+    ]
+    command = findings.recommended_command(data.ranked, rec)
+    if chosen["group"] != best["group"]:
+        lines.append(f"recommended (cheapest shown equivalent, {rule.margin_words(scale)}): {command}")
+    else:
+        lines.append(f"recommended: the best itself, no cheaper configuration is shown equivalent: {command}")
+    if len(rec.open_cheaper):
+        lines.append(
+            f"undecided: {len(rec.open_cheaper)} cheaper configuration(s) ({', '.join(rec.open_cheaper['config'].head(4))}"
+            f"{' ...' if len(rec.open_cheaper) > 4 else ''}); more seeds for them would decide"
+        )
+    return lines

@@ -1,7 +1,8 @@
-"""The statistics of a report: t confidence intervals, Welch's test for "cannot be told apart", bootstrap
-intervals of ratios and the share of variance a searched value explains.
+"""The statistics of a report beside the decisions (:mod:`lora_lab.report.decide`): t confidence intervals,
+bootstrap intervals, rank correlation and the analysis of variance of rank against scale.
 
-Every interval and test comes from ``scipy.stats``; this module only decides what is compared with what.
+Every interval and test comes from ``scipy.stats`` or ``statsmodels``; this module only decides what is
+compared with what.
 """
 
 from __future__ import annotations
@@ -9,14 +10,10 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import pandas as pd
 from scipy import stats
-
-TIE_RULES = ("welch", "relative", "absolute")
 
 
 def _values(values: Sequence[float] | pd.Series) -> np.ndarray:
@@ -51,68 +48,6 @@ def summarize(values: Sequence[float] | pd.Series, confidence: float = 0.95) -> 
     return out
 
 
-def welch_p(a: Sequence[float] | pd.Series, b: Sequence[float] | pd.Series) -> float:
-    """Two-sided p-value of Welch's t-test (``scipy.stats.ttest_ind(equal_var=False)``) between two
-    samples; NaN when either has fewer than two values.
-
-    When both samples have zero spread the test is undefined: equal means give 1.0 (nothing tells them
-    apart), different means 0.0 (every seed of one beats every seed of the other, without noise)."""
-    x, y = _values(a), _values(b)
-    if len(x) < 2 or len(y) < 2:
-        return math.nan
-    if np.ptp(x) == 0 and np.ptp(y) == 0:
-        return 1.0 if x[0] == y[0] else 0.0
-    with warnings.catch_warnings():  # a sample of equal values (exact match 1.0 on every seed) is fine here
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(stats.ttest_ind(x, y, equal_var=False).pvalue)
-
-
-def is_tie(value: object) -> bool:
-    """A ``tie`` cell of a config table read as a yes/no: True (Python's or numpy's) is a tie; False,
-    None and NaN (undecided) are not."""
-    return value is not None and not (isinstance(value, float) and math.isnan(value)) and bool(value)
-
-
-@dataclass(frozen=True)
-class TieRule:
-    """How 'cannot be told apart from the best' is decided, stated in words for the report."""
-
-    rule: str = "welch"
-    alpha: float = 0.05
-    tolerance: float = 0.01
-
-    def __post_init__(self) -> None:
-        if self.rule not in TIE_RULES:
-            raise ValueError(f"tie rule {self.rule!r}: one of {', '.join(TIE_RULES)}")
-
-    def describe(self, confidence: float | None = None) -> str:
-        if self.rule == "welch":
-            return (
-                f"Welch's t-test between its seeds and the best configuration's seeds gives p ≥ {self.alpha:g} "
-                f"(two-sided; needs at least 2 seeds on each side)"
-            )
-        if self.rule == "relative":
-            return f"its mean lies within {self.tolerance:.3g} × |best mean| ({self.tolerance * 100:.3g}%) of the best mean"
-        return f"its mean lies within {self.tolerance:g} of the best mean"
-
-    def tie(
-        self, values: pd.Series | Sequence[float], best: pd.Series | Sequence[float]
-    ) -> tuple[Optional[bool], float]:
-        """(True when the sample cannot be told apart from the best's, the p-value or gap behind it).
-
-        The welch rule answers None (undecided) when a side has a single seed; the tolerance rules compare
-        means and decide whatever the number of seeds."""
-        x, y = _values(values), _values(best)
-        if not len(x) or not len(y):
-            return None, math.nan
-        if self.rule == "welch":
-            p = welch_p(x, y)
-            return (None if math.isnan(p) else bool(p >= self.alpha)), p
-        gap = abs(float(np.mean(x)) - float(np.mean(y)))
-        limit = self.tolerance * abs(float(np.mean(y))) if self.rule == "relative" else self.tolerance
-        return bool(gap <= limit + 1e-12), gap
-
-
 def bootstrap_ci(
     samples: Sequence[Sequence[float]],
     statistic: Callable[..., float],
@@ -143,18 +78,48 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
-def variance_explained(frame: pd.DataFrame, factor: str, value: str) -> float:
-    """Share of the variance of ``value`` across runs that the groups of ``factor`` explain (eta squared:
-    between-group sum of squares over total sum of squares); NaN with one group or no spread at all."""
-    data = frame[[factor, value]].dropna()
-    data = data.assign(**{value: pd.to_numeric(data[value], errors="coerce")}).dropna()
-    if data[factor].nunique() < 2:
-        return math.nan
-    total = float(((data[value] - data[value].mean()) ** 2).sum())
-    if total == 0.0:
-        return math.nan
-    means = data.groupby(factor)[value].transform("mean")
-    return float(((means - data[value].mean()) ** 2).sum()) / total
+def two_way_anova(data: pd.DataFrame, value: str, factors: list[str]) -> tuple[pd.DataFrame, str]:
+    """Analysis of variance of ``value`` with each of ``factors`` as a categorical factor (an ordinary
+    least-squares fit, ``statsmodels.stats.anova.anova_lm`` type 2 sums of squares), the interaction of
+    the first two added when every pair of their levels was run with replicates to spare.
+
+    Returns (table, note): one row per term (and the residual) with sum_sq, df, F, PR(>F) and share
+    (sum of squares over the total), and a note when no analysis was possible: a factor with one level
+    is dropped; factors whose levels always go together (the fit's design is rank deficient) cannot be
+    separated, and the table is empty."""
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+
+    frame = data[[value, *factors]].dropna()
+    kept = [f for f in factors if frame[f].nunique() > 1]
+    dropped = [f for f in factors if f not in kept]
+    note = f"{', '.join(dropped)} took a single value here. " if dropped else ""
+    if not kept or len(frame) <= sum(frame[f].nunique() for f in kept):
+        return pd.DataFrame(), note + "Too few runs for an analysis of variance."
+    names = {f: f"f{i}" for i, f in enumerate(kept)}
+    renamed = frame.rename(columns={value: "y", **names}).astype({n: str for n in names.values()})
+    terms = [f"C({names[f]})" for f in kept]
+    formula = "y ~ " + " + ".join(terms)
+    main = smf.ols(formula, renamed).fit()
+    if np.linalg.matrix_rank(main.model.exog) < main.model.exog.shape[1]:
+        return pd.DataFrame(), note + (
+            f"{' and '.join(kept)} are confounded in this grid (each level of one ran with a single level of the "
+            f"other), so their effects cannot be told apart."
+        )
+    if len(kept) >= 2:
+        a, b = names[kept[0]], names[kept[1]]
+        cells = renamed.groupby([a, b]).size()
+        full = len(cells) == renamed[a].nunique() * renamed[b].nunique()
+        interaction = smf.ols(formula + f" + C({a}):C({b})", renamed).fit() if full and cells.min() >= 2 else None
+        if interaction is not None and interaction.df_resid > 0:
+            main = interaction
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        table = anova_lm(main, typ=2)
+    back = {f"C({n})": f for f, n in names.items()}
+    table.index = [":".join(back.get(part, part) for part in str(i).split(":")) for i in table.index]
+    table["share"] = table["sum_sq"] / table["sum_sq"].sum()
+    return table.reset_index(names="term"), note
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:

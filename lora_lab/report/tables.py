@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 
 from lora_lab import names
+from lora_lab.report.decide import Rule, decide, metric_scale
 from lora_lab.report.read import SweepInfo, number, sampled_keys
-from lora_lab.report.stats import TieRule, summarize
+from lora_lab.report.stats import summarize
 
 EXTRA_METRICS = (
     "trainable_params",
@@ -49,24 +50,37 @@ def forgetting_metrics(runs: pd.DataFrame) -> list[str]:
     ]
 
 
+def prompts_scored(members: pd.DataFrame) -> Optional[int]:
+    """Held-out prompts scored by generation per run (exact match): train.eval_generate, capped by the
+    held-out split's size (data.n_eval) where logged; None when not logged."""
+    found = []
+    for key in ("params.train.eval_generate", "params.data.n_eval"):
+        if key in members:
+            values = members[key].map(number).dropna()
+            if len(values):
+                found.append(int(values.min()))
+    return min(found) if found and min(found) > 0 else None
+
+
 def config_table(
     runs: pd.DataFrame,
     metric: str,
     direction: str,
     info: Optional[SweepInfo] = None,
-    confidence: float = 0.95,
-    rule: Optional[TieRule] = None,
+    rule: Optional[Rule] = None,
 ) -> pd.DataFrame:
-    """One row per configuration (group), best mean first: its searched values, the metric's mean, std, n
-    and t interval over its seeds, the seeds, the best seed's run, mean costs and other metrics, and
-    whether it can be told apart from the best configuration (``tie``: True / False / None = undecided,
-    with ``tie_stat``: the p-value of the welch rule or the gap of the tolerance rules)."""
+    """One row per configuration (group), the best first, then by centre: its searched values, the
+    metric's centre and interval on its scale (:mod:`lora_lab.report.decide`: geometric mean for a loss,
+    pooled share for a proportion), std and n over its seeds, prompts scored, the seeds, the best seed's
+    run, mean costs and other metrics, and its ``decision`` against the best (best / equivalent / worse /
+    undecided) with the comparison's estimate, interval and corrected p-values."""
     column = f"metrics.{metric}"
     if runs.empty or column not in runs:
         return pd.DataFrame()
+    rule = rule or Rule()
     keys = sampled_keys(runs, info)
     extras = [m for m in EXTRA_METRICS if m != metric] + forgetting_metrics(runs)
-    rows, samples = [], {}
+    rows, samples, prompts = [], {}, {}
     for group, members in runs.groupby("group", sort=False):
         values = pd.to_numeric(members[column], errors="coerce")
         if values.notna().sum() == 0:
@@ -78,7 +92,6 @@ def config_table(
         for key in ("r", "lora_alpha", "alpha_over_r", "targets", "use_rslora", "kind", "baseline"):
             if key in members:
                 row[key] = members[key].iloc[0]
-        row.update(summarize(values, confidence))
         row["seeds"] = ",".join(f"{s:g}" for s in sorted(members["seed"].dropna().unique()))
         for extra in extras:
             col = f"metrics.{extra}"
@@ -88,18 +101,22 @@ def config_table(
         row["best_trial"] = members.loc[best_idx, "trial"]
         rows.append(row)
         samples[group] = values.dropna().to_numpy(float)
+        prompts[group] = prompts_scored(members)
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    # best mean first; among equal means the one measured on more seeds
-    table = table.sort_values(["mean", "n"], ascending=[better_first(direction), False], kind="stable")
-    table = table.reset_index(drop=True)
-    rule = rule or TieRule()
-    best = samples[table["group"].iloc[0]]
-    ties = [rule.tie(samples[g], best) for g in table["group"]]
-    table["tie"] = [True if i == 0 else t for i, (t, _) in enumerate(ties)]
-    table["tie_stat"] = [math.nan if i == 0 else s for i, (_, s) in enumerate(ties)]
+    scale = metric_scale(metric, np.concatenate(list(samples.values())))
+    decided = decide(samples, direction, scale, rule, prompts)
+    table = decided.merge(table, on="group", how="left")
+    table["ci_half"] = (table["ci_high"] - table["ci_low"]) / 2
+    table.attrs.update(scale=scale, compared=len(table) - 1, prompts=prompts_of(prompts))
     return table
+
+
+def prompts_of(prompts: dict[str, Optional[int]]) -> Optional[int]:
+    """The number of prompts scored per seed when every configuration scored the same number, else None."""
+    found = {p for p in prompts.values() if p}
+    return found.pop() if len(found) == 1 else None
 
 
 def samples_of(runs: pd.DataFrame, metric: str) -> dict[str, np.ndarray]:
@@ -128,9 +145,9 @@ def grid_table(configs: pd.DataFrame, row: str, col: str) -> pd.DataFrame:
     """A configuration table laid on a two-way grid (rank x alpha/r, rank x targets...).
 
     Each cell is the best configuration with that pair of values (configs is best first), with its own
-    mean, interval, n and tie mark; 'configs' counts the configurations that share the cell. Numeric axes
+    mean, interval, n and decision; 'configs' counts the configurations that share the cell. Numeric axes
     with more than MAX_AXIS_VALUES values are binned to powers of 2."""
-    columns = [row, col, "config", "mean", "std", "n", "ci_low", "ci_high", "ci_half", "tie", "configs", "best"]
+    columns = [row, col, "config", "mean", "std", "n", "ci_low", "ci_high", "ci_half", "decision", "configs", "best"]
     data = configs.dropna(subset=[row, col]).copy() if row in configs and col in configs else pd.DataFrame()
     if data.empty:
         return pd.DataFrame(columns=columns)
