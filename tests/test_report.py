@@ -577,8 +577,8 @@ def test_report_files(built):
     rank_alpha = pd.read_csv(built / "rank_alpha.csv")
     assert _cell(rank_alpha, r=8, alpha_over_r=1)["mean"] == pytest.approx((0.6 * 0.5 * 0.7) ** (1 / 3))
     found = pd.read_csv(built / "findings.csv").set_index("finding")["verdict"]
-    assert found["rsLoRA trains more stably than alpha/r at large r"] == "not measured in this sweep"
-    assert found["All linear layers beat q,v"] == "inconclusive"  # C4 has one seed: Welch cannot decide
+    assert found["rsLoRA trains better than alpha/r at large r"] == "not measured in this sweep"
+    assert found["All linear layers beat q,v"] == "inconclusive"  # C4 has one seed: nothing can be shown
     assert pd.read_csv(built / "baselines.csv")["baseline"].tolist() == ["zero_shot", "full_ft"]
     assert not [p for p in built.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
