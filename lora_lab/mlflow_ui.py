@@ -225,6 +225,10 @@ DEFAULT_VIEW_METRICS = (
 )
 
 
+RUN_NAME_COLUMN = "attributes.`Run Name`"
+"""The runs table's run-name column as the UI names it in a view's column order and widths."""
+
+
 def column(kind: str, key: str) -> str:
     """A runs-table column as MLflow's UI names it: ``params.`lora.r```, ``metrics.`eval_loss```."""
     return f"{kind}.`{key}`"
@@ -366,6 +370,9 @@ def config_view(
         ],
     }
     view["state"]["useGroupedValuesInCharts"] = True
+    # the group rows are named by their keys' values: a wider run-name column shows them whole
+    view["state"]["columnOrder"] = [RUN_NAME_COLUMN, *view["state"]["columnOrder"]]
+    view["state"]["columnWidths"][RUN_NAME_COLUMN] = 420
     return view
 
 

@@ -84,6 +84,16 @@ def test_every_state_field_lora_lab_sets_is_one_the_ui_restores(mlflow_ui_bundle
         assert not unknown, f"view {view['id']}: the MLflow UI restores no state field {sorted(unknown)}"
 
 
+def test_columns_are_named_as_the_ui_names_them(mlflow_ui_bundle):
+    """A view's columns, order and widths name a column ``<kind>.`<key>` `` (``mlflow_ui.column``), the
+    run name ``attributes.`Run Name` ``."""
+    assert re.search(r'=\(\w,\w\)=>\w\+"\.`"\+\w\+"`"', mlflow_ui_bundle), "the UI names its columns another way"
+    assert 'RUN_NAME:"Run Name"' in mlflow_ui_bundle and ui.RUN_NAME_COLUMN == "attributes.`Run Name`"
+    for view in _our_views():
+        for name in view["state"]["columnOrder"]:
+            assert re.fullmatch(r"(attributes|params|metrics|tags)\.`[^`]+`", name), name
+
+
 def test_chart_cards_and_grouping_use_values_the_ui_knows(mlflow_ui_bundle):
     bundle = mlflow_ui_bundle
     trials, configs = _our_views()
