@@ -10,6 +10,8 @@ DevTools protocol (aiohttp, which MLflow installs) so it can close MLflow's assi
 scroll to what each picture is about, as a user would click:
 
 * ``runs_table.png``: the runs table in lora_lab's saved view (r, alpha, eval_loss as columns, best first);
+* ``config_view.png``: the configurations view: each configuration's seeds grouped under one row
+  holding the metrics' means, best mean first;
 * ``sweep_note.png``: the sweep's parent run, its description naming the best trial with links;
 * ``trial_charts.png``: the best trial's metric charts (step curves; end-of-run summaries as bars);
 * ``compare_charts.png``: the experiment's chart view, the trials compared.
@@ -141,6 +143,10 @@ async def take_screenshots(base: str, experiment_id: str, parent_id: str, best_i
                 runs = f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=lora_lab-trials"
                 await page.goto(runs, "document.querySelectorAll('.ag-row').length > 0")
                 await page.shot(OUT / "runs_table.png")
+
+                configs = runs.replace("lora_lab-trials", "lora_lab-configs")
+                await page.goto(configs, "document.querySelectorAll('.ag-row').length > 0")
+                await page.shot(OUT / "config_view.png")
 
                 await page.goto(
                     f"{base}/#/experiments/{experiment_id}/runs/{parent_id}?workflowType=machine_learning",
