@@ -30,6 +30,11 @@ CONFIG_ROOTS = (
     ("sweep", "SweepConfig", "`+sweep=<preset>`: the search (`conf/sweep/`), for `python -m lora_lab.sweep`."),
     ("", "ReportConfig", "`python -m lora_lab.report` (`conf/report.yaml`): its own command line, `study=...`."),
     ("", "PretrainConfig", "`python -m lora_lab.pretrain` (`conf/pretrain.yaml`): its own command line."),
+    (
+        "",
+        "ExportConfig",
+        "`python -m lora_lab.export` (`conf/export.yaml`): its own command line, `adapter=... output_dir=...`.",
+    ),
 )
 """The sections of the configuration reference: the key a field sits under ('' for the top level of
 a command of its own), its schema class and what sets it."""
