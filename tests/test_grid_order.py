@@ -14,7 +14,6 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from tiny_trial import TINY
 
-from lora_lab import search_space
 from lora_lab.config import register_configs
 from lora_lab.grid_order import spread_order
 from lora_lab.sweep import Sweep
@@ -106,8 +105,12 @@ def test_a_grid_sweep_enqueues_spread_points_seed_by_seed_once_across_restarts_a
         trials = sorted(sweeps[-1].study.get_trials(), key=lambda t: t.number)
         assert [t.state for t in trials] == [TrialState.WAITING] * 8  # 4 points x 2 seeds, enqueued once
         expected = spread_order(RANK_ALPHA, 3)[:4]
+        for sweep in sweeps:  # the plan every worker derives: the spread order's first 4 points, seed by seed
+            assert [(slot.seed, slot.params) for slot in sweep.search.fixed] == [
+                (seed, point) for seed in (0, 1) for point in expected
+            ]
         enqueued = [(t.user_attrs["lora_lab.seed"], t.user_attrs["lora_lab.config_id"]) for t in trials]
-        assert enqueued == [(seed, search_space.config_id(point)) for seed in (0, 1) for point in expected]
+        assert enqueued == [(slot.seed, slot.config_id) for slot in sweeps[0].search.fixed]
     finally:
         client = MlflowClient(uri)
         for sweep in sweeps:
