@@ -84,6 +84,20 @@ def test_a_qlora_adapter_is_refused_unless_dequantized(trained, tmp_path):
     torch.testing.assert_close(logits(merged, exporter.tokenizer), with_adapter, atol=1e-4, rtol=1e-4)
 
 
+def test_base_points_at_a_base_that_moved(trained, tmp_path):
+    """base=<dir>: the same weights loaded from another directory (here the shipped base's files)."""
+    from lora_lab.model.base import ASSETS_DIR
+
+    moved = Exporter(
+        ExportConfig(adapter=trained["none"], output_dir=str(tmp_path / "m"), base=str(ASSETS_DIR / "tiny_llama"))
+    )
+    moved.setup()
+    assert moved.model_cfg.source == "hub" and moved.model_cfg.pretrained == str(ASSETS_DIR / "tiny_llama")
+    same = Exporter(ExportConfig(adapter=trained["none"], output_dir=str(tmp_path / "n")))
+    same.setup()
+    torch.testing.assert_close(logits(moved.peft_model, moved.tokenizer), logits(same.peft_model, same.tokenizer))
+
+
 def test_export_refuses_what_it_cannot_do_cleanly(trained, tmp_path):
     occupied = tmp_path / "occupied"
     occupied.mkdir()
