@@ -114,6 +114,7 @@ def test_an_explicit_config_field_wins_over_the_environment(monkeypatch):
     import torch
 
     before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "_applied", None)  # what this process had applied comes back afterwards
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     try:
         applied = threads.apply(configured=2)
