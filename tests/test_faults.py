@@ -45,10 +45,9 @@ def tracking(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     yield uri
-    mlflow.set_tracking_uri(previous)  # never None: that resets MLflow to ./mlflow.db in the current folder
+    mlflow.set_tracking_uri(None)  # MLflow's own setting cleared (this unsets the variable; monkeypatch restores it)
 
 
 def sweep_of(overrides: list[str], choices: dict | None = CHOICES, derived: dict | None = None, **kwargs) -> Sweep:

@@ -32,13 +32,13 @@ CONF = str(Path(__file__).resolve().parent.parent / "conf")
 def tracking_uri(tmp_path_factory):
     """One sqlite MLflow store for the module (its schema takes seconds to create)."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    previous = mlflow.get_tracking_uri()
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     MlflowClient(uri).search_experiments()
     yield uri
-    mlflow.set_tracking_uri(
-        previous
-    )  # not None: that unsets $MLFLOW_TRACKING_URI, and MLflow falls back to ./mlflow.db
+    mlflow.set_tracking_uri(None)  # MLflow's own setting cleared; this also unsets $MLFLOW_TRACKING_URI ...
+    if previous is not None:  # ... which must come back, or later tests log to ./mlflow.db
+        os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 @pytest.fixture

@@ -247,7 +247,6 @@ def test_killed_worker_trial_is_found_and_restart_completes_without_duplicates(t
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
-    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking)
     register_configs()
     with initialize_config_dir(config_dir=CONF, version_base=None):  # the restarted sweep, no grace period
@@ -265,7 +264,7 @@ def test_killed_worker_trial_is_found_and_restart_completes_without_duplicates(t
     assert lost.info.status == "KILLED" and lost.data.tags["lora_lab.outcome"] == "worker_lost"
     assert sorted(r.info.status for r in _trial_runs(client, "killed")) == ["FINISHED"] * 3 + ["KILLED"]
     _no_running_runs(client, "killed")
-    mlflow.set_tracking_uri(previous)  # not None: that unsets $MLFLOW_TRACKING_URI and MLflow falls back to ./mlflow.db
+    mlflow.set_tracking_uri(None)  # and monkeypatch puts $MLFLOW_TRACKING_URI back (None alone unsets it)
 
 
 class PoisonTrial(TrainerCallback):
@@ -286,7 +285,6 @@ def test_nan_loss_fails_one_trial_and_the_sweep_goes_on(tmp_path, monkeypatch):
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
-    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking)
     register_configs()
     overrides = ["+sweep=targets", "sweep.study_name=nan", "sweep.n_trials=3", "train.logging_steps=1", *TINY]
@@ -305,7 +303,7 @@ def test_nan_loss_fails_one_trial_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert sweep.study.trials[1].state == TrialState.FAIL
     run = MlflowClient(tracking).get_run(sweep.study.trials[1].user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and "nan" in run.data.tags["lora_lab.error"].lower()
-    mlflow.set_tracking_uri(previous)  # not None: that unsets $MLFLOW_TRACKING_URI and MLflow falls back to ./mlflow.db
+    mlflow.set_tracking_uri(None)  # and monkeypatch puts $MLFLOW_TRACKING_URI back (None alone unsets it)
 
 
 def test_a_signal_swallowed_in_a_weakref_callback_stays_pending_and_prints_no_traceback():
