@@ -178,12 +178,12 @@ def child(args) -> None:
     _common.set_threads(args.threads)
     register_configs()
     workdir = Path(tempfile.mkdtemp(prefix="bench_overhead_"))
+    home = os.getcwd()
+    os.chdir(workdir)  # first: the store's default artifact root (./mlruns) is fixed when it is opened
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
     MlflowClient(uri).search_experiments()  # create the store's schema once, untimed
-    home = os.getcwd()
-    os.chdir(workdir)
 
     # the study goes to lora_lab's default storage, under workdir/sweeps/
     # one seed and no baselines: n_trials configurations are n_trials adapter trials (the preset's 3 seeds and
