@@ -9,8 +9,11 @@ than trained adapters (the task needs fine-tuning), quality must rise with r and
 (the published saturation in r), and full fine-tuning bounds what an adapter can reach. Every
 configuration runs ``--seeds`` seeds through ``lora_lab.train.run_trial`` on one shared base model
 (composed with Hydra from conf/, as ``python -m lora_lab.train`` would); no MLflow. Each cell is the
-mean with a 95% t-interval over seeds (``scipy.stats.t``); the zero-shot baseline is deterministic
-(nothing trains), so it runs once.
+centre with a 95% interval over seeds; the zero-shot baseline is deterministic
+(nothing trains), so it runs once. Intervals stay inside each metric's range
+(:func:`lora_lab.report.decide.centre`): a loss is the geometric mean with its t interval on the log
+scale, an exact match the share of every seed's prompts pooled with its Wilson interval, the forgetting
+(a difference of losses) the mean with its t interval.
 """
 
 from __future__ import annotations
@@ -29,10 +32,10 @@ from _common import fmt, stopwatch  # noqa: E402
 _common.quiet()
 
 from hydra import compose, initialize_config_dir  # noqa: E402
-from scipy import stats  # noqa: E402
 
 from lora_lab.config import register_configs, to_trial_config  # noqa: E402
 from lora_lab.names import FORGET_PREFIX, RETAIN_PREFIX  # noqa: E402
+from lora_lab.report.decide import centre  # noqa: E402
 from lora_lab.train import base_retain_scores, build_resources, run_trial  # noqa: E402
 
 METRICS = [
@@ -43,26 +46,26 @@ METRICS = [
 ]
 
 
-def mean_ci(values: list[float]) -> tuple[float, float, float]:
-    """Mean and the 95% t-interval over seeds (NaN bounds with one value)."""
+SCALES = {"eval_loss": "ratio", "exact_match": "proportion", f"{RETAIN_PREFIX}exact_match": "proportion"}
+"""How each metric is summarised (the report's scales); the others as a difference (mean, t interval)."""
+
+
+def cell(values: list[float], key: str, digits: int, prompts: int) -> str:
     values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return (math.nan,) * 3
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan, math.nan
-    sem = stats.sem(values)
-    if sem == 0:
-        return mean, mean, mean
-    low, high = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=sem)
-    return mean, float(low), float(high)
+    scale = SCALES.get(key, "difference")
+    if scale == "ratio" and not all(v > 0 for v in values):
+        scale = "difference"
+    s = centre(values, scale, 0.95, prompts)
+    if math.isnan(s["ci_low"]) or len(values) < 2 and scale != "proportion":
+        return f"{fmt(s['mean'], digits)} (1 seed)" if len(values) == 1 else fmt(s["mean"], digits)
+    return f"{fmt(s['mean'], digits)} [{fmt(s['ci_low'], digits)}, {fmt(s['ci_high'], digits)}]"
 
 
-def cell(values: list[float], digits: int) -> str:
-    mean, low, high = mean_ci(values)
-    if math.isnan(low):
-        return f"{fmt(mean, digits)} (1 seed)" if len(values) == 1 else fmt(mean, digits)
-    return f"{fmt(mean, digits)} [{fmt(low, digits)}, {fmt(high, digits)}]"
+def prompts(cfg, key: str) -> int:
+    """Prompts scored per seed for an exact match: train.eval_generate, capped by the held-out split."""
+    if key.startswith(RETAIN_PREFIX):
+        return cfg.train.eval_generate
+    return min(cfg.train.eval_generate, cfg.data.n_eval)
 
 
 def main() -> None:
@@ -125,7 +128,10 @@ def main() -> None:
                     label,
                     len(results),
                     f"{params:,.0f}",
-                    *[cell([m.get(key, math.nan) for m in results], digits) for key, _, digits in METRICS],
+                    *[
+                        cell([m.get(key, math.nan) for m in results], key, digits, prompts(cfg, key))
+                        for key, _, digits in METRICS
+                    ],
                 ]
             )
     machine.finish()
@@ -138,8 +144,11 @@ def main() -> None:
     body = [
         "Task B is `data=cipher_swap` (defaults: 6 letter pairs of pretraining key 0 swapped, 12 of 26 letters "
         "change); the base is the shipped pretrained `model=tiny_llama`; training is `conf/train/default.yaml` "
-        f"(overrides: `{' '.join(args.overrides) or 'none'}`). LoRA targets all linear layers. Each cell: mean over "
-        "seeds with the 95% t-interval (scipy.stats.t) in brackets; the zero-shot row is deterministic.",
+        f"(overrides: `{' '.join(args.overrides) or 'none'}`). LoRA targets all linear layers. Each cell, with its 95% "
+        "interval in brackets (inside the metric's range): eval loss, the geometric mean over seeds with a t interval "
+        f"on the log scale; exact match, the share of {prompts(cfg, 'exact_match')} prompts per seed, pooled over "
+        f"seeds, with a Wilson interval (task A: {prompts(cfg, RETAIN_PREFIX)} prompts); forgetting, the mean with a t "
+        "interval. The zero-shot row is deterministic.",
         "",
         f"Held-out task A on the keys task B leaves unchanged, before any adaptation: exact match "
         f"{fmt(base_before[f'{RETAIN_PREFIX}exact_match'])}, eval loss {fmt(base_before[f'{RETAIN_PREFIX}eval_loss'])}.",

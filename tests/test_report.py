@@ -546,7 +546,6 @@ PLOTS = [
     "importance.png",
     "optuna_history.png",
     "optuna_slice.png",
-    "optuna_contour.png",
     "optuna_parallel.png",
 ]
 CSVS = [

@@ -281,3 +281,70 @@ def test_rslora_is_compared_at_matched_scale_or_not_at_all():
     # at equal alpha the scales differ by sqrt(r): not tested, however stable one of them looks
     confounded = finding([0.1, 0.1, 0.1], plain_alpha=16)
     assert confounded.verdict == findings.NOT_MEASURED and "confounded by scale" in confounded.evidence
+
+
+# -- the learning rate -----------------------------------------------------------------------------------
+
+RATES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+
+
+def _lr_sweep(optimum, full_optimum: float = 3e-3, seeds: int = 3, noise: float = 0.05):
+    """r in {1, 4, 16} x RATES at lora_alpha=16, log loss a parabola in log10 rate around optimum(r), and
+    full fine-tuning baselines around full_optimum: (config table, trial runs, baseline runs)."""
+    rng = np.random.default_rng(2)
+
+    def losses(best):
+        return list(np.exp(np.log(1e-3) + 4 * (np.log10(rate_) - np.log10(best)) ** 2 + rng.normal(0, noise, seeds)))
+
+    spec = {}
+    for r in (1, 4, 16):
+        for rate_ in RATES:
+            spec[f"r{r}lr{rate_:g}"] = {
+                "lora.r": r,
+                "train.learning_rate": rate_,
+                "lora.lora_alpha": 16,
+                "loss": losses(optimum(r)),
+            }
+    runs = _runs(spec)
+    rows = []
+    for rate_ in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2):
+        for seed, loss in enumerate(losses(full_optimum)):
+            rows.append(
+                {
+                    "kind": "baseline",
+                    "baseline": f"full_ft_lr{rate_:g}",
+                    "run_id": f"full{rate_}-{seed}",
+                    "metrics.eval_loss": loss,
+                    "params.train.learning_rate": str(rate_),
+                }
+            )
+    table = tables.config_table(runs, "eval_loss", "minimize", None, Rule())
+    return table, runs, pd.DataFrame(rows)
+
+
+KEYS = ["lora.r", "train.learning_rate"]
+
+
+def test_best_learning_rate_against_rank():
+    table, runs, _ = _lr_sweep(lambda r: 1e-2)
+    assert findings.lr_stable_in_r(table, runs, "eval_loss", "minimize", KEYS).verdict == "holds"
+    moved, runs, _ = _lr_sweep(lambda r: {1: 1e-3, 4: 3e-3, 16: 1e-2}[r])
+    found = findings.lr_stable_in_r(moved, runs, "eval_loss", "minimize", KEYS)
+    assert found.verdict == "does not hold" and "span 10×" in found.evidence
+    edge, runs, _ = _lr_sweep(lambda r: 3e-2)
+    assert findings.lr_stable_in_r(edge, runs, "eval_loss", "minimize", KEYS).verdict == "inconclusive"
+    assert findings.lr_stable_in_r(table, runs, "eval_loss", "minimize", ["lora.r"]).verdict == findings.NOT_MEASURED
+
+
+def test_lora_against_full_fine_tuning_learning_rate():
+    ten, runs, base = _lr_sweep(lambda r: 1e-2, full_optimum=1e-3)
+    found = findings.lora_over_full_lr(ten, runs, base, "eval_loss", KEYS)
+    assert found.verdict == "holds" and "At the best configuration's r=" in found.evidence
+    same, runs, base = _lr_sweep(lambda r: 3e-3, full_optimum=3e-3)
+    assert findings.lora_over_full_lr(same, runs, base, "eval_loss", KEYS).verdict == "does not hold"
+    noisy, runs, base = _lr_sweep(lambda r: 1e-2, full_optimum=3e-3, noise=1.0)
+    assert findings.lora_over_full_lr(noisy, runs, base, "eval_loss", KEYS).verdict == "inconclusive"
+    assert findings.lora_over_full_lr(same, runs, base.iloc[:0], "eval_loss", KEYS).verdict == findings.NOT_MEASURED
+    symmetric = {1e-3: np.array([2.0]), 1e-2: np.array([1.0]), 1e-1: np.array([2.0])}
+    assert findings.lr_optimum(symmetric) == (pytest.approx(-2.0), False)
+    assert findings.lr_optimum({**symmetric, 1e-1: np.array([0.5])}) == (-1.0, True)  # best at the edge

@@ -25,6 +25,7 @@ from lora_lab.report.decide import (
     acceptable,
     centre,
     compare,
+    decide,
     metric_scale,
     pairwise,
 )
@@ -288,6 +289,30 @@ def baseline_rows(baselines: pd.DataFrame, metrics: list[str], rule: Rule) -> pd
     return table.sort_values("baseline", key=lambda s: s.map(lambda b: order.get(b, 2))).reset_index(drop=True)
 
 
+def full_ft_baselines(baselines: pd.DataFrame) -> pd.DataFrame:
+    """The full fine-tuning baseline runs: named full_ft, or full_ft_<anything> (one per learning rate)."""
+    if baselines.empty:
+        return baselines
+    kinds = baselines["baseline"].astype(str)
+    return baselines[(kinds == names.BASELINE_FULL_FT) | kinds.str.startswith(names.BASELINE_FULL_FT + "_")]
+
+
+def best_full_ft(baselines: pd.DataFrame, metric: str) -> np.ndarray:
+    """The positive values of the full fine-tuning baseline with the lowest geometric mean (the best of its
+    learning rates when several were run); empty when there is none."""
+    column = f"metrics.{metric}"
+    full = full_ft_baselines(baselines)
+    if full.empty or column not in full:
+        return np.array([])
+    best = np.array([])
+    for _, members in full.groupby("baseline"):
+        values = pd.to_numeric(members[column], errors="coerce").dropna().to_numpy(float)
+        values = values[values > 0]
+        if len(values) and (not len(best) or np.mean(np.log(values)) < np.mean(np.log(best))):
+            best = values
+    return best
+
+
 def _log_share(zero: float, lora, full) -> float:
     """Share of full fine-tuning's gain over zero-shot in log loss, clipped to [0, 1]."""
     share = (zero - float(np.mean(lora))) / (zero - float(np.mean(full)))
@@ -324,7 +349,7 @@ def recovered(
         values = pd.to_numeric(baselines.loc[baselines["baseline"] == kind, column], errors="coerce").dropna()
         return values[values > 0].to_numpy(float)
 
-    zero, full = losses(names.BASELINE_ZERO_SHOT), losses(names.BASELINE_FULL_FT)
+    zero, full = losses(names.BASELINE_ZERO_SHOT), best_full_ft(baselines, RECOVERY_METRIC)
     if not len(zero) or not len(full) or not np.mean(np.log(zero)) > np.mean(np.log(full)):
         return pd.DataFrame(columns=cols)
     z, log_full = float(np.mean(np.log(zero))), np.log(full)
@@ -592,3 +617,192 @@ def rslora_comparison(
         else ""
     )
     return Finding(name, verdict, "at matched effective scale: " + "; ".join(lines) + "." + same + why)
+
+
+# -- the learning rate (LoRA Without Regret, Schulman et al., Thinking Machines 2025) --------------------
+
+LR_KEY = "train.learning_rate"
+TEN_X_BAND = (10**0.5, 10**1.5)
+"""'About 10x': a ratio between 3.2x and 32x (half a decade either side of 10)."""
+
+
+def lr_optimum(cells: dict[float, np.ndarray]) -> tuple[float, bool]:
+    """(log10 of the best learning rate, whether it sits at the grid's edge): the vertex of the parabola
+    through the mean log loss at the best learning rate searched and its two neighbours (numpy.polyfit
+    in log10 learning rate), kept between those neighbours; the edge value itself when the best is the
+    smallest or largest rate searched."""
+    rates = sorted(cells)
+    x = np.log10(rates)
+    y = np.array([float(np.mean(np.log(cells[r]))) for r in rates])
+    i = int(np.argmin(y))
+    if i == 0 or i == len(rates) - 1:
+        return float(x[i]), True
+    a, b, _ = np.polyfit(x[i - 1 : i + 2], y[i - 1 : i + 2], 2)
+    vertex = -b / (2 * a) if a > 0 else x[i]
+    return float(np.clip(vertex, x[i - 1], x[i + 1])), False
+
+
+def _lr_cells(line: pd.DataFrame, samples: dict[str, np.ndarray]) -> dict[float, np.ndarray]:
+    cells = {}
+    for _, row in line.iterrows():
+        values = samples.get(row["group"], np.array([]))
+        values = values[values > 0]
+        if len(values):
+            cells[number(row[LR_KEY])] = values
+    return cells
+
+
+def _lines_by_r(configs: pd.DataFrame, keys: list[str]) -> dict[float, pd.DataFrame]:
+    """Per rank, the configurations that differ from the best one's other values only in learning rate."""
+    best = configs.iloc[0]
+    out = {}
+    for r, at_r in configs.groupby("r"):
+        line = _slice(at_r, best, keys, ("lora.r", LR_KEY, "lora.lora_alpha"))
+        if len(line) >= 3:
+            out[float(r)] = line
+    return out
+
+
+def full_ft_cells(baselines: pd.DataFrame, metric: str) -> dict[float, np.ndarray]:
+    """Full fine-tuning's positive values by learning rate (params.train.learning_rate of its runs)."""
+    column = f"metrics.{metric}"
+    full = full_ft_baselines(baselines)
+    if full.empty or column not in full or f"params.{LR_KEY}" not in full:
+        return {}
+    cells: dict[float, np.ndarray] = {}
+    for rate, members in full.groupby(full[f"params.{LR_KEY}"].map(number)):
+        values = pd.to_numeric(members[column], errors="coerce").dropna().to_numpy(float)
+        if len(values[values > 0]) and not math.isnan(rate):
+            cells[float(rate)] = values[values > 0]
+    return cells
+
+
+def lr_stable_in_r(
+    configs: pd.DataFrame, runs: pd.DataFrame, metric: str, direction: str, keys: list[str], rule: Optional[Rule] = None
+) -> Finding:
+    """The best learning rate barely moves with r at a fixed alpha: per rank, the learning rates are
+    compared with that rank's best by the three-way rule. Does not hold when one rank's best learning
+    rate is shown worse at another rank; holds when every rank's best is the best or shown equivalent at
+    every other rank; inconclusive at a grid edge or with undecided cells."""
+    rule = rule or Rule()
+    name = "The best learning rate barely moves with r at a fixed alpha"
+    if LR_KEY not in keys or "lora.r" not in keys:
+        return Finding(
+            name, NOT_MEASURED, "the sweep did not vary both lora.r and train.learning_rate (run +sweep=lr_rank)."
+        )
+    if configs["lora_alpha"].dropna().nunique() > 1:
+        return Finding(
+            name, NOT_MEASURED, "lora_alpha varied across the configurations; the finding is about a fixed alpha."
+        )
+    lines = _lines_by_r(configs, keys)
+    if len(lines) < 2:
+        return Finding(name, NOT_MEASURED, "fewer than two ranks were run with three or more learning rates.")
+    samples = samples_of(runs, metric)
+    decided, best_rate, words, edge = {}, {}, [], []
+    for r, line in lines.items():
+        cells = _lr_cells(line, samples)
+        table = decide({f"{k:g}": v for k, v in cells.items()}, direction, "ratio", rule)
+        decided[r] = dict(zip(table["group"].map(float), table["decision"], strict=True))
+        best_rate[r] = float(table["group"].iloc[0])
+        if best_rate[r] in (min(cells), max(cells)):
+            edge.append(r)
+        near = [k for k, d in decided[r].items() if d == EQUIVALENT]
+        words.append(
+            f"r={fmt(r)}: best {fmt(best_rate[r])}"
+            + (f" (≈ at {', '.join(fmt(k) for k in sorted(near))})" if near else "")
+        )
+    spread = max(best_rate.values()) / min(best_rate.values())
+    moved = [(r, q) for r in lines for q in lines if r != q and decided[q].get(best_rate[r]) == WORSE]
+    open_ = [(r, q) for r in lines for q in lines if r != q and decided[q].get(best_rate[r]) == UNDECIDED]
+    text = "; ".join(words) + f"; the best rates span {fmt(spread, 3)}×"
+    if moved:
+        r, q = moved[0]
+        return Finding(
+            name, "does not hold", f"{text}. r={fmt(r)}'s best rate {fmt(best_rate[r])} is shown worse at r={fmt(q)}."
+        )
+    if edge:
+        return Finding(
+            name,
+            INCONCLUSIVE,
+            f"{text}. The best rate of r = {', '.join(fmt(r) for r in edge)} is at the edge of the rates searched: "
+            f"extend the grid.",
+        )
+    if open_:
+        return Finding(
+            name, INCONCLUSIVE, f"{text}. Some ranks' best rates are undecided at other ranks: more seeds would decide."
+        )
+    return Finding(
+        name, "holds", f"{text}. Every rank's best rate is also the best or shown equivalent at every other rank."
+    )
+
+
+def lora_over_full_lr(
+    configs: pd.DataFrame,
+    runs: pd.DataFrame,
+    baselines: pd.DataFrame,
+    metric: str,
+    keys: list[str],
+    rule: Optional[Rule] = None,
+) -> Finding:
+    """LoRA's best learning rate is about 10x full fine-tuning's: the ratio of the two optima (each the
+    vertex of a parabola in log learning rate, :func:`lr_optimum`) at the best configuration's rank, with
+    a percentile bootstrap interval (scipy.stats.bootstrap, every cell's seeds resampled). Holds when the
+    interval lies inside 3.2x-32x, does not hold when it lies outside, inconclusive when it straddles an
+    end or an optimum sits at the edge of its grid."""
+    rule = rule or Rule()
+    name = "LoRA's best learning rate is about 10x full fine-tuning's"
+    full = full_ft_cells(baselines, metric)
+    if LR_KEY not in keys or len(full) < 3:
+        return Finding(
+            name,
+            NOT_MEASURED,
+            "needs train.learning_rate searched and full fine-tuning baselines at 3 or more learning rates (run +sweep=lr_rank).",
+        )
+    lines = _lines_by_r(configs, keys)
+    if not lines:
+        return Finding(name, NOT_MEASURED, "no rank was run with three or more learning rates.")
+    samples = samples_of(runs, metric)
+    full_opt, full_edge = lr_optimum(full)
+    per_r = []
+    for r, line in lines.items():
+        opt, edge = lr_optimum(_lr_cells(line, samples))
+        per_r.append(
+            f"r={fmt(r)} {fmt(10**opt, 3)}"
+            + (" (grid edge)" if edge else "")
+            + f", ratio {fmt(10 ** (opt - full_opt), 3)}"
+        )
+    r = float(configs["r"].iloc[0])
+    cells = _lr_cells(lines.get(r, next(iter(lines.values()))), samples)
+    lora_opt, lora_edge = lr_optimum(cells)
+    ratio = 10 ** (lora_opt - full_opt)
+    data = [*cells.values(), *full.values()]
+    k = len(cells)
+
+    def statistic(*resampled):
+        lora = dict(zip(cells, resampled[:k], strict=True))
+        base = dict(zip(full, resampled[k:], strict=True))
+        return lr_optimum(lora)[0] - lr_optimum(base)[0]
+
+    low, high = bootstrap_ci(data, statistic, rule.confidence, n_resamples=999)
+    low, high = 10**low, 10**high
+    text = (
+        f"best learning rate (parabola through the best rate searched and its neighbours, in log rate): full "
+        f"fine-tuning {fmt(10**full_opt, 3)}" + (" (grid edge)" if full_edge else "") + f"; LoRA {'; '.join(per_r)}. "
+        f"At the best configuration's r={fmt(r)}: ratio {fmt(ratio, 3)}, {rule.confidence:.0%} bootstrap interval "
+        f"[{fmt(low, 3)}, {fmt(high, 3)}] (about 10x: within {fmt(TEN_X_BAND[0], 2)}–{fmt(TEN_X_BAND[1], 2)}x)"
+    )
+    if full_edge or lora_edge:
+        return Finding(
+            name, INCONCLUSIVE, text + ". An optimum sits at the edge of its grid: extend the rates searched."
+        )
+    if math.isnan(low):
+        return Finding(name, INCONCLUSIVE, text + ". No interval: every cell needs 2 or more seeds.")
+    if TEN_X_BAND[0] <= low and high <= TEN_X_BAND[1]:
+        return Finding(name, "holds", text + ".")
+    if high < TEN_X_BAND[0] or low > TEN_X_BAND[1]:
+        return Finding(name, "does not hold", text + ".")
+    return Finding(
+        name,
+        INCONCLUSIVE,
+        text + ". The interval reaches across an end of the band: more seeds or a finer grid would decide.",
+    )

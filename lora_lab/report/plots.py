@@ -116,7 +116,7 @@ def plot_pareto(front: pd.DataFrame, metric: str, cost: str, label: str) -> Figu
             ax.errorbar(
                 many[cost],
                 many["mean"],
-                yerr=many["ci_half"],
+                yerr=[(many["mean"] - many["ci_low"]).clip(lower=0), (many["ci_high"] - many["mean"]).clip(lower=0)],
                 fmt="o",
                 color=color,
                 capsize=2,
@@ -148,8 +148,12 @@ def plot_pareto(front: pd.DataFrame, metric: str, cost: str, label: str) -> Figu
     positive = front[cost][front[cost] > 0]
     if len(positive) == len(front) and len(positive) and positive.max() / positive.min() > 20:
         ax.set_xscale("log")
+    if (front["mean"] > 0).all():
+        ax.set_yscale("log")  # a loss: ratios read as distances, and intervals stay above zero
     ax.set_xlabel(label)
-    ax.set_ylabel(f"{metric} (mean over seeds)")
+    ax.set_ylabel(
+        f"{metric} (geometric mean over seeds)" if (front["mean"] > 0).all() else f"{metric} (mean over seeds)"
+    )
     ax.set_title(f"{metric} against {label} (numbers: table rows)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -187,29 +191,64 @@ def plot_effective_rank(table: pd.DataFrame) -> Figure:
     return fig
 
 
+LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
+MARKERS = (None, "o", "s", "^", "v", "D", "x")
+
+
 def plot_learning_curves(means: pd.DataFrame, metric: str = "eval_loss") -> Figure:
-    """One curve per configuration (mean over its seeds, shaded t interval where n >= 2), coloured by r."""
-    fig, ax = figure(7.2, 4.6)
+    """One curve per configuration (geometric mean over its seeds, band: its interval on the log scale
+    where n >= 2): colour by r, line style by alpha/r, and a marker per configuration that shares both
+    (another searched value, such as the learning rate), so no two configurations look alike."""
+    fig, ax = figure(7.6, 4.8)
     ranks = sorted(means["r"].dropna().unique())
+    scales = sorted(means["scale"].dropna().unique())
     cmap = colormaps["viridis"]
     color = {r: cmap(0.85 * i / max(len(ranks) - 1, 1)) for i, r in enumerate(ranks)}  # no pale yellow
+    style = {s: LINESTYLES[i % len(LINESTYLES)] for i, s in enumerate(scales)}
+    shared = means.groupby(["r", "scale"], dropna=False)["group"].nunique().max() > 1
+    seen: dict[tuple, int] = {}
     for _, curve in means.groupby("group", sort=False):
         curve = curve.sort_values("step")
-        c = color.get(curve["r"].iloc[0], "tab:gray")
-        ax.plot(curve["step"], curve["mean"], "-", color=c, linewidth=1.2, alpha=0.85)
-        if (curve["n"] >= 2).any():
-            ax.fill_between(curve["step"], curve["ci_low"], curve["ci_high"], color=c, alpha=0.12, linewidth=0)
-    for r in ranks:
-        ax.plot([], [], "-", color=color[r], label=f"r={fmt(r)}")
+        r, s = curve["r"].iloc[0], curve["scale"].iloc[0]
+        marker = MARKERS[seen.get((r, s), 0) % len(MARKERS)]
+        seen[(r, s)] = seen.get((r, s), 0) + 1
+        c = color.get(r, "tab:gray")
+        ax.plot(
+            curve["step"],
+            curve["mean"],
+            linestyle=style.get(s, "-"),
+            marker=marker,
+            markersize=3,
+            color=c,
+            linewidth=1.3,
+            alpha=0.9,
+            label=short_label(curve["config"].iloc[0]) if shared else None,  # several share r and alpha/r
+        )
+        band = curve[curve["n"] >= 2]
+        if len(band):
+            ax.fill_between(band["step"], band["ci_low"], band["ci_high"], color=c, alpha=0.10, linewidth=0)
+    if not shared:
+        for r in ranks:
+            ax.plot([], [], "-", color=color[r], label=f"r={fmt(r)}")
+        if len(scales) > 1:
+            for s in scales:
+                ax.plot([], [], linestyle=style[s], color="black", label=f"alpha/r={fmt(s)}")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} during training: one line per configuration (band: 95% CI over seeds)")
+    ax.set_ylabel(f"{metric} (geometric mean over seeds)")
+    ax.set_title(f"{metric} during training, one line per configuration", fontsize=10)
     positive = means["mean"][means["mean"] > 0]
     if len(positive) == len(means) and len(positive) and positive.max() / positive.min() > 20:
         ax.set_yscale("log")
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=6 if shared else 7, ncol=3 if shared else 2)
     ax.grid(alpha=0.3)
     return fig
+
+
+def short_label(config: str) -> str:
+    """'lora.r=8, train.learning_rate=0.01' -> 'r=8 learning_rate=0.01'."""
+    return " ".join(
+        p.split("=", 1)[0].split(".")[-1] + "=" + p.split("=", 1)[1] for p in config.split(", ") if "=" in p
+    )
 
 
 def plot_importance(table: pd.DataFrame, metric: str) -> Figure:
@@ -228,10 +267,10 @@ def plot_importance(table: pd.DataFrame, metric: str) -> Figure:
 OPTUNA_VIEWS = (
     ("optuna_history.png", "plot_optimization_history", "optimization history"),
     ("optuna_slice.png", "plot_slice", "slice plot"),
-    ("optuna_contour.png", "plot_contour", "contour plot"),
     ("optuna_parallel.png", "plot_parallel_coordinate", "parallel coordinates"),
 )
-"""File name, ``optuna.visualization.matplotlib`` function and caption of each Optuna view."""
+"""File name, ``optuna.visualization.matplotlib`` function and caption of each Optuna view. No contour plot:
+it interpolates a surface over values that never ran; the slice plot shows every trial where it ran."""
 
 
 def optuna_views(study, target_name: str) -> tuple[dict[str, tuple[str, bytes]], list[str]]:
@@ -240,17 +279,11 @@ def optuna_views(study, target_name: str) -> tuple[dict[str, tuple[str, bytes]],
     once rendered (these functions use pyplot)."""
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as views
-    from optuna.trial import TrialState
 
     out: dict[str, tuple[str, bytes]] = {}
     notes: list[str] = []
     target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    names = {k for t in complete for k in t.params}
     for name, function, caption in OPTUNA_VIEWS:
-        if function == "plot_contour" and len(names) < 2:
-            notes.append("Optuna's contour plot needs two searched values; this sweep varied one.")
-            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # ExperimentalWarning, and plots of constant values
@@ -268,3 +301,34 @@ def optuna_views(study, target_name: str) -> tuple[dict[str, tuple[str, bytes]],
         finally:
             plt.close(fig)
     return out, notes
+
+
+def plot_learning_rate(grid: pd.DataFrame, full: pd.DataFrame, metric: str) -> Figure:
+    """The metric against the learning rate on log-log axes: one line per rank (mean over seeds with its
+    interval as error bars) and full fine-tuning's line; marks follow the three-way decision."""
+    fig, ax = figure(6.8, 4.4)
+    ranks = sorted(grid["r"].dropna().unique())
+    cmap = colormaps["viridis"]
+    for i, r in enumerate(ranks):
+        line = grid[grid["r"] == r].sort_values("rate")
+        color = cmap(0.85 * i / max(len(ranks) - 1, 1))
+        low = (line["mean"] - line["ci_low"]).fillna(0).clip(lower=0)
+        high = (line["ci_high"] - line["mean"]).fillna(0).clip(lower=0)
+        ax.errorbar(
+            line["rate"], line["mean"], yerr=[low, high], fmt="o-", color=color, capsize=2, label=f"LoRA r={fmt(r)}"
+        )
+    if len(full):
+        full = full.sort_values("rate")
+        low = (full["mean"] - full["ci_low"]).fillna(0).clip(lower=0)
+        high = (full["ci_high"] - full["mean"]).fillna(0).clip(lower=0)
+        ax.errorbar(
+            full["rate"], full["mean"], yerr=[low, high], fmt="s--", color="black", capsize=2, label="full fine-tuning"
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(f"{metric} (geometric mean over seeds)")
+    ax.set_title(f"{metric} against learning rate (bars: 95% interval)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return fig

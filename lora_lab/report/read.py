@@ -415,12 +415,15 @@ def learning_curves(client: MlflowClient, runs: pd.DataFrame, metric: str = "eva
                 "group": run.get("group"),
                 "config": run.get("config"),
                 "r": run["r"],
+                "lora_alpha": run["lora_alpha"],
                 "step": step,
                 metric: value,
             }
             for step, value in latest.items()
         ]
-    return pd.DataFrame(rows, columns=["run_id", "trial", "state", "group", "config", "r", "step", metric])
+    return pd.DataFrame(
+        rows, columns=["run_id", "trial", "state", "group", "config", "r", "lora_alpha", "step", metric]
+    )
 
 
 def counts(runs: pd.DataFrame) -> dict[str, int]:

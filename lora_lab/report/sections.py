@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from lora_lab import names
 from lora_lab.config import ReportConfig
 from lora_lab.report import findings, plots, tables
-from lora_lab.report.decide import BEST, BEST_RULE, MARKS, Rule
+from lora_lab.report.decide import BEST, BEST_RULE, MARKS, Rule, centre
 from lora_lab.report.document import Doc, write_atomically
 from lora_lab.report.findings import NOT_MEASURED, Recommendation, fmt
 from lora_lab.report.read import STATE_WORDS, SweepData, count_text, learning_curves, number, read_sweep, store_words
@@ -367,6 +367,8 @@ def section_findings(data: SweepData, doc: Doc, files: Files) -> None:
         findings.saturation(data.configs, keys, swaps),
         findings.targets_comparison(data.configs, data.ranked, data.metric, data.direction, keys, rule),
         findings.rslora_comparison(data.configs, data.ranked, data.runs, data.metric, keys, rule, data.direction),
+        findings.lr_stable_in_r(data.configs, data.ranked, data.metric, data.direction, keys, rule),
+        findings.lora_over_full_lr(data.configs, data.ranked, data.baselines, data.metric, keys, rule),
     ]
     files["findings.csv"] = pd.DataFrame(
         [{"finding": f.name, "verdict": f.verdict, "evidence": f.evidence} for f in found]
@@ -386,6 +388,44 @@ def section_findings(data: SweepData, doc: Doc, files: Files) -> None:
         "searched values as further factors), so an effect of one is not blamed on the other. "
         + analysis.text
         + (" [scale_anova.csv](scale_anova.csv)" if len(analysis.table) else "")
+    )
+
+
+def section_learning_rate(data: SweepData, doc: Doc, files: Files) -> None:
+    """Rank × learning rate, with full fine-tuning at its own learning rates, as a table and a plot."""
+    key = findings.LR_KEY
+    if key not in data.configs or data.configs[key].nunique() < 2:
+        return
+    rule = rule_of(data.settings)
+    grid = tables.grid_table(data.configs, "r", key)
+    grid["rate"] = grid[key].map(number)
+    full_rows = []
+    for rate, values in sorted(findings.full_ft_cells(data.baselines, data.metric).items()):
+        full_rows.append({"rate": rate, "n": len(values), **centre(values, "ratio", rule.confidence)})
+    full = pd.DataFrame(full_rows, columns=["rate", "n", "mean", "ci_low", "ci_high"])
+    files["rank_learning_rate.csv"] = grid
+    files["full_ft_learning_rate.csv"] = full
+    doc.heading("Rank × learning rate")
+    doc.para(
+        f"{data.metric} per rank r (rows) and learning rate (columns), marks as in the header; full fine-tuning "
+        f"(its baselines, one per learning rate) in the last row. [rank_learning_rate.csv](rank_learning_rate.csv)"
+    )
+    shown = _grid_display(grid, "r", key)
+    if len(full):
+        cells = {
+            fmt(r): spread(m, lo, hi, n)
+            for r, m, lo, hi, n in full[["rate", "mean", "ci_low", "ci_high", "n"]].itertuples(index=False)
+        }
+        row = ["full fine-tuning"] + [cells.pop(c, "") for c in shown.columns[1:]]
+        extra = {c: v for c, v in cells.items()}
+        shown = pd.concat([shown, pd.DataFrame([row], columns=shown.columns)], ignore_index=True)
+        for column, value in extra.items():  # full fine-tuning's own rates outside the LoRA grid
+            shown[column] = [""] * (len(shown) - 1) + [value]
+        order = sorted(shown.columns[1:], key=number)
+        shown = shown[[shown.columns[0], *order]]
+    doc.table(shown)
+    doc.image(
+        "learning_rate.png", f"{data.metric} against learning rate", plots.plot_learning_rate(grid, full, data.metric)
     )
 
 
@@ -654,6 +694,7 @@ SECTIONS = (
     section_summary,
     section_baselines,
     section_findings,
+    section_learning_rate,
     section_grids,
     section_pareto,
     section_learning_curves,

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from lora_lab import names
-from lora_lab.report.decide import Rule, decide, metric_scale
+from lora_lab.report.decide import Rule, centre, decide, metric_scale
 from lora_lab.report.read import SweepInfo, number, sampled_keys
 from lora_lab.report.stats import summarize
 
@@ -205,19 +205,23 @@ def effective_rank_table(runs: pd.DataFrame, confidence: float = 0.95) -> pd.Dat
 
 
 def curves_by_config(curves: pd.DataFrame, metric: str = "eval_loss", confidence: float = 0.95) -> pd.DataFrame:
-    """Mean learning curve of each configuration: mean, interval and n (seeds at that step) per step,
-    from its complete runs only."""
+    """Mean learning curve of each configuration from its complete runs: per step the geometric mean with
+    its interval on the log scale (positive values, so a band never falls to the axis floor; the
+    arithmetic mean and t interval otherwise) and n (seeds at that step), with the configuration's style
+    fields (r, scale = lora_alpha / r, label)."""
     data = curves[curves["state"] == "COMPLETE"]
-    out = ["group", "config", "r", "step", "mean", "ci_low", "ci_high", "n"]
+    out = ["group", "config", "r", "scale", "step", "mean", "ci_low", "ci_high", "n"]
     if data.empty:
         return pd.DataFrame(columns=out)
+    scale = "ratio" if (pd.to_numeric(data[metric], errors="coerce") > 0).all() else "difference"
     rows = [
         {
             "group": g,
             "config": m["config"].iloc[0],
             "r": m["r"].iloc[0],
+            "scale": m["lora_alpha"].iloc[0] / m["r"].iloc[0] if "lora_alpha" in m else math.nan,
             "step": step,
-            **summarize(m[metric], confidence),
+            **centre(m[metric], scale, confidence),
         }
         for (g, step), m in data.groupby(["group", "step"], sort=True)
     ]
