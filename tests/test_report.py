@@ -455,8 +455,17 @@ def test_learning_curves_one_per_configuration(store, demo):
     means = tables.curves_by_config(curves)
     assert means["group"].nunique() == 5
     c1 = means[means["config"] == LABEL["C1"]].set_index("step")
-    assert c1.loc[10, "mean"] == pytest.approx(1.6) and c1.loc[10, "n"] == 2  # pruned seed excluded
-    assert c1.loc[30, "ci_high"] - c1.loc[30, "mean"] == pytest.approx(12.706204736174696 * 0.1)
+    at10 = complete[(complete["config"] == LABEL["C1"]) & (complete["step"] == 10)]["eval_loss"]
+    assert (
+        c1.loc[10, "mean"] == pytest.approx(math.exp(np.log(at10).mean())) and c1.loc[10, "n"] == 2
+    )  # pruned excluded
+    logs = np.log([1.0, 1.2])  # C1's final values: the band is the t interval on the log scale
+    half = 12.706204736174696 * np.std(logs, ddof=1) / math.sqrt(2)
+    assert (c1.loc[30, "ci_low"], c1.loc[30, "ci_high"]) == (
+        pytest.approx(math.exp(logs.mean() - half)),
+        pytest.approx(math.exp(logs.mean() + half)),
+    )
+    assert (means["ci_low"].dropna() > 0).all()  # no band falls to the axis floor
     early, last, rho = tables.step_rank_correlation(curves)
     assert (early, last, rho) == (10, 30, pytest.approx(1.0))  # every curve is its final value + a constant
 

@@ -13,7 +13,7 @@ The package, by job:
 
 * :mod:`~lora_lab.report.read`: MLflow runs to DataFrames (MlflowClient only);
 * :mod:`~lora_lab.report.decide`: equivalent / worse / undecided against the best (statsmodels TOST, Holm);
-* :mod:`~lora_lab.report.stats`: t intervals, Welch's test, bootstrap (scipy.stats), two-way ANOVA;
+* :mod:`~lora_lab.report.stats`: t intervals, bootstrap (scipy.stats), the two-way analysis of variance;
 * :mod:`~lora_lab.report.tables`: per-configuration tables, grids, Pareto fronts, curves, importance;
 * :mod:`~lora_lab.report.findings`: recommendation, warnings, baselines, published findings;
 * :mod:`~lora_lab.report.plots`: matplotlib figures and Optuna's own views;

@@ -152,7 +152,8 @@ def centre(values, scale: str, confidence: float = 0.95, prompts: Optional[int] 
     if scale == "proportion":
         count, nobs = _counts(np.clip(x, 0.0, 1.0), prompts)
         low, high = proportion_confint(count, nobs, alpha=1 - confidence, method="wilson")
-        out.update(mean=count / nobs, ci_low=float(low), ci_high=float(high), nobs=nobs)
+        low, high = (0.0 if low < 1e-12 else float(low)), (1.0 if high > 1 - 1e-12 else float(high))  # rounding
+        out.update(mean=count / nobs, ci_low=low, ci_high=high, nobs=nobs)
         return out
     data = np.log(x) if scale == "ratio" else x
     mean = float(np.mean(data))

@@ -455,9 +455,9 @@ def section_grids(data: SweepData, doc: Doc, files: Files) -> None:
         files[f"{stem}.csv"] = grid
         doc.heading(f"Rank × {words}")
         doc.para(
-            f"{metric} per rank r (rows) and {col} (columns): mean ± CI half-width; ★ best, ≈ cannot be "
-            f"told apart from it; '(best of k)': the cell's best configuration among k that differ in "
-            f"other searched values. Colour: distance to the best on a log scale. [{stem}.csv]({stem}.csv)"
+            f"{metric} per rank r (rows) and {col} (columns): value [interval] as in the header; ★ best, ≈ shown "
+            f"equivalent, ✗ shown worse, ? undecided; '(best of k)': the cell's best configuration among k that "
+            f"differ in other searched values. Colour: distance to the best on a log scale. [{stem}.csv]({stem}.csv)"
         )
         doc.table(_grid_display(grid, "r", col))
         doc.image(f"{stem}.png", f"{metric} by rank and {col}", plots.plot_grid(grid, "r", col, metric))
@@ -530,7 +530,8 @@ def section_learning_curves(data: SweepData, doc: Doc, files: Files) -> None:
     steps = means.groupby("group")["step"].nunique()
     doc.para(
         f"eval_loss at each evaluation ({int(steps.min())}–{int(steps.max())} evaluations a run): one line "
-        f"per configuration, the mean over its seeds, shaded by the 95% CI where it has ≥ 2 seeds. "
+        f"per configuration (colour: r; line style: alpha/r; markers tell apart configurations that share both), "
+        f"the geometric mean over its seeds, shaded by its 95% interval on the log scale where it has ≥ 2 seeds. "
         f"[learning_curves_by_config.csv](learning_curves_by_config.csv)"
     )
     early, last, rho = tables.step_rank_correlation(curves)
