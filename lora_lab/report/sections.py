@@ -751,7 +751,7 @@ def decision_lines(study: str, client: Optional[MlflowClient] = None, experiment
         lines.append(f"recommended: the best itself, no cheaper configuration is shown equivalent: {command}")
     if len(rec.open_cheaper):
         lines.append(
-            f"undecided: {len(rec.open_cheaper)} cheaper configuration(s) ({', '.join(rec.open_cheaper['config'].head(4))}"
+            f"undecided: {len(rec.open_cheaper)} cheaper configuration(s) ({'; '.join(rec.open_cheaper['config'].head(4))}"
             f"{' ...' if len(rec.open_cheaper) > 4 else ''}); more seeds for them would decide"
         )
     return lines
