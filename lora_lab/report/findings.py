@@ -232,13 +232,19 @@ def scale_analysis(runs: pd.DataFrame, metric: str, keys: list[str], alpha: floa
             continue
         data[key] = runs[column].astype(str)
         others.append(key)
-    table, note = two_way_anova(data, "y", ["r", "alpha/r", *others])
+    factors, lead = ["r", "alpha/r", *others], ""
+    pairs = data[["r", "alpha/r"]].dropna().drop_duplicates()
+    if data["r"].nunique() > 1 and len(pairs) == data["r"].nunique() == data["alpha/r"].nunique():
+        factors.remove("alpha/r")  # one alpha/r per r: the two cannot be separated, r carries both
+        lead = "alpha/r took one value per r here (a fixed lora_alpha), so r and alpha/r are confounded: the r term is their joint effect. "
+    table, note = two_way_anova(data, "y", factors)
+    note = lead + note
     scale = f"log {metric}" if log else metric
     if table.empty:
         return ScaleAnalysis(table, f"Two-way analysis of {scale} with r and alpha/r as factors: {note}".strip())
     effects = table[table["term"] != "Residual"]
     shown = "; ".join(
-        f"{row['term']}: {row['share']:.0%} of the sum of squares (F = {fmt(row['F'], 3)}, p = {fmt(row['PR(>F)'], 2)})"
+        f"{row['term']}: {row['share']:.0%} of the sum of squares (F = {fmt(row['F'], 3)}, p = {row['PR(>F)']:.2g})"
         for _, row in effects.iterrows()
     )
     significant = effects[effects["PR(>F)"] < alpha].sort_values("sum_sq", ascending=False)
@@ -714,7 +720,7 @@ def lr_stable_in_r(
     spread = max(best_rate.values()) / min(best_rate.values())
     moved = [(r, q) for r in lines for q in lines if r != q and decided[q].get(best_rate[r]) == WORSE]
     open_ = [(r, q) for r in lines for q in lines if r != q and decided[q].get(best_rate[r]) == UNDECIDED]
-    text = "; ".join(words) + f"; the best rates span {fmt(spread, 3)}×"
+    text = "best rate per rank: " + "; ".join(words) + f"; the best rates span {fmt(spread, 3)}×"
     if moved:
         r, q = moved[0]
         return Finding(

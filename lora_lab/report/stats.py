@@ -100,7 +100,9 @@ def two_way_anova(data: pd.DataFrame, value: str, factors: list[str]) -> tuple[p
     renamed = frame.rename(columns={value: "y", **names}).astype({n: str for n in names.values()})
     terms = [f"C({names[f]})" for f in kept]
     formula = "y ~ " + " + ".join(terms)
-    main = smf.ols(formula, renamed).fit()
+    with warnings.catch_warnings():  # a rank-deficient design is the confounded case, answered below
+        warnings.simplefilter("ignore")
+        main = smf.ols(formula, renamed).fit()
     if np.linalg.matrix_rank(main.model.exog) < main.model.exog.shape[1]:
         return pd.DataFrame(), note + (
             f"{' and '.join(kept)} are confounded in this grid (each level of one ran with a single level of the "
