@@ -232,9 +232,11 @@ def test_killed_worker_trial_is_found_and_restart_completes_without_duplicates(t
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     overrides = ["+sweep=targets", "sweep.study_name=killed", f"sweep.storage={storage}", "sweep.n_trials=3"]
-    slow = [o if not o.startswith("train.max_steps") else "train.max_steps=5000" for o in TINY]
+    # the restart is the same command: a study keeps one definition (train.max_steps included), so
+    # the trials are long enough (40 steps) to be killed mid-trial, and the restart runs them in full
+    longer = [o if not o.startswith("train.max_steps") else "train.max_steps=40" for o in TINY]
     proc = subprocess.Popen(
-        _sweep_cmd(*overrides, *slow),
+        _sweep_cmd(*overrides, *longer),
         cwd=tmp_path,
         env=_env(tracking),
         stdout=subprocess.DEVNULL,
@@ -250,7 +252,9 @@ def test_killed_worker_trial_is_found_and_restart_completes_without_duplicates(t
     mlflow.set_tracking_uri(tracking)
     register_configs()
     with initialize_config_dir(config_dir=CONF, version_base=None):  # the restarted sweep, no grace period
-        summary = Sweep(compose("config", overrides=overrides + TINY), overrides + TINY, console_progress=False).run()
+        summary = Sweep(
+            compose("config", overrides=overrides + longer), overrides + longer, console_progress=False
+        ).run()
 
     loaded = optuna.load_study(study_name="killed", storage=storage)
     killed = loaded.trials[victim.number]
