@@ -317,7 +317,7 @@ def test_a_signal_swallowed_in_a_weakref_callback_stays_pending_and_prints_no_tr
     script = textwrap.dedent(
         """
         import os, signal, sys, weakref
-        from lora_lab.sweep import INTERRUPTS
+        from lora_lab.interrupts import INTERRUPTS
         INTERRUPTS.install()
 
         class Thing:
