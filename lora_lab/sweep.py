@@ -44,6 +44,7 @@ from lora_lab.config import BaselineConfig, SweepConfig, TrialConfig, register_c
 from lora_lab.errors import ConfigError, LoraLabError
 from lora_lab.interrupts import INTERRUPTS
 from lora_lab.progress import SweepProgress
+from lora_lab.pruning import PRUNING_SIGNAL, PruningReporter
 from lora_lab.storage import check_writable, journal_path, release_space, repair_journal, reserve_space
 from lora_lab.study import (
     DONE,
@@ -72,14 +73,6 @@ __all__ = [
     "make_pruner",
     "main",
 ]
-
-PRUNING_SIGNAL = {
-    "eval_loss": "eval_loss",
-    "perplexity": "eval_loss",
-    "eval_token_accuracy": "eval_token_accuracy",
-    "exact_match": "eval_token_accuracy",
-}
-"""Objective -> the evaluation metric reported during training that stands in for it when pruning."""
 
 PARENT_WAIT_S = 120.0
 """How long a worker other than 0 waits for worker 0 to create the study's parent run."""
@@ -124,34 +117,6 @@ def target_configs(sweep: SweepConfig) -> int:
         raise ConfigError("sweep.n_trials", None, "a number of configurations (only a grid sweep can leave it null)")
     size = search_space.space_size(sweep)
     return sweep.n_trials if size is None else min(sweep.n_trials, size)
-
-
-class PruningReporter(TrainerCallback):
-    """Reports each evaluation made during training to the Optuna trial, at its optimizer step, and
-    stops training when the pruner says so. The evaluation after training (``trainer.evaluate()``
-    when the last step was not an evaluation step) is not reported, and a trial that reached its
-    last step is never pruned: it is fully trained."""
-
-    def __init__(self, trial: optuna.Trial, signal: str):
-        self.trial = trial
-        self.signal = signal
-        self.training = False
-        self.pruned_at: int | None = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.training = True
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.training = False
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        value = (metrics or {}).get(self.signal)
-        if value is None or not self.training:
-            return
-        self.trial.report(float(value) if math.isfinite(value) else float("inf"), state.global_step)
-        if state.global_step < state.max_steps and self.trial.should_prune():
-            self.pruned_at = state.global_step
-            control.should_training_stop = True
 
 
 @dataclass

@@ -309,7 +309,7 @@ def test_pruning_reporter_never_prunes_a_fully_trained_trial():
     one at an earlier step can, and one after training (``trainer.evaluate()``) is not reported."""
     from transformers import TrainerControl, TrainerState
 
-    from lora_lab.sweep import PruningReporter
+    from lora_lab.pruning import PruningReporter
 
     study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
     done = study.ask()
