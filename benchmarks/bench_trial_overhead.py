@@ -55,6 +55,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
+import lora_lab.compose as lab_compose  # noqa: E402
 import lora_lab.sweep as lab_sweep  # noqa: E402
 import lora_lab.train as lab_train  # noqa: E402
 from lora_lab import track  # noqa: E402
@@ -122,7 +123,7 @@ class StepTimer(TrainerCallback):
 
 
 def instrument(recorder: Recorder) -> None:
-    recorder.wrap(lab_sweep.Sweep, "compose_trial", "compose")
+    recorder.wrap(lab_compose.TrialComposer, "compose", "compose")
     recorder.wrap(lab_train.ResourceCache, "get", "resources")
     recorder.wrap(lab_train, "attach_adapter", "attach")
     recorder.wrap(lab_train, "detach_adapter", "detach")

@@ -13,7 +13,6 @@ How every configuration runs exactly once is in ``lora_lab.study``.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import math
@@ -27,9 +26,7 @@ from typing import Any
 
 import hydra
 import optuna
-from hydra import compose
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from mlflow.entities import Metric, Param, RunTag
@@ -40,6 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 from transformers import TrainerCallback
 
 from lora_lab import base_scores, cli, definition, faults, grid_order, names, preflight, search_space, threads, track
+from lora_lab.compose import TrialComposer
 from lora_lab.config import BaselineConfig, SweepConfig, TrialConfig, register_configs, to_trial_config
 from lora_lab.errors import ConfigError, LoraLabError
 from lora_lab.interrupts import INTERRUPTS
@@ -176,6 +174,7 @@ class Sweep:
         self.cfg = cfg
         self.sweep = to_sweep_config(cfg)
         self.base_overrides = [o for o in base_overrides if not _is_sweep_override(o)]
+        self.composer = TrialComposer(self.base_overrides)
         self.objectives = self.sweep.objectives
         self.storage = storage_url(self.sweep)
         self.console_progress = console_progress
@@ -255,8 +254,7 @@ class Sweep:
             if self.sweep.confirm_top_k and not self.is_grid
             else None
         )
-        self._base_composed = compose(config_name="config", overrides=self.base_overrides)
-        self.base_seed = int(self._base_composed.train.seed)
+        self.base_seed = int(self.composer.base().train.seed)
         goals = [(o.metric, o.direction) for o in self.objectives]
         self.experiment_id = track.ensure_experiment(
             self.client,
@@ -278,7 +276,7 @@ class Sweep:
         configs = []
         for baseline in self.sweep.baselines:
             try:
-                configs.append(self.compose_trial([*baseline.overrides, f"{names.SEED_KEY}=0"])[0])
+                configs.append(self.composer.compose([*baseline.overrides, f"{names.SEED_KEY}=0"])[0])
             except (LoraLabError, OmegaConfBaseException, HydraException) as exc:
                 detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise LoraLabError(
@@ -599,7 +597,7 @@ class Sweep:
             extra = list(baseline.overrides)
         extra.append(f"{names.SEED_KEY}={slot.seed}")
         state.run = self._start_run(phase, trial, state)
-        trial_cfg, composed, overrides = self.compose_trial(extra)
+        trial_cfg, composed, overrides = self.composer.compose(extra)
         trial.set_user_attr(names.ATTR_OVERRIDES, " ".join(overrides))
         state.run.log_config(
             trial_cfg,
@@ -733,49 +731,6 @@ class Sweep:
                 raise ValueError(f"objective {objective.metric} is {value}")
             out.append(value)
         return out
-
-    # -- composing a trial's config ------------------------------------------------------------
-    def compose_trial(self, trial_overrides: list[str]) -> tuple[TrialConfig, DictConfig, list[str]]:
-        """The trial's config, composed exactly as ``python -m lora_lab.train`` would from its overrides."""
-        overrides = self.base_overrides + trial_overrides
-        composed = self._apply_value_overrides(trial_overrides)
-        if composed is None:
-            composed = compose(config_name="config", overrides=overrides)
-        return to_trial_config(composed), composed, overrides
-
-    def _apply_value_overrides(self, trial_overrides: list[str]) -> DictConfig | None:
-        """The sweep's config with the trial's plain ``group.field=value`` overrides set on a copy
-        (with Hydra's public override parser and OmegaConf's typed update), or None when one of them
-        selects a config group, adds or deletes a key, names no existing field or fails (the caller
-        then composes from scratch and reports Hydra's own error).
-
-        A full Hydra compose re-reads and re-merges every config file, a visible share of a short trial
-        on the built-in model; the same values set on a copy of the already composed config cost a
-        small fraction of that (a test checks both give the same config)."""
-        try:
-            parsed = OverridesParser.create().parse_overrides(trial_overrides)
-            if any(
-                o.package is not None
-                or o.is_add()
-                or o.is_force_add()
-                or o.is_delete()
-                or o.is_sweep_override()
-                or "." not in o.key_or_group
-                or "/" in o.key_or_group
-                for o in parsed
-            ):
-                return None
-            if getattr(self, "_base_composed", None) is None:
-                self._base_composed = compose(config_name="config", overrides=self.base_overrides)
-            composed = copy.deepcopy(self._base_composed)
-            missing = object()
-            for o in parsed:
-                if OmegaConf.select(composed, o.key_or_group, default=missing) is missing:
-                    return None
-                OmegaConf.update(composed, o.key_or_group, o.value(), merge=True)
-            return composed
-        except Exception:
-            return None
 
     # == the end: best trial, parent run, summary =========================================
     def _plan_confirmations(self) -> bool:

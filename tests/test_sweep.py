@@ -19,6 +19,7 @@ from tiny_trial import TINY
 from transformers import TrainerCallback
 
 from lora_lab import search_space
+from lora_lab.compose import apply_value_overrides
 from lora_lab.config import ParamSpec, SamplerConfig, SweepConfig, register_configs
 from lora_lab.definition import DefinitionChangedError
 from lora_lab.errors import ConfigError, TrialFailedError
@@ -111,20 +112,20 @@ def test_trial_config_from_value_overrides_equals_a_full_compose(tracking_uri, t
             },
         )
         trial_overrides = search_space.to_overrides(values)
-        fast = sweep._apply_value_overrides(trial_overrides)
+        fast = apply_value_overrides(sweep.composer.base(), trial_overrides)
         full = compose("config", overrides=sweep.base_overrides + trial_overrides)
         assert fast is not None
         assert OmegaConf.to_container(fast) == OmegaConf.to_container(full)
         assert fast.lora.r == 16 and fast.lora.lora_alpha == 8 and fast.lora.targets == "attn"
         assert fast.data.task == "reverse" and fast.train.max_steps == 7
         # a config group choice, or a value the schema rejects, goes through Hydra's own composition
-        assert sweep._apply_value_overrides(["quant=nf4"]) is None
-        assert sweep._apply_value_overrides(["lora.r=many"]) is None
+        assert apply_value_overrides(sweep.composer.base(), ["quant=nf4"]) is None
+        assert apply_value_overrides(sweep.composer.base(), ["lora.r=many"]) is None
         trial_overrides = search_space.to_overrides({**values, "lora.r": 4}) + ["train.seed=3"]
-        cfg, _, overrides = sweep.compose_trial(trial_overrides)
+        cfg, _, overrides = sweep.composer.compose(trial_overrides)
         assert cfg.lora.r == 4 and cfg.train.seed == 3 and overrides == sweep.base_overrides + trial_overrides
         # a key the schema does not have is left to Hydra's own composition (and its error)
-        assert sweep._apply_value_overrides(["lora.no_such_field=1"]) is None
+        assert apply_value_overrides(sweep.composer.base(), ["lora.no_such_field=1"]) is None
 
 
 def test_search_space_types_and_bad_declarations():
