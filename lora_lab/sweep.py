@@ -28,10 +28,9 @@ import hydra
 import optuna
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from hydra.experimental.callback import Callback
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from optuna.trial import FrozenTrial, TrialState
 from transformers import TrainerCallback
@@ -1006,23 +1005,6 @@ def _decision(summary: SweepSummary) -> list[str]:
         return decision_lines(summary.study_name, client, experiment)
     except ReportError as exc:
         return [f"no decision: {exc}"]
-
-
-class PrepareSweep(Callback):
-    """Hydra callback: before a multirun launches its workers, create the tracking store, the
-    Optuna study, its planned trials and the MLflow parent run once, so the workers attach to them
-    instead of racing to create them (two workers migrating one sqlite store at once fail)."""
-
-    @cli.reports_errors  # Hydra turns a callback's exception into a warning and launches the workers anyway
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.get("sweep") is None:
-            return
-        cli.quiet_libraries()
-        overrides = list(config.hydra.overrides.task)
-        threads.note_local_workers(str(OmegaConf.select(config, "hydra.launcher._target_", default="")), overrides)
-        with open_dict(config):  # the launcher process acts as worker 0 for the set-up alone
-            config.sweep.worker = 0
-        Sweep(config, overrides, console_progress=False).setup()  # its parent run stays RUNNING for the workers
 
 
 def claim_gpu(worker: int) -> None:

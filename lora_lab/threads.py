@@ -39,7 +39,7 @@ value without taking it for the user's own."""
 
 LOCAL_WORKERS_ENV = "LORA_LAB_LOCAL_WORKERS"
 """How many local sweep workers share this machine: set by the launching process of a
-``hydra/launcher=local`` multirun (``lora_lab.sweep.PrepareSweep``) for the workers it starts."""
+``hydra/launcher=local`` multirun (``lora_lab.hydra_callbacks.PrepareSweep``) for the workers it starts."""
 
 
 def note_local_workers(launcher_target: str, task_overrides: list[str]) -> None:
