@@ -40,6 +40,7 @@ from lora_lab.compose import TrialComposer
 from lora_lab.config import BaselineConfig, SweepConfig, TrialConfig, register_configs, to_trial_config
 from lora_lab.errors import ConfigError, LoraLabError
 from lora_lab.interrupts import INTERRUPTS
+from lora_lab.model.base import claim_gpu
 from lora_lab.progress import SweepProgress
 from lora_lab.pruning import PRUNING_SIGNAL, PruningReporter
 from lora_lab.storage import check_writable, journal_path, release_space, repair_journal, reserve_space
@@ -1005,19 +1006,6 @@ def _decision(summary: SweepSummary) -> list[str]:
         return decision_lines(summary.study_name, client, experiment)
     except ReportError as exc:
         return [f"no decision: {exc}"]
-
-
-def claim_gpu(worker: int) -> None:
-    """Pin this worker to one GPU: SLURM (or the user) may already have set CUDA_VISIBLE_DEVICES;
-    otherwise, on a multi-GPU box, worker i takes GPU i mod the GPU count."""
-    if os.environ.get("SUBMITIT_EXECUTOR") == "local" and os.environ.get("CUDA_VISIBLE_DEVICES") == "":
-        del os.environ["CUDA_VISIBLE_DEVICES"]  # submitit's local executor sets it empty when it assigns none
-    if "CUDA_VISIBLE_DEVICES" in os.environ or os.environ.get("SLURM_STEP_GPUS"):
-        return
-    gpus = Path("/proc/driver/nvidia/gpus")  # counted without initialising CUDA, which would fix the choice
-    count = len(list(gpus.iterdir())) if gpus.is_dir() else 0
-    if count > 1:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(worker % count)
 
 
 register_configs()

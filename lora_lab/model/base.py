@@ -1,4 +1,5 @@
-"""The base model: tokenizer, loading, quantization, and the guard that a shared base stays as loaded.
+"""The base model: tokenizer, loading, quantization, the device it runs on (a worker's GPU), and the
+guard that a shared base stays as loaded.
 
 The default ``tiny_llama`` is a small ``LlamaForCausalLM`` that lora_lab pretrained itself on the
 cipher family (``python -m lora_lab.pretrain``), shipped in ``lora_lab/assets/tiny_llama/`` with its
@@ -69,6 +70,19 @@ def cache_dir() -> Path:
 def device() -> torch.device:
     """The device trials run on: the first CUDA GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def claim_gpu(worker: int) -> None:
+    """Pin this worker to one GPU: SLURM (or the user) may already have set CUDA_VISIBLE_DEVICES;
+    otherwise, on a multi-GPU box, worker i takes GPU i mod the GPU count."""
+    if os.environ.get("SUBMITIT_EXECUTOR") == "local" and os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        del os.environ["CUDA_VISIBLE_DEVICES"]  # submitit's local executor sets it empty when it assigns none
+    if "CUDA_VISIBLE_DEVICES" in os.environ or os.environ.get("SLURM_STEP_GPUS"):
+        return
+    gpus = Path("/proc/driver/nvidia/gpus")  # counted without initialising CUDA, which would fix the choice
+    count = len(list(gpus.iterdir())) if gpus.is_dir() else 0
+    if count > 1:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(worker % count)
 
 
 def bf16_by_default() -> bool:
