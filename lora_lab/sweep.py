@@ -41,6 +41,7 @@ from lora_lab.config import BaselineConfig, SweepConfig, TrialConfig, register_c
 from lora_lab.errors import ConfigError, LoraLabError
 from lora_lab.interrupts import INTERRUPTS
 from lora_lab.model.base import claim_gpu
+from lora_lab.plan import BaselinePhase, ConfirmPhase, Phase, SearchPhase, SeedPlan
 from lora_lab.progress import SweepProgress
 from lora_lab.pruning import PRUNING_SIGNAL, PruningReporter
 from lora_lab.storage import check_writable, journal_path, release_space, repair_journal, reserve_space
@@ -134,21 +135,6 @@ class SweepSummary:
 
 
 @dataclass
-class Phase:
-    """One study the sweep works through: ``baseline`` (named reference runs), ``search`` (the
-    sampler's study) or ``confirm`` (the best configurations again with fresh seeds)."""
-
-    kind: str
-    study: optuna.Study
-    book: SlotBook
-    samples: bool = False
-    """Whether the sampler proposes new configurations (a non-grid search)."""
-    fixed: list[Slot] = field(default_factory=list)
-    """The slots of a fixed plan (grid, baselines, confirmations); in a sampled search, the slots it
-    starts with (the configurations taken from an earlier study, ``sweep.warm_start``)."""
-
-
-@dataclass
 class Attempt:
     """What one trial has got so far (its slot, values, MLflow run), for its error handling."""
 
@@ -235,11 +221,8 @@ class Sweep:
         self.study = optuna.load_study(
             study_name=name, storage=self.raw_storage, sampler=sampler, pruner=make_pruner(self.sweep)
         )
-        self.search = Phase(
-            "search",
-            self.study,
-            SlotBook(self.study, self._has_heartbeat(), self.sweep.retry_failed),
-            samples=not self.is_grid,
+        self.search = SearchPhase(
+            self.study, SlotBook(self.study, self._has_heartbeat(), self.sweep.retry_failed), samples=not self.is_grid
         )
         if not self.definition_stored:
             self.study.set_user_attr(names.ATTR_DEFINITION, {**self.definition, "basis": self.config_basis})
@@ -248,13 +231,13 @@ class Sweep:
                     f"study '{name}' was made before lora_lab kept a study's definition: this run's settings are "
                     "stored in it now, and later runs under this name are checked against them"
                 )
-        self.baselines = self._side_phase("baseline", names.BASELINE_STUDY_SUFFIX) if self.sweep.baselines else None
+        self.seeds = SeedPlan(int(self.composer.base().train.seed), self.sweep.seeds, self.sweep.confirm_seeds)
+        self.baselines = BaselinePhase(*self._side_study(names.BASELINE_STUDY_SUFFIX)) if self.sweep.baselines else None
         self.confirm = (
-            self._side_phase("confirm", names.CONFIRM_STUDY_SUFFIX)
+            ConfirmPhase(*self._side_study(names.CONFIRM_STUDY_SUFFIX), self.sweep.confirm_top_k, self.seeds)
             if self.sweep.confirm_top_k and not self.is_grid
             else None
         )
-        self.base_seed = int(self.composer.base().train.seed)
         goals = [(o.metric, o.direction) for o in self.objectives]
         self.experiment_id = track.ensure_experiment(
             self.client,
@@ -267,7 +250,7 @@ class Sweep:
         self.parent_run_id = self._parent_run()
         self.warm_configs = self._warm_start()
         self._plan()
-        self.progress = SweepProgress(name, self._total(), enabled=self.console_progress)
+        self.progress = SweepProgress(name, sum(p.size for p in self._phases()), enabled=self.console_progress)
         self.ready = True
 
     def _baseline_configs(self) -> list[TrialConfig]:
@@ -293,37 +276,32 @@ class Sweep:
     def _has_heartbeat(self) -> bool:
         return isinstance(self.raw_storage, optuna.storages.RDBStorage)
 
-    def _side_phase(self, kind: str, suffix: str) -> Phase:
+    def _side_study(self, suffix: str) -> tuple[optuna.Study, SlotBook]:
         study = optuna.create_study(
             study_name=self.sweep.study_name + suffix,
             storage=self.raw_storage,
             directions=[o.direction for o in self.objectives],
             load_if_exists=True,
         )
-        return Phase(kind, study, SlotBook(study, self._has_heartbeat(), self.sweep.retry_failed))
+        return study, SlotBook(study, self._has_heartbeat(), self.sweep.retry_failed)
 
     def _plan(self) -> None:
         """The fixed plans (baselines, grid) and a record of what the study is asked to hold;
         missing slots are enqueued (again after an interruption)."""
-        seeds = [self.base_seed + i for i in range(self.sweep.seeds)]
         if self.baselines is not None:
-            self.baselines.fixed = [
-                Slot(self._config_id({"baseline": b.name, "overrides": b.overrides}), seed, {}, baseline=b.name)
-                for b in self.sweep.baselines
-                for seed in seeds
-            ]
+            self.baselines.plan(self.sweep.baselines, self.seeds, self._config_id)
         if self.is_grid:  # spread: any first trials cover every searched value (see lora_lab.grid_order)
             points = grid_order.spread_order(search_space.grid(self.sweep), self.sweep.sampler.seed)[: self.n_configs]
-            self.search.fixed = [Slot(self._config_id(p), seed, p) for seed in seeds for p in points]
+            self.search.plan_grid(points, self.seeds, self._config_id)
         else:  # a sampled search starts with the warm-start configurations (none without sweep.warm_start)
-            self.search.fixed = [Slot(c.config_id, seed, c.params) for c in self.warm_configs for seed in seeds]
+            self.search.plan_sampled(self.warm_configs, self.n_configs, self.seeds)
         self.study.set_user_attr(
             names.ATTR_PLAN,
             {
                 "sampler": self.sweep.sampler.name,
                 "configurations": self.n_configs,
-                "seeds": seeds,
-                "slots": len(self.search.fixed) if self.is_grid else self.n_configs * len(seeds),
+                "seeds": self.seeds.search,
+                "slots": self.search.size,
                 "objectives": [o.metric for o in self.objectives],
                 "warm_start": [c.config_id for c in self.warm_configs],
             },
@@ -363,14 +341,6 @@ class Sweep:
 
     def _phases(self) -> list[Phase]:
         return [p for p in (self.baselines, self.search, self.confirm) if p is not None]
-
-    def _total(self) -> int:
-        total = len(self.search.fixed) if self.is_grid else self.n_configs * self.sweep.seeds
-        if self.baselines is not None:
-            total += len(self.baselines.fixed)
-        if self.confirm is not None:
-            total += self.sweep.confirm_top_k * self.sweep.confirm_seeds
-        return total
 
     def _parent_run(self) -> str:
         """The study's parent run: found again on resume or by another worker, else created by
@@ -452,7 +422,7 @@ class Sweep:
                     break
                 time.sleep(WATCH_S)  # take over a trial whose worker dies before it ends
                 continue
-            if phase.kind == "search" and self._too_many_failures(phase):
+            if phase.stops_on_failures and self._too_many_failures(phase):
                 self.stopped = True
                 break
             verdict = self._one_trial(phase, phase.study.ask())
@@ -467,24 +437,7 @@ class Sweep:
 
     def _reconcile(self, phase: Phase) -> None:
         """Enqueue the slots of this phase's plan that no trial holds."""
-        phase.book.enqueue_missing(self._planned(phase))
-
-    def _planned(self, phase: Phase) -> list[Slot]:
-        """The slots a phase should hold: its fixed plan; in a sampled search, the slots it starts
-        with, then every configuration the sampler proposed and the study kept, each with every seed
-        (each slot once: a warm-start configuration is also one the study kept once it ran)."""
-        if not phase.samples:
-            return phase.fixed
-        seeds = [self.base_seed + i for i in range(self.sweep.seeds)]
-        planned = list(phase.fixed)
-        ids = {slot.id for slot in planned}
-        for cid, params in phase.book.sampled_configs().items():
-            for seed in seeds:
-                slot = Slot(cid, seed, params)
-                if slot.id not in ids:
-                    ids.add(slot.id)
-                    planned.append(slot)
-        return planned
+        phase.book.enqueue_missing(phase.planned())
 
     def _wants_trial(self, phase: Phase) -> bool:
         if phase.book.waiting():
@@ -548,24 +501,18 @@ class Sweep:
         attrs = trial.user_attrs
         if names.TAG_SLOT not in attrs and not phase.samples:
             return False  # asked when the last waiting trial was just taken by another worker: no slot
-        if phase.kind == "baseline":
-            state.slot = Slot(
-                attrs.get(names.TAG_CONFIG_ID, ""),
-                int(attrs.get(names.TAG_SEED, 0)),
-                {},
-                baseline=attrs.get(names.TAG_BASELINE, ""),
-            )
-            return False
-        enqueued = names.TAG_SLOT in attrs
+        enqueued = names.TAG_SLOT in attrs or not phase.searched
         if enqueued:
-            state.slot = Slot(attrs[names.TAG_CONFIG_ID], int(attrs[names.TAG_SEED]), {})
-            if state.slot.id not in {s.id for s in self._planned(phase)}:
+            state.slot = phase.enqueued_slot(attrs)
+            if not phase.searched:
+                return False  # a baseline: its own overrides, nothing searched
+            if state.slot.id not in {s.id for s in phase.planned()}:
                 return False  # left the plan since it was enqueued: the claim finds it surplus, nothing suggested
         sampled = search_space.suggest(trial, self.sweep)  # an enqueued trial gets its fixed values back
         if enqueued:
             state.slot = Slot(attrs[names.TAG_CONFIG_ID], int(attrs[names.TAG_SEED]), sampled)
         else:
-            state.slot = Slot(self._config_id(sampled), self.base_seed, sampled)
+            state.slot = Slot(self._config_id(sampled), self.seeds.search[0], sampled)
             for key, value in state.slot.user_attrs().items():
                 trial.set_user_attr(key, value)
         state.values = search_space.resolve(self.sweep, sampled)  # derived values: may fail, after the slot is known
@@ -583,7 +530,7 @@ class Sweep:
             if slot.config_id not in before and len(before) >= self.n_configs:
                 return names.OUTCOME_SURPLUS
             return None
-        if slot.id not in {s.id for s in self._planned(phase)}:
+        if slot.id not in {s.id for s in phase.planned()}:
             return names.OUTCOME_SURPLUS  # the plan shrank (fewer seeds, a narrower grid) since it was enqueued
         return None
 
@@ -612,8 +559,8 @@ class Sweep:
                 trial_cfg,
                 state.values,
                 baseline=slot.baseline,
-                show_seed=self.sweep.seeds > 1 or phase.kind == "confirm",
-                prefix="c" if phase.kind == "confirm" else "t",
+                show_seed=self.sweep.seeds > 1 or phase.shows_seed,
+                prefix=phase.prefix,
             ),
         )
         callbacks = [
@@ -622,9 +569,7 @@ class Sweep:
             self.interrupts.trainer_callback(),
             *self.trial_callbacks,
         ]
-        pruning = (
-            PruningReporter(trial, self.pruning_signal) if self.pruning_signal and phase.kind == "search" else None
-        )
+        pruning = PruningReporter(trial, self.pruning_signal) if self.pruning_signal and phase.prunes else None
         if pruning:
             callbacks.append(pruning)
         self.progress.start_trial(trial.number, state.values or {"baseline": slot.baseline, "seed": slot.seed})
@@ -694,7 +639,7 @@ class Sweep:
         tags = {
             "mlflow.parentRunId": self.parent_run_id,
             names.TAG_STUDY: self.sweep.study_name,
-            names.TAG_KIND: names.KIND_BASELINE if phase.kind == "baseline" else names.KIND_TRIAL,
+            **phase.tags(),
             names.TAG_OPTUNA_TRIAL: str(trial.number),
             names.TAG_OPTUNA_STATE: "RUNNING",
             names.TAG_WORKER: str(self.sweep.worker),
@@ -703,12 +648,7 @@ class Sweep:
             tags.update({names.TAG_CONFIG_ID: slot.config_id, names.TAG_SLOT: slot.id, names.TAG_SEED: str(slot.seed)})
             if slot.baseline is not None:
                 tags[names.TAG_BASELINE] = slot.baseline
-        if phase.kind == "confirm":
-            tags[names.TAG_CONFIRM] = "true"
-        prefix = {"search": "trial", "baseline": f"baseline-{slot.baseline if slot else ''}"}.get(
-            phase.kind, phase.kind
-        )
-        run = self.client.create_run(self.experiment_id, run_name=f"{prefix}-{trial.number:04d}", tags=tags)
+        run = self.client.create_run(self.experiment_id, run_name=phase.run_name(trial.number, slot), tags=tags)
         trial.set_user_attr(names.ATTR_MLFLOW_RUN, run.info.run_id)
         return track.TrialRun(self.client, run.info.run_id, self.experiment_id)
 
@@ -758,8 +698,7 @@ class Sweep:
                 for cid, trials in ranked[: self.sweep.confirm_top_k]
             ]
             self.confirm.study.set_user_attr(names.ATTR_PLAN, plan)
-        fresh = [self.base_seed + self.sweep.seeds + i for i in range(self.sweep.confirm_seeds)]
-        self.confirm.fixed = [Slot(p["config_id"], seed, p["params"]) for p in plan for seed in fresh]
+        self.confirm.plan(plan, self.seeds)
         return True
 
     def _show_done(self) -> None:
@@ -905,7 +844,7 @@ class Sweep:
                 1 for t in phase.book.trials() if phase.book.standing(t) == DONE and t.state == TrialState.FAIL
             )
             held = phase.book.held()
-            missing = sum(1 for slot in self._planned(phase) if slot.id not in held)
+            missing = sum(1 for slot in phase.planned() if slot.id not in held)
             if phase.samples:
                 missing += max(0, self.n_configs - len(phase.book.configs_before(sys.maxsize))) * self.sweep.seeds
             parts = [f"{failed} failed" if failed else "", f"{missing} not run" if missing else ""]
