@@ -1,13 +1,16 @@
 """``python -m lora_lab.sweep +sweep=<preset>``: an Optuna study over LoRA settings, tracked in MLflow.
 
-Life cycle (like a torchtune recipe): ``Sweep(cfg)`` only reads the config; ``setup()`` checks the
-inputs, opens the study (and its sibling studies for baselines and confirmations), the MLflow
-experiment and the parent run, and enqueues what the study is missing; ``run()`` is an ask/tell
-loop in which each trial goes through four named steps: *sample* (its configuration and seed),
-*claim* (is it the one trial to run this slot?), *train* (its MLflow run, ``lora_lab.train.run_trial``)
-and *record* (tell Optuna, end the MLflow run). Each trial's values become Hydra overrides composed
-onto the sweep's own config, so ``python -m lora_lab.train <those overrides>`` reproduces it.
-How every configuration runs exactly once is in ``lora_lab.study``.
+The recipe, with a life cycle like a torchtune recipe's: ``Sweep(cfg)`` only reads the config;
+``setup()`` checks the inputs, opens the study (and its sibling studies for baselines and
+confirmations), the MLflow experiment and the parent run, and enqueues what the study is missing;
+``run()`` is an ask/tell loop in which each trial goes through four named steps: *sample* (its
+configuration and seed), *claim* (is it the one trial to run this slot?), *train* (its MLflow run,
+``lora_lab.train.run_trial``) and *record* (tell Optuna, end the MLflow run); ``finish()`` logs the
+best trial and ends the parent run. Each trial's values become Hydra overrides composed onto the
+sweep's own config (``lora_lab.compose``), so ``python -m lora_lab.train <those overrides>``
+reproduces it. What each phase holds is planned in ``lora_lab.plan``; how every configuration runs
+exactly once is in ``lora_lab.study``; signals in ``lora_lab.interrupts``; pruning in
+``lora_lab.pruning``.
 """
 
 from __future__ import annotations
@@ -175,7 +178,27 @@ class Sweep:
         self.warm_configs: list[WarmConfig] = []
         """The warm-start configurations this search runs first (see ``_warm_start``)."""
         self.ready = False
+        """Whether ``setup()`` ran."""
         self.stopped = False
+        """Set when the search stops early (too many failures): no later phase starts."""
+        # what check_inputs() (the first step of setup()) finds
+        self.n_configs = 0
+        """How many configurations the search holds once complete (see ``target_configs``)."""
+        self.definition: dict[str, Any] = {}
+        """This run's study definition (see lora_lab.definition)."""
+        self.study_exists = False
+        self.definition_stored = False
+        self.config_basis = ""
+        """What every configuration id of this study adds to its searched values (see lora_lab.definition)."""
+        # what run() and finish() record
+        self.started = 0.0
+        """``time.monotonic()`` when run() began: ``sweep.timeout_s`` counts from here, across all phases."""
+        self.started_wall = 0.0
+        """``time.time()`` when run() began: trials started from here on are this run's."""
+        self.best: list[dict[str, Any]] = []
+        """The best search trials, as logged on the parent run by finish()."""
+        self.all_failed = False
+        """Whether every finished search trial failed (finish() then ends the parent run FAILED)."""
 
     # == setup ================================================================================
     def check_inputs(self) -> None:
@@ -194,7 +217,6 @@ class Sweep:
         self.config_basis = (
             stored.get("basis", "") if stored else ("" if self.study_exists else self.definition["basis"])
         )
-        """What every configuration id of this study adds to its searched values (see lora_lab.definition)."""
         if self.sweep.sampler.name == "cmaes":
             try:
                 import cmaes  # noqa: F401  (Optuna's CMA-ES sampler needs it)
@@ -388,8 +410,8 @@ class Sweep:
         the best trial on the parent run."""
         if not self.ready:
             self.setup()
-        self.started = time.monotonic()  # sweep.timeout_s counts from here, across all phases
-        self.started_wall = time.time()  # trials started from here on are this run's
+        self.started = time.monotonic()
+        self.started_wall = time.time()
         error: BaseException | None = None
         try:
             with self.progress:
@@ -404,7 +426,7 @@ class Sweep:
             error = exc
             raise
         finally:
-            self._finish(error)
+            self.finish(error)
         return self._summary_or_raise()
 
     def _run_phase(self, phase: Phase) -> None:
@@ -777,7 +799,7 @@ class Sweep:
             out[key] = out.get(key, 0) + 1
         return out
 
-    def _finish(self, error: BaseException | None) -> None:
+    def finish(self, error: BaseException | None = None) -> None:
         """Best trial on the parent run; the parent run ends FINISHED once nothing is left to run
         (trials still running on other workers keep it RUNNING), FAILED when every trial failed,
         KILLED on an interruption."""
