@@ -242,10 +242,10 @@ def test_time_limit_ends_the_trial_cleanly_and_the_same_command_resumes(slurm_cl
     """A job with a one-minute limit gets SLURM's warning signal (``signal_delay_s`` before the limit)
     while training: the trial is ended and recorded, the job is not requeued (``max_num_timeout=0``) and
     the command names it with its log; the same command with more time finishes the study (with the same
-    trials: a study keeps one definition, so a rerun with shorter trials would be refused; two
-    configurations keep the rerun short)."""
+    trials: a study keeps one definition, so a rerun with shorter trials would be refused; one
+    configuration keeps the rerun short)."""
     study = f"timeout_{uuid.uuid4().hex[:8]}"
-    n_trials = 2
+    n_trials = 1
     limited = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=1", "hydra.launcher.max_num_timeout=0"]
     launch = Launch(sweep_command(tmp_path, study, n_trials, 1, LONGEST, *limited), tmp_path, mlflow_server)
     (job,) = launch.job_ids(1)

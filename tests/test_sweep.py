@@ -488,15 +488,25 @@ def test_pareto_preset_population_fits_its_trials():
 
 @pytest.mark.slow
 def test_an_error_while_resolving_derived_values_is_shown_and_recorded(run_sweep, capsys):
-    """A derived expression that fails for one grid point fails that trial before it has a config:
-    its cause still reaches the console and an MLflow run; the other point runs."""
+    """A derived expression that fails between the ends of a range (preflight evaluates it on the
+    ends only: r in [1, 4] gives 8 and 2 there, r=2 divides by zero) fails that trial before it has a
+    config: its cause still reaches the console and an MLflow run; the other points run."""
     overrides = [
         "+sweep=targets",
         "sweep.study_name=derived_err",
-        "sweep.derived={lora.lora_alpha: '8 / (lora.r - 2)'}",
+        "sweep.sampler.name=random",
+        "sweep.pruner.name=none",
+        "sweep.n_trials=3",
+        "sweep.params={lora.r: {type: int, low: 1, high: 4}}",  # merged: lora.targets stays
+        "sweep.derived={lora.lora_alpha: '8 / (lora.r - 2) ** 2'}",
     ]
-    sweep, summary = run_sweep(overrides, {"lora.r": [2, 4], "lora.targets": ["qv"]})
-    assert summary.counts == {"COMPLETE": 1, "FAIL": 1}
+
+    def enqueue(sweep):
+        for r in (1, 2, 4):
+            sweep.study.enqueue_trial({"lora.r": r})
+
+    sweep, summary = run_sweep(overrides, before_run=enqueue)
+    assert summary.counts == {"COMPLETE": 2, "FAIL": 1}
     assert "ZeroDivisionError" in capsys.readouterr().err
     runs = mlflow.search_runs(experiment_names=["derived_err"], filter_string="tags.`lora_lab.kind` = 'trial'")
     failed = runs[runs["status"] == "FAILED"]
@@ -656,7 +666,9 @@ def test_warm_start_runs_the_earlier_studys_best_configurations_first_each_once(
     trials = [t for t in sweep.study.get_trials() if t.state == TrialState.COMPLETE]
     assert [t.number for t in trials[:2]] == [0, 1] and [t.params for t in trials[:2]] == expected  # first, in order
     assert trials[2].params not in expected and trials[2].params["lora.targets"] in here  # then TPE's own
-    assert [t.user_attrs["lora_lab.config_id"] for t in trials[:2]] == [search_space.config_id(p) for p in expected]
+    # a configuration's id covers its values and the study's definition (everything else it trains with)
+    ids = [search_space.config_id(p, sweep.config_basis) for p in expected]
+    assert sweep.config_basis and [t.user_attrs["lora_lab.config_id"] for t in trials[:2]] == ids
     distributions = search_space.distributions(sweep.sweep)
     assert all(t.distributions == distributions for t in trials)  # ordinary trials for the sampler to learn from
     line = (
@@ -683,4 +695,4 @@ def test_warm_start_runs_the_earlier_studys_best_configurations_first_each_once(
     for t in sweep.study.get_trials(states=(TrialState.COMPLETE,)):
         by_config.setdefault(t.user_attrs["lora_lab.config_id"], []).append(t.user_attrs["lora_lab.seed"])
     assert sorted(map(sorted, by_config.values())) == [[0, 1]] * 3
-    assert {search_space.config_id(p) for p in expected} <= set(by_config)
+    assert set(ids) <= set(by_config)
